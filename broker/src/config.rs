@@ -1,0 +1,249 @@
+//! `broker.toml`: parsed and validated here, and nowhere else.
+//!
+//! Every option has its default in this file. Unknown keys are errors, and every error names the
+//! file and the key, so an operator can fix the file without reading our source.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::router::Router;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub engine: Engine,
+    /// Plugins by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Plugin>,
+    /// Routes, matched by path.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// The file this was read from, for error messages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[server]`: the listener and per-connection limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Address to listen on. Default `127.0.0.1:8080`; `--listen` overrides it.
+    pub listen: SocketAddr,
+    /// Largest client message (and frame) in bytes; larger ones close the connection with 1009.
+    /// Default 16 MiB.
+    pub max_message_bytes: usize,
+    /// Frames waiting to be written to one client before it is closed as a slow consumer.
+    /// Default 1024.
+    pub outbound_queue: usize,
+    /// How long shutdown waits for clients to receive their close frames. Default 5000 ms.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_message_bytes: 16 << 20,
+            outbound_queue: 1024,
+            shutdown_grace_ms: 5000,
+        }
+    }
+}
+
+impl Server {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// `[engine]`: the wasmtime engine shared by all plugins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Engine {
+    /// Plugin instances alive at once across all plugins (the pooling allocator's size). Default 1000.
+    pub max_instances: u32,
+    /// Linear memory one instance may grow to, in bytes. Default 64 MiB.
+    pub max_memory_bytes: usize,
+    /// How often deadlines are checked and long-running plugins yield, in ms. Default 10.
+    pub epoch_tick_ms: u64,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine { max_instances: 1000, max_memory_bytes: 64 << 20, epoch_tick_ms: 10 }
+    }
+}
+
+/// `[plugins.<name>]`: one plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    /// The component file, relative to broker.toml's folder.
+    pub path: PathBuf,
+    /// Longest a single call may take, in ms, before the client gets `plugin_timeout`. Default 1000.
+    #[serde(default = "Plugin::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Instances of this plugin running at once; further calls wait. Default 64.
+    #[serde(default = "Plugin::default_max_instances")]
+    pub max_instances: usize,
+    /// Free-form settings handed to the plugin as JSON (`settings()` in the WIT host interface).
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+impl Plugin {
+    fn default_timeout_ms() -> u64 {
+        1000
+    }
+
+    fn default_max_instances() -> usize {
+        64
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// `[[routes]]`: a WebSocket path served by a plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// The path pattern, e.g. `/ws/system` or `/ws/chat/{room}`.
+    pub path: String,
+    /// The plugin that handles it, a key of `[plugins]`.
+    pub plugin: String,
+}
+
+impl Config {
+    /// Reads and validates `path`; plugin paths become absolute, relative to its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
+        config.source = path.to_owned();
+        let base = path.parent().unwrap_or(Path::new("."));
+        for plugin in config.plugins.values_mut() {
+            if plugin.path.is_relative() {
+                plugin.path = base.join(&plugin.path);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, key: String, message: String) -> ConfigError {
+        ConfigError::Invalid { path: self.source.clone(), key, message }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| self.invalid(key, message);
+        let positive = [
+            ("server.max_message_bytes", self.server.max_message_bytes as u64),
+            ("server.outbound_queue", self.server.outbound_queue as u64),
+            ("engine.max_instances", u64::from(self.engine.max_instances)),
+            ("engine.max_memory_bytes", self.engine.max_memory_bytes as u64),
+            ("engine.epoch_tick_ms", self.engine.epoch_tick_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key.into(), "must be greater than 0".into()));
+            }
+        }
+        for (name, plugin) in &self.plugins {
+            if plugin.timeout_ms == 0 {
+                return Err(invalid(format!("plugins.{name}.timeout_ms"), "must be greater than 0".into()));
+            }
+            if plugin.max_instances == 0 {
+                return Err(invalid(format!("plugins.{name}.max_instances"), "must be greater than 0".into()));
+            }
+        }
+        self.router().map(drop)
+    }
+
+    /// The route table; every route names a configured plugin and patterns do not collide.
+    pub fn router(&self) -> Result<Router, ConfigError> {
+        let mut table = Router::builder();
+        for (i, route) in self.routes.iter().enumerate() {
+            if !self.plugins.contains_key(&route.plugin) {
+                let known: Vec<&str> = self.plugins.keys().map(String::as_str).collect();
+                return Err(self.invalid(
+                    format!("routes[{i}].plugin"),
+                    format!("no plugin named {:?} (plugins: {})", route.plugin, known.join(", ")),
+                ));
+            }
+            table
+                .insert(&route.path, &route.plugin)
+                .map_err(|message| self.invalid(format!("routes[{i}].path"), message))?;
+        }
+        Ok(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/broker/broker.toml"))
+    }
+
+    const ECHO: &str = "[plugins.echo]\npath = \"echo.wasm\"\n[[routes]]\npath = \"/ws/system\"\nplugin = \"echo\"\n";
+
+    #[test]
+    fn defaults_fill_what_is_not_written() {
+        let config = parse(ECHO).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.server.max_message_bytes, 16 << 20);
+        assert_eq!(config.plugins["echo"].timeout_ms, 1000);
+        assert_eq!(config.plugins["echo"].path, Path::new("/etc/broker/echo.wasm"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = parse(&format!("{ECHO}\n[server]\nlisten_on = \"x\"\n")).unwrap_err().to_string();
+        assert!(error.contains("/etc/broker/broker.toml"), "{error}");
+        assert!(error.contains("listen_on"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let error = parse(&format!("{ECHO}\n[server]\nlisten = \"nowhere\"\n")).unwrap_err().to_string();
+        assert!(error.contains("listen"), "{error}");
+        let error = parse(&format!("{ECHO}\n[server]\noutbound_queue = 0\n")).unwrap_err().to_string();
+        assert!(error.contains("`server.outbound_queue`: must be greater than 0"), "{error}");
+    }
+
+    #[test]
+    fn routes_must_name_a_known_plugin_and_be_unique() {
+        let error = parse("[[routes]]\npath = \"/ws\"\nplugin = \"nope\"\n").unwrap_err().to_string();
+        assert!(error.contains("`routes[0].plugin`: no plugin named \"nope\""), "{error}");
+        let error = parse(&format!("{ECHO}[[routes]]\npath = \"/ws/system\"\nplugin = \"echo\"\n")).unwrap_err();
+        assert!(error.to_string().contains("`routes[1].path`"), "{error}");
+    }
+}

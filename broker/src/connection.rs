@@ -1,0 +1,285 @@
+//! One WebSocket connection: a read loop that dispatches frames in order, and a write loop that
+//! drains a bounded outbound queue.
+//!
+//! The read loop awaits each dispatch before reading the next frame, which is what keeps one
+//! connection's messages in order; other connections run in their own tasks. A client that sends
+//! faster than its plugin answers is held back by TCP, not buffered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use crate::plugin::host::{Context, HandlerError, LocItem};
+use crate::plugin::{CallError, LoadedPlugin};
+use crate::protocol::{self, PING, Problem, Request};
+use crate::registry::{CloseReason, Control, ConnectionId, Handle, Outbound, Registry};
+
+/// Close code when the server goes away (shutdown).
+pub const GOING_AWAY: u16 = 1001;
+/// Close code for a message over `max_message_bytes`.
+pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// Close code when a plugin failed while accepting the connection.
+pub const INTERNAL_ERROR: u16 = 1011;
+
+/// What a connection needs from the broker.
+pub struct Setup {
+    pub plugin: Arc<LoadedPlugin>,
+    pub registry: Arc<Registry>,
+    pub route: String,
+    pub path: String,
+    pub params: Vec<(String, String)>,
+    pub outbound_queue: usize,
+    /// How long to wait for the client's half of a close handshake.
+    pub close_grace: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// Serves one upgraded connection until it closes.
+pub async fn run<S>(ws: WebSocketStream<S>, setup: Setup)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, mut stream) = ws.split();
+    let (outbound, queue) = mpsc::channel(setup.outbound_queue);
+    let control = Arc::new(Control::default());
+    let id = setup.registry.register(Handle { outbound: outbound.clone(), control: control.clone() });
+    let writer = tokio::spawn(write_loop(sink, queue, control.clone()));
+    let connection = Connection {
+        id,
+        ctx: Context { connection: id, route: setup.route, path: setup.path, params: setup.params, user: None },
+        plugin: setup.plugin,
+        outbound,
+        control: control.clone(),
+    };
+    let started = std::time::Instant::now();
+    tracing::debug!(connection = id, route = %connection.ctx.route, path = %connection.ctx.path, "connection opened");
+
+    let ended = if connection.accept().await {
+        connection.read_loop(&mut stream, &setup.shutdown).await
+    } else {
+        Ended::WeClosed
+    };
+    // When we closed, wait (briefly) for our close frame to go out and for the client's answer, so
+    // the client sees a clean close handshake rather than a reset.
+    if ended == Ended::WeClosed {
+        let _ = tokio::time::timeout(setup.close_grace, async {
+            control.closed().await;
+            while let Some(Ok(message)) = stream.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    setup.registry.remove(id);
+    if let Err(error) = connection.plugin.on_disconnect(&connection.ctx).await {
+        tracing::warn!(connection = id, plugin = connection.plugin.name(), %error, "on-disconnect failed");
+    }
+    let Connection { outbound, ctx, .. } = connection;
+    drop(outbound);
+    let _ = tokio::time::timeout(setup.close_grace, writer).await;
+    tracing::debug!(
+        connection = id,
+        route = %ctx.route,
+        close = ?control.reason().map(|r| r.code),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "connection closed"
+    );
+}
+
+/// Who ended the read loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client closed, or the socket failed.
+    Peer,
+    /// The broker is closing the connection.
+    WeClosed,
+}
+
+struct Connection {
+    id: ConnectionId,
+    ctx: Context,
+    plugin: Arc<LoadedPlugin>,
+    outbound: mpsc::Sender<Outbound>,
+    control: Arc<Control>,
+}
+
+impl Connection {
+    /// Runs the plugin's `on-connect`; false when the connection is refused.
+    async fn accept(&self) -> bool {
+        let refusal = match self.plugin.on_connect(&self.ctx).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(rejection)) => CloseReason::new(rejection.code, rejection.reason),
+            Err(error) => {
+                tracing::warn!(connection = self.id, plugin = self.plugin.name(), %error, "on-connect failed");
+                CloseReason::new(INTERNAL_ERROR, format!("plugin {}: {error}", self.plugin.name()))
+            }
+        };
+        // Queued, so frames the plugin sent before refusing still arrive first.
+        self.queue_close(refusal).await;
+        false
+    }
+
+    async fn read_loop<S>(
+        &self,
+        stream: &mut futures_util::stream::SplitStream<WebSocketStream<S>>,
+        shutdown: &CancellationToken,
+    ) -> Ended
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.queue_close(CloseReason::new(GOING_AWAY, "server shutting down")).await;
+                    return Ended::WeClosed;
+                }
+                _ = self.control.closed() => return Ended::WeClosed,
+                message = stream.next() => message,
+            };
+            match message {
+                Some(Ok(Message::Text(text))) => self.dispatch(&text).await,
+                Some(Ok(Message::Binary(_))) => {
+                    let msg = "Invalid JSON: binary frames are not supported, send JSON as text frames";
+                    self.reply(protocol::error_frame(&[Problem::new("json_invalid", vec![], msg)], None)).await;
+                }
+                // tungstenite answers pings itself; pongs and raw frames need nothing.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) | None => return Ended::Peer,
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                    let reason = format!("message of {size} bytes is over the limit of {max_size} bytes");
+                    self.control.close_now(CloseReason::new(MESSAGE_TOO_BIG, reason));
+                    return Ended::WeClosed;
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(connection = self.id, %error, "read failed");
+                    return Ended::Peer;
+                }
+            }
+            if self.control.reason().is_some() {
+                return Ended::WeClosed;
+            }
+        }
+    }
+
+    /// Handles one text frame: broker-level actions here, the rest by the plugin.
+    async fn dispatch(&self, text: &str) {
+        let Request { action, payload, reference } = match protocol::parse(text, self.plugin.accepts()) {
+            Ok(request) => request,
+            Err(refusal) => {
+                return self.reply(protocol::error_frame(&refusal.problems, refusal.reference.as_deref())).await;
+            }
+        };
+        let reference = reference.as_deref();
+        if action == PING {
+            let frame = match payload {
+                None => protocol::pong_frame(reference),
+                Some(_) => protocol::error_frame(
+                    &[Problem::new("none_required", vec![PING.into(), "payload".into()], "Input should be None")],
+                    reference,
+                ),
+            };
+            return self.reply(frame).await;
+        }
+        let answer = self.plugin.on_message(&self.ctx, &action, payload.map(|p| p.get())).await;
+        let problems = match answer {
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(frame))) => match protocol::plugin_frame(frame, reference) {
+                Ok(frame) => return self.reply(frame).await,
+                Err(why) => vec![Problem::at_action("plugin_error", &action, format!("the plugin replied with {why}"))],
+            },
+            Ok(Err(HandlerError::Invalid(issues))) => issues
+                .into_iter()
+                .map(|issue| {
+                    let loc = issue
+                        .loc
+                        .into_iter()
+                        .map(|item| match item {
+                            LocItem::Key(key) => key.into(),
+                            LocItem::Index(index) => index.into(),
+                        })
+                        .collect();
+                    Problem::new(issue.kind, loc, issue.msg)
+                })
+                .collect(),
+            Ok(Err(HandlerError::Failed(message))) => vec![Problem::at_action("plugin_error", &action, message)],
+            Err(error) => {
+                let kind = match error {
+                    CallError::Timeout(_) => "plugin_timeout",
+                    CallError::Trap(_) | CallError::Instantiate(_) => "plugin_crashed",
+                };
+                tracing::warn!(connection = self.id, plugin = self.plugin.name(), %action, %error, "call failed");
+                vec![Problem::at_action(kind, &action, error.to_string())]
+            }
+        };
+        self.reply(protocol::error_frame(&problems, reference)).await;
+    }
+
+    /// Queues a frame for this connection, waiting for room: a client that does not read its
+    /// replies stops being read, rather than being buffered for.
+    async fn reply(&self, frame: String) {
+        let _ = self.outbound.send(Outbound::Frame(Utf8Bytes::from(frame))).await;
+    }
+
+    async fn queue_close(&self, reason: CloseReason) {
+        if self.outbound.send(Outbound::Close(reason.clone())).await.is_err() {
+            self.control.close_now(reason);
+        }
+    }
+}
+
+/// Writes queued frames until a close frame is written or the queue ends.
+async fn write_loop<S>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut queue: mpsc::Receiver<Outbound>,
+    control: Arc<Control>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let item = tokio::select! {
+            biased;
+            reason = control.closed() => Outbound::Close(reason),
+            item = queue.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+        };
+        let result = match item {
+            Outbound::Frame(text) => {
+                // Batch: flush only when nothing else is waiting.
+                if queue.is_empty() { sink.send(Message::Text(text)).await } else { sink.feed(Message::Text(text)).await }
+            }
+            Outbound::Close(reason) => {
+                control.close_now(reason.clone());
+                let _ = sink.send(Message::Close(Some(close_frame(&reason)))).await;
+                break;
+            }
+        };
+        if result.is_err() {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// A close frame the protocol allows: a valid code and a reason of at most 123 bytes.
+fn close_frame(reason: &CloseReason) -> CloseFrame {
+    let code = CloseCode::from(reason.code);
+    let code = if code.is_allowed() { code } else { CloseCode::Error };
+    let mut end = reason.reason.len().min(123);
+    while !reason.reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame { code, reason: Utf8Bytes::from(&reason.reason[..end]) }
+}

@@ -1,0 +1,12 @@
+//! A realtime WebSocket message broker whose handlers are sandboxed WebAssembly components.
+//!
+//! See ARCHITECTURE.md for the codemap and the way of one frame through these modules.
+
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod plugin;
+pub mod protocol;
+pub mod registry;
+pub mod router;
+pub mod server;

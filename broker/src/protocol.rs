@@ -1,0 +1,221 @@
+//! The wire format: client envelopes in, error/pong/reply frames out.
+//!
+//! Client frames are `{"action": string, "payload": any?, "ref": string?}`. Every way a frame can be
+//! wrong maps to one pydantic-style entry `{"type", "loc", "msg"}` in an `error` frame, so Chanx
+//! clients parse our errors as they parse theirs.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The action the broker answers itself on every route.
+pub const PING: &str = "ping";
+
+/// A well-formed client frame.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub action: String,
+    /// The payload's JSON text; `None` when absent or `null`.
+    pub payload: Option<&'a RawValue>,
+    /// The client's correlation id, echoed on the reply.
+    pub reference: Option<String>,
+}
+
+/// One entry of an error frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub loc: Vec<serde_json::Value>,
+    pub msg: String,
+}
+
+impl Problem {
+    pub fn new(kind: impl Into<String>, loc: Vec<serde_json::Value>, msg: impl Into<String>) -> Self {
+        Problem { kind: kind.into(), loc, msg: msg.into() }
+    }
+
+    /// A problem located at `[action]`: how plugin failures are reported.
+    pub fn at_action(kind: &str, action: &str, msg: impl Into<String>) -> Self {
+        Problem::new(kind, vec![action.into()], msg)
+    }
+}
+
+/// A frame that could not be dispatched: what to tell the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub problems: Vec<Problem>,
+    pub reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    action: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
+}
+
+/// Parses a client's text frame; `accepted` are the route's actions, for the error message.
+pub fn parse<'a>(text: &'a str, accepted: &[String]) -> Result<Request<'a>, Refusal> {
+    let refuse = |problem: Problem| Refusal { problems: vec![problem], reference: None };
+    let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
+        let msg = if text.trim().is_empty() { "Invalid JSON: empty frame".to_owned() } else { format!("Invalid JSON: {e}") };
+        refuse(Problem::new("json_invalid", vec![], msg))
+    })?;
+    if !raw.get().starts_with('{') {
+        return Err(refuse(Problem::new("model_type", vec![], "Input should be an object")));
+    }
+    let envelope: RawEnvelope<'a> =
+        serde_json::from_str(text).map_err(|e| refuse(Problem::new("json_invalid", vec![], format!("Invalid JSON: {e}"))))?;
+
+    let mut problems = Vec::new();
+    let reference = match envelope.reference.map(|r| serde_json::from_str::<Option<String>>(r.get())) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(reference))) => Some(reference),
+        Some(Err(_)) => {
+            problems.push(Problem::new("string_type", vec!["ref".into()], "Input should be a valid string"));
+            None
+        }
+    };
+    let action = match envelope.action {
+        None => {
+            problems.push(Problem::new(
+                "union_tag_not_found",
+                vec![],
+                "Unable to extract tag using discriminator 'action'",
+            ));
+            None
+        }
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(action) if action == PING || accepted.contains(&action) => Some(action),
+            Ok(action) => {
+                problems.push(unknown_action(&action, accepted));
+                None
+            }
+            Err(_) => {
+                problems.push(unknown_action(raw.get(), accepted));
+                None
+            }
+        },
+    };
+    match action {
+        Some(action) if problems.is_empty() => {
+            let payload = envelope.payload.filter(|p| p.get() != "null");
+            Ok(Request { action, payload, reference })
+        }
+        _ => Err(Refusal { problems, reference }),
+    }
+}
+
+fn unknown_action(tag: &str, accepted: &[String]) -> Problem {
+    let mut expected = vec![format!("'{PING}'")];
+    expected.extend(accepted.iter().map(|a| format!("'{a}'")));
+    Problem::new(
+        "union_tag_invalid",
+        vec![],
+        format!(
+            "Input tag '{tag}' found using 'action' does not match any of the expected tags: {}",
+            expected.join(", ")
+        ),
+    )
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, P: Serialize> {
+    action: &'a str,
+    payload: P,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+}
+
+/// `{"action":"error","payload":[...]}`, with the request's `ref` when it had one.
+pub fn error_frame(problems: &[Problem], reference: Option<&str>) -> String {
+    to_json(&Envelope { action: "error", payload: problems, reference })
+}
+
+/// `{"action":"pong","payload":null}`.
+pub fn pong_frame(reference: Option<&str>) -> String {
+    to_json(&Envelope { action: "pong", payload: (), reference })
+}
+
+fn to_json(value: &impl Serialize) -> String {
+    // Serializing our own structs of strings and JSON values cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|e| unreachable!("serializing a frame: {e}"))
+}
+
+/// Checks a frame a plugin produced and adds the request's `ref`.
+///
+/// Plugins may send any JSON object (the assistant's frames have no `action`), but never anything
+/// else, so a client can always parse what it receives.
+pub fn plugin_frame(frame: String, reference: Option<&str>) -> Result<String, String> {
+    let raw: &RawValue = serde_json::from_str(&frame).map_err(|e| format!("not JSON: {e}"))?;
+    if !raw.get().starts_with('{') {
+        return Err("not a JSON object".into());
+    }
+    let Some(reference) = reference else { return Ok(frame) };
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&frame).map_err(|e| format!("not a JSON object: {e}"))?;
+    object.insert("ref".into(), reference.into());
+    Ok(to_json(&object))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn accepted() -> Vec<String> {
+        vec!["user_message".to_owned()]
+    }
+
+    fn refused(text: &str) -> Refusal {
+        parse(text, &accepted()).unwrap_err()
+    }
+
+    #[test]
+    fn parses_action_payload_and_ref() {
+        let request = parse(r#"{"action":"user_message","payload":{"message":"hi"},"ref":"r1","x":1}"#, &accepted()).unwrap();
+        assert_eq!(request.action, "user_message");
+        assert_eq!(request.payload.unwrap().get(), r#"{"message":"hi"}"#);
+        assert_eq!(request.reference.as_deref(), Some("r1"));
+        let request = parse(r#"{"action":"ping","payload":null}"#, &accepted()).unwrap();
+        assert!(request.payload.is_none());
+    }
+
+    #[test]
+    fn each_bad_envelope_has_its_type() {
+        assert_eq!(refused("").problems[0].kind, "json_invalid");
+        assert_eq!(refused("{nope").problems[0].kind, "json_invalid");
+        assert_eq!(refused("[1]").problems[0].kind, "model_type");
+        assert_eq!(refused(r#"{"payload":{}}"#).problems[0].kind, "union_tag_not_found");
+        let unknown = refused(r#"{"action":"dance"}"#);
+        assert_eq!(unknown.problems[0].kind, "union_tag_invalid");
+        assert!(unknown.problems[0].msg.contains("'ping', 'user_message'"), "{}", unknown.problems[0].msg);
+        assert_eq!(refused(r#"{"action":5}"#).problems[0].kind, "union_tag_invalid");
+        let bad_ref = refused(r#"{"action":"ping","ref":5}"#);
+        assert_eq!(bad_ref.problems, vec![Problem::new("string_type", vec![json!("ref")], "Input should be a valid string")]);
+    }
+
+    #[test]
+    fn a_valid_ref_is_kept_when_the_action_is_wrong() {
+        assert_eq!(refused(r#"{"action":"dance","ref":"r9"}"#).reference.as_deref(), Some("r9"));
+    }
+
+    #[test]
+    fn frames_are_the_documented_json() {
+        assert_eq!(pong_frame(None), r#"{"action":"pong","payload":null}"#);
+        assert_eq!(pong_frame(Some("a")), r#"{"action":"pong","payload":null,"ref":"a"}"#);
+        let error = error_frame(&[Problem::at_action("plugin_error", "go", "boom")], None);
+        assert_eq!(error, r#"{"action":"error","payload":[{"type":"plugin_error","loc":["go"],"msg":"boom"}]}"#);
+    }
+
+    #[test]
+    fn plugin_frames_must_be_objects_and_get_the_ref() {
+        assert!(plugin_frame("[1]".into(), None).is_err());
+        assert!(plugin_frame("{".into(), None).is_err());
+        let framed = plugin_frame(r#"{"action":"a","payload":1}"#.into(), Some("r")).unwrap();
+        assert_eq!(framed, r#"{"action":"a","payload":1,"ref":"r"}"#);
+    }
+}

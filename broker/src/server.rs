@@ -1,0 +1,210 @@
+//! The listener: accepts TCP, speaks HTTP/1.1 with hyper, matches the route and upgrades to
+//! WebSocket. Also owns start-up (loading plugins) and graceful shutdown.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::connection::{self, Setup};
+use crate::plugin::{LoadedPlugin, PluginError, Runtime};
+use crate::registry::Registry;
+use crate::router::Router;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Everything a request handler reads.
+struct Shared {
+    config: Config,
+    router: Router,
+    plugins: HashMap<String, Arc<LoadedPlugin>>,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    // Keeps the engine and its epoch thread alive as long as connections may call plugins.
+    _runtime: Arc<Runtime>,
+}
+
+/// A broker with its plugins loaded and its socket bound, not yet serving.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Loads every plugin of `config` and binds its listen address.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let runtime = Arc::new(Runtime::new(&config.engine)?);
+        let registry = Arc::new(Registry::default());
+        let mut plugins = HashMap::new();
+        for (name, plugin) in &config.plugins {
+            let loaded = LoadedPlugin::load(&runtime, name, plugin, registry.clone()).await?;
+            let manifest = loaded.manifest();
+            tracing::info!(
+                plugin = %name,
+                version = %manifest.version,
+                accepts = ?loaded.accepts(),
+                path = %plugin.path.display(),
+                "plugin loaded"
+            );
+            plugins.insert(name.clone(), Arc::new(loaded));
+        }
+        let router = config.router()?;
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+        let shared = Arc::new(Shared {
+            config,
+            router,
+            plugins,
+            registry,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            _runtime: runtime,
+        });
+        Ok(Server { listener, shared })
+    }
+
+    /// The address actually bound (the port is chosen by the OS for `:0`).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then closes every connection with 1001 and returns once
+    /// they are closed (or the grace period has passed).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Server { listener, shared } = self;
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: keep serving those we have.
+                        tracing::warn!(%error, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let shared_for_conn = shared.clone();
+            shared.tracker.spawn(async move {
+                let service = service_fn(move |request| handle(shared_for_conn.clone(), request, peer));
+                let connection = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).with_upgrades();
+                if let Err(error) = connection.await {
+                    tracing::debug!(%peer, %error, "http connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!(connections = shared.registry.len(), "shutting down");
+        shared.shutdown.cancel();
+        shared.tracker.close();
+        let grace = shared.config.server.shutdown_grace();
+        if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
+            tracing::warn!(?grace, "connections still open after the shutdown grace period");
+        }
+    }
+}
+
+async fn handle(shared: Arc<Shared>, request: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let Some(matched) = shared.router.lookup(&path) else {
+        return Ok(text(StatusCode::NOT_FOUND, format!("no route for {path}\n")));
+    };
+    let Some(key) = websocket_key(&request) else {
+        return Ok(text(
+            StatusCode::UPGRADE_REQUIRED,
+            format!("{path} is a WebSocket route: connect with a WebSocket client\n"),
+        ));
+    };
+    let Some(plugin) = shared.plugins.get(&matched.plugin).cloned() else {
+        return Ok(text(StatusCode::SERVICE_UNAVAILABLE, format!("plugin {} is not loaded\n", matched.plugin)));
+    };
+    let limits = &shared.config.server;
+    let setup = Setup {
+        plugin,
+        registry: shared.registry.clone(),
+        route: matched.pattern,
+        path,
+        params: matched.params,
+        outbound_queue: limits.outbound_queue,
+        close_grace: limits.shutdown_grace(),
+        shutdown: shared.shutdown.clone(),
+    };
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes));
+    let upgrade = hyper::upgrade::on(request);
+    shared.tracker.spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+                connection::run(ws, setup).await;
+            }
+            Err(error) => tracing::debug!(%peer, %error, "websocket upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    Ok(response)
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request (RFC 6455 §4.2.1), or `None`.
+fn websocket_key(request: &Request<Incoming>) -> Option<String> {
+    let headers = request.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let upgrade = request.method() == hyper::Method::GET
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+        && headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    if !upgrade {
+        return None;
+    }
+    headers.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

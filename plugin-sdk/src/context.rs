@@ -1,0 +1,76 @@
+//! What a handler knows about its call and what it can ask of the host.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bindings::broker::plugin::{host, types};
+use crate::error::{Error, Result};
+
+/// A log level for [`Context::log`].
+pub use types::Level;
+
+/// The connection a call is about, and the host's services.
+#[derive(Debug, Clone)]
+pub struct Context {
+    raw: types::Context,
+}
+
+impl Context {
+    pub(crate) fn new(raw: types::Context) -> Self {
+        Context { raw }
+    }
+
+    /// The connection's id, unique for the broker process's lifetime.
+    pub fn connection(&self) -> u64 {
+        self.raw.connection
+    }
+
+    /// The route pattern the connection matched (`/ws/chat/{room}`).
+    pub fn route(&self) -> &str {
+        &self.raw.route
+    }
+
+    /// The path the client connected to (`/ws/chat/room1`).
+    pub fn path(&self) -> &str {
+        &self.raw.path
+    }
+
+    /// A path parameter of the route (`param("room")`).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.raw.params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    /// The authenticated user, when the route authenticates.
+    pub fn user(&self) -> Option<&str> {
+        self.raw.user.as_deref()
+    }
+
+    /// Sends a frame to this connection.
+    pub fn send(&self, frame: &impl Serialize) -> Result<()> {
+        send_to(self.connection(), frame)
+    }
+
+    /// Closes this connection with a WebSocket close code and reason, after what is queued.
+    pub fn close(&self, code: u16, reason: &str) {
+        host::close(self.connection(), code, reason);
+    }
+
+    /// Writes a line to the broker's log.
+    pub fn log(&self, level: Level, message: &str) {
+        host::log(level, message);
+    }
+
+    /// The plugin's `settings` table from broker.toml, decoded.
+    pub fn settings<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(&host::settings()).map_err(|e| Error::msg(format!("plugin settings: {e}")))
+    }
+}
+
+/// Sends a frame to any connection of this broker.
+pub fn send_to(connection: u64, frame: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string(frame)?;
+    host::send(connection, &text).map_err(|error| match error {
+        types::SendError::Closed => Error::msg(format!("connection {connection} is closed")),
+        types::SendError::InvalidFrame(why) => Error::msg(format!("invalid frame: {why}")),
+    })
+}

@@ -1,0 +1,69 @@
+//! Write broker plugins in Rust.
+//!
+//! A plugin is a [`Plugin`] value: its name and version, an optional `on_connect`, and one typed
+//! handler per action. Returning a value from a handler replies to the sender; returning an error
+//! sends the client an `error` frame. Build with `--target wasm32-wasip2`.
+//!
+//! ```ignore
+//! use plugin_sdk::{Frame, Plugin};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct MessagePayload { message: String }
+//!
+//! fn plugin() -> Plugin {
+//!     Plugin::new("echo", env!("CARGO_PKG_VERSION"))
+//!         .handle("user_message", |_ctx, msg: MessagePayload| {
+//!             Ok(Frame::new("system_echo", MessagePayload { message: format!("Echo: {}", msg.message) }))
+//!         })
+//! }
+//!
+//! plugin_sdk::export_plugin!(plugin);
+//! ```
+
+mod context;
+mod error;
+mod exports;
+mod frame;
+mod payload;
+mod plugin;
+
+pub use context::{Context, Level, send_to};
+pub use error::{Error, Issue, Loc, Result};
+pub use frame::Frame;
+pub use plugin::{Plugin, Reject, Reply};
+
+/// The raw bindings of the `broker:plugin` world, for what the typed API does not cover.
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_world_plugin",
+        default_bindings_module: "plugin_sdk::bindings",
+    });
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::exports::{Builder, Exports};
+}
+
+/// Exports a plugin: `export_plugin!(build)` where `fn build() -> Plugin` describes it.
+///
+/// `build` runs once per plugin instance, on its first call.
+#[macro_export]
+macro_rules! export_plugin {
+    ($build:path) => {
+        #[doc(hidden)]
+        struct __PluginBuilder;
+        impl $crate::__private::Builder for __PluginBuilder {
+            fn build() -> $crate::Plugin {
+                $build()
+            }
+        }
+        #[doc(hidden)]
+        type __PluginExports = $crate::__private::Exports<__PluginBuilder>;
+        $crate::bindings::__export_world_plugin!(__PluginExports with_types_in $crate::bindings);
+    };
+}
