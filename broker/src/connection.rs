@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::plugin::host::{Context, HandlerError, LocItem};
 use crate::plugin::{CallError, LoadedPlugin};
 use crate::protocol::{self, PING, Problem, Request};
-use crate::registry::{CloseReason, Control, ConnectionId, Handle, Outbound, Registry};
+use crate::registry::{CloseReason, ConnectionId, Control, Handle, Outbound, Registry};
 
 /// Close code when the server goes away (shutdown).
 pub const GOING_AWAY: u16 = 1001;
@@ -258,7 +258,11 @@ async fn write_loop<S>(
         let result = match item {
             Outbound::Frame(text) => {
                 // Batch: flush only when nothing else is waiting.
-                if queue.is_empty() { sink.send(Message::Text(text)).await } else { sink.feed(Message::Text(text)).await }
+                if queue.is_empty() {
+                    sink.send(Message::Text(text)).await
+                } else {
+                    sink.feed(Message::Text(text)).await
+                }
             }
             Outbound::Close(reason) => {
                 control.close_now(reason.clone());

@@ -61,14 +61,15 @@ struct RawEnvelope<'a> {
 pub fn parse<'a>(text: &'a str, accepted: &[String]) -> Result<Request<'a>, Refusal> {
     let refuse = |problem: Problem| Refusal { problems: vec![problem], reference: None };
     let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
-        let msg = if text.trim().is_empty() { "Invalid JSON: empty frame".to_owned() } else { format!("Invalid JSON: {e}") };
+        let msg =
+            if text.trim().is_empty() { "Invalid JSON: empty frame".to_owned() } else { format!("Invalid JSON: {e}") };
         refuse(Problem::new("json_invalid", vec![], msg))
     })?;
     if !raw.get().starts_with('{') {
         return Err(refuse(Problem::new("model_type", vec![], "Input should be an object")));
     }
-    let envelope: RawEnvelope<'a> =
-        serde_json::from_str(text).map_err(|e| refuse(Problem::new("json_invalid", vec![], format!("Invalid JSON: {e}"))))?;
+    let envelope: RawEnvelope<'a> = serde_json::from_str(text)
+        .map_err(|e| refuse(Problem::new("json_invalid", vec![], format!("Invalid JSON: {e}"))))?;
 
     let mut problems = Vec::new();
     let reference = match envelope.reference.map(|r| serde_json::from_str::<Option<String>>(r.get())) {
@@ -176,7 +177,8 @@ mod tests {
 
     #[test]
     fn parses_action_payload_and_ref() {
-        let request = parse(r#"{"action":"user_message","payload":{"message":"hi"},"ref":"r1","x":1}"#, &accepted()).unwrap();
+        let request =
+            parse(r#"{"action":"user_message","payload":{"message":"hi"},"ref":"r1","x":1}"#, &accepted()).unwrap();
         assert_eq!(request.action, "user_message");
         assert_eq!(request.payload.unwrap().get(), r#"{"message":"hi"}"#);
         assert_eq!(request.reference.as_deref(), Some("r1"));
@@ -195,7 +197,10 @@ mod tests {
         assert!(unknown.problems[0].msg.contains("'ping', 'user_message'"), "{}", unknown.problems[0].msg);
         assert_eq!(refused(r#"{"action":5}"#).problems[0].kind, "union_tag_invalid");
         let bad_ref = refused(r#"{"action":"ping","ref":5}"#);
-        assert_eq!(bad_ref.problems, vec![Problem::new("string_type", vec![json!("ref")], "Input should be a valid string")]);
+        assert_eq!(
+            bad_ref.problems,
+            vec![Problem::new("string_type", vec![json!("ref")], "Input should be a valid string")]
+        );
     }
 
     #[test]

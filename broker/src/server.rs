@@ -132,7 +132,11 @@ impl Server {
     }
 }
 
-async fn handle(shared: Arc<Shared>, request: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_owned();
     let Some(matched) = shared.router.lookup(&path) else {
         return Ok(text(StatusCode::NOT_FOUND, format!("no route for {path}\n")));

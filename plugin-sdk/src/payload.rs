@@ -120,7 +120,9 @@ fn expected_type(expected: &str) -> (&'static str, String) {
         e if e.starts_with("struct") || e.starts_with("a map") || e.starts_with("map") => {
             ("model_type", "Input should be an object")
         }
-        e if e.starts_with("enum") || e.starts_with("variant") => ("enum", "Input should be a valid enumeration member"),
+        e if e.starts_with("enum") || e.starts_with("variant") => {
+            ("enum", "Input should be a valid enumeration member")
+        }
         _ => return ("type_error", format!("Input should be {expected}")),
     };
     (kind, msg.to_owned())

@@ -8,8 +8,8 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::host::{HostState, Plugin};
 use super::PluginError;
+use super::host::{HostState, Plugin};
 use crate::config;
 
 /// Compiles plugins and links them against the host interfaces.
@@ -80,14 +80,12 @@ impl Ticker {
     fn start(engine: Engine, period: Duration) -> std::io::Result<Ticker> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("epoch-ticker".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(period);
-                    engine.increment_epoch();
-                }
-            })?;
+        let thread = std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(period);
+                engine.increment_epoch();
+            }
+        })?;
         Ok(Ticker { period, stop, thread: Some(thread) })
     }
 }

@@ -17,7 +17,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use broker::plugin::types::{Context, HandlerError, Level, LocItem, PluginManifest, Rejection, SendError};
+pub use self::broker::plugin::types::{Context, HandlerError, Level, LocItem, PluginManifest, Rejection, SendError};
 
 /// Everything one plugin instance's store holds.
 pub struct HostState {
@@ -46,9 +46,9 @@ impl WasiView for HostState {
     }
 }
 
-impl broker::plugin::types::Host for HostState {}
+impl self::broker::plugin::types::Host for HostState {}
 
-impl broker::plugin::host::Host for HostState {
+impl self::broker::plugin::host::Host for HostState {
     async fn send(&mut self, connection: u64, frame: String) -> wasmtime::Result<Result<(), SendError>> {
         let frame = match protocol::plugin_frame(frame, None) {
             Ok(frame) => frame,

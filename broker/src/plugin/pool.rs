@@ -88,7 +88,8 @@ impl LoadedPlugin {
             settings: Arc::from(settings),
             registry,
         };
-        let manifest = plugin.call(async |i| i.bindings.broker_plugin_handler().call_manifest(&mut i.store).await)
+        let manifest = plugin
+            .call(async |i| i.bindings.broker_plugin_handler().call_manifest(&mut i.store).await)
             .await
             .map_err(|e| failed(format!("asking for its manifest failed: {e}")))?;
         plugin.accepts = manifest.accepts.iter().map(|a| a.name.clone()).collect();
@@ -120,8 +121,10 @@ impl LoadedPlugin {
         action: &str,
         payload: Option<&str>,
     ) -> Result<Result<Option<String>, HandlerError>, CallError> {
-        self.call(async |i| i.bindings.broker_plugin_handler().call_on_message(&mut i.store, ctx, action, payload).await)
-            .await
+        self.call(async |i| {
+            i.bindings.broker_plugin_handler().call_on_message(&mut i.store, ctx, action, payload).await
+        })
+        .await
     }
 
     pub async fn on_disconnect(&self, ctx: &Context) -> Result<(), CallError> {

@@ -18,9 +18,7 @@ fn plugin() -> Plugin {
         .tags(["system", "direct"])
         .sends("system_echo")
         .on_connect(|ctx| Ok(ctx.send(&system_echo("🔧 System: Connection established!".into()))?))
-        .handle("user_message", |_ctx, msg: MessagePayload| {
-            Ok(system_echo(format!("🔧 System Echo: {}", msg.message)))
-        })
+        .handle("user_message", |_ctx, msg: MessagePayload| Ok(system_echo(format!("🔧 System Echo: {}", msg.message))))
 }
 
 plugin_sdk::export_plugin!(plugin);

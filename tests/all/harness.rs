@@ -1,0 +1,233 @@
+//! The harness of the black-box tests: start a real broker process with a given broker.toml on an
+//! ephemeral port, connect real WebSocket clients, send frames and expect frames.
+//!
+//! Every wait has a timeout, so a broken broker fails a test instead of hanging it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single expectation may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Where the build script put the compiled plugins.
+pub fn plugin_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("PLUGINS_DIR")).join(format!("{name}.wasm"))
+}
+
+/// A broker.toml mounting the shipped echo plugin at `/ws/system` and the test-only plugin at
+/// `/ws/testbed`, `/ws/testbed/{room}` and `/ws/reject`; `extra` is appended.
+pub fn default_config(extra: &str) -> String {
+    format!(
+        r#"
+[plugins.echo]
+path = "{echo}"
+
+[plugins.testbed]
+path = "{testbed}"
+timeout_ms = 1500
+settings = {{ greeting = "hi", depth = 2 }}
+
+[[routes]]
+path = "/ws/system"
+plugin = "echo"
+
+[[routes]]
+path = "/ws/testbed"
+plugin = "testbed"
+
+[[routes]]
+path = "/ws/testbed/{{room}}"
+plugin = "testbed"
+
+[[routes]]
+path = "/ws/reject"
+plugin = "testbed"
+{extra}"#,
+        echo = plugin_path("echo").display(),
+        testbed = plugin_path("testbed").display(),
+    )
+}
+
+/// A broker process serving one configuration; killed when dropped.
+pub struct Broker {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts the broker with `default_config("")`.
+    pub fn start() -> Broker {
+        Broker::with_config(&default_config(""))
+    }
+
+    /// Starts the broker with this broker.toml and waits for its `listening on` line.
+    pub fn with_config(toml: &str) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("broker.toml");
+        std::fs::write(&config, toml).expect("write broker.toml");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_broker-under-test"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the broker");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr.parse().expect("a socket address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the broker did not print `listening on ADDR`: {:?}", child.wait());
+            }
+        };
+        Broker { child, addr, _dir: dir }
+    }
+
+    /// `ws://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Connects to `path` and returns the client.
+    pub async fn connect(&self, path: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(self.url(path)))
+            .await
+            .expect("connect timed out")
+            .expect("websocket handshake");
+        Client { ws }
+    }
+
+    /// Connects to the echo route and consumes its welcome frame.
+    pub async fn echo_client(&self) -> Client {
+        let mut client = self.connect("/ws/system").await;
+        let welcome = client.recv().await;
+        assert_eq!(welcome["action"], "system_echo", "{welcome}");
+        client
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+        self.wait_exit()
+    }
+
+    /// Waits (bounded) for the process to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the broker did not exit within {WAIT:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a client observed when it waited for a frame.
+#[derive(Debug)]
+pub enum Received {
+    Json(Value),
+    Close(Option<CloseFrame>),
+    /// The connection ended without a close frame.
+    Ended,
+}
+
+/// A WebSocket client of the broker.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Sends a text frame as is.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send text");
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub async fn send(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws.send(Message::Binary(Bytes::copy_from_slice(bytes))).await.expect("send binary");
+    }
+
+    /// The next text frame, parsed, or the close; pings and pongs are skipped.
+    pub async fn next(&mut self) -> Received {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next()).await.expect("no frame within the wait");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Received::Json(serde_json::from_str(&text).expect("the broker sent JSON"));
+                }
+                Some(Ok(Message::Close(frame))) => return Received::Close(frame),
+                Some(Ok(Message::Binary(bytes))) => panic!("the broker sent a binary frame: {bytes:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Received::Ended,
+            }
+        }
+    }
+
+    /// The next frame, which must be JSON.
+    pub async fn recv(&mut self) -> Value {
+        match self.next().await {
+            Received::Json(value) => value,
+            other => panic!("expected a JSON frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame, which must be a close frame: returns (code, reason). Like a well-behaved
+    /// client, it then completes the close handshake.
+    pub async fn recv_close(&mut self) -> (u16, String) {
+        let closed = match self.next().await {
+            Received::Close(Some(frame)) => (u16::from(frame.code), frame.reason.to_string()),
+            other => panic!("expected a close frame, got {other:?}"),
+        };
+        // Reading on flushes tungstenite's queued close reply; the stream then ends.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+        closed
+    }
+
+    /// Sends a frame and returns the answer.
+    pub async fn request(&mut self, value: Value) -> Value {
+        self.send(value).await;
+        self.recv().await
+    }
+
+    /// A ping round trip: proves the connection is still served.
+    pub async fn assert_alive(&mut self) {
+        let pong = self.request(serde_json::json!({"action": "ping"})).await;
+        assert_eq!(pong, serde_json::json!({"action": "pong", "payload": null}));
+    }
+}

@@ -1,0 +1,9 @@
+//! Black-box tests: each starts a real broker process and talks to it over real sockets.
+
+mod deadlines;
+mod echo;
+mod errors;
+mod handshake;
+mod harness;
+mod lifecycle;
+mod plugins;

@@ -1,0 +1,51 @@
+//! Builds the plugins the tests load (shipped and test-only) for wasm32-wasip2, so `cargo test`
+//! needs no manual step. The wasm build has its own target directory: the host build's is locked.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const PLUGINS: &[&str] = &["echo", "testbed"];
+const TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir.parent().expect("tests/ sits in the workspace root").to_owned();
+    for watched in ["plugin-sdk", "plugins", "tests/plugins", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    ensure_target();
+    let target_dir = root.join("target").join("wasm");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(&root).args(["build", "--release", "--target", TARGET, "--target-dir"]).arg(&target_dir);
+    for plugin in PLUGINS {
+        build.args(["-p", plugin]);
+    }
+    // Flags meant for the host build must not leak into the wasm one.
+    for var in
+        ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_TARGET_DIR", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET"]
+    {
+        build.env_remove(var);
+    }
+    let status = build.status().expect("cannot run cargo to build the test plugins");
+    assert!(status.success(), "building the plugins for {TARGET} failed; see the output above");
+    let out = target_dir.join(TARGET).join("release");
+    for plugin in PLUGINS {
+        assert!(out.join(format!("{plugin}.wasm")).is_file(), "{plugin}.wasm was not built in {}", out.display());
+    }
+    println!("cargo:rustc-env=PLUGINS_DIR={}", out.display());
+}
+
+/// Adds the wasm target with rustup when it is missing (a fresh machine).
+fn ensure_target() {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match installed {
+        Ok(output) if String::from_utf8_lossy(&output.stdout).lines().any(|l| l.trim() == TARGET) => {}
+        Ok(_) => {
+            let added = Command::new("rustup").args(["target", "add", TARGET]).status();
+            assert!(added.is_ok_and(|s| s.success()), "`rustup target add {TARGET}` failed");
+        }
+        // No rustup: the toolchain is managed another way; let cargo say what is missing.
+        Err(_) => {}
+    }
+}

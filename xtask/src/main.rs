@@ -1,0 +1,121 @@
+//! `cargo xtask <command>`: the project's automation, in Rust rather than shell.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args...]
+
+commands:
+  run [ARGS...]   build the plugins, then serve ./broker.toml (ARGS go to `broker serve`)
+  plugins         build every plugin in plugins/ into target/plugins/<name>.wasm
+  test [ARGS...]  run every test of the workspace (ARGS go to `cargo test`)
+  lint            cargo fmt --check and cargo clippy -D warnings, host and wasm crates";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let root = workspace_root();
+    match command.as_str() {
+        "run" => {
+            build_plugins(&root)?;
+            let mut serve = cargo(&root);
+            serve.args(["run", "--package", "broker", "--", "serve", "--config"]).arg(root.join("broker.toml"));
+            run(serve.args(&rest))
+        }
+        "plugins" => build_plugins(&root).map(drop),
+        "test" => {
+            ensure_wasm_target()?;
+            run(cargo(&root).arg("test").args(&rest))
+        }
+        "lint" => {
+            ensure_wasm_target()?;
+            run(cargo(&root).args(["fmt", "--all", "--check"]))?;
+            run(cargo(&root).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            let mut wasm = cargo(&root);
+            wasm.args(["clippy", "--target", WASM_TARGET, "--target-dir", "target/wasm"]);
+            for plugin in plugin_crates(&root)?.iter().chain(&["testbed".to_owned()]) {
+                wasm.args(["--package", plugin]);
+            }
+            run(wasm.args(["--", "-D", "warnings"]))
+        }
+        "" | "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask/ sits in the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root);
+    command
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command.status().with_context(|| format!("cannot run {command:?}"))?;
+    ensure!(status.success(), "{command:?} failed with {status}");
+    Ok(())
+}
+
+/// Adds the wasm target when missing, so a fresh machine needs no manual step.
+fn ensure_wasm_target() -> Result<()> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match installed {
+        Ok(output) if String::from_utf8_lossy(&output.stdout).lines().any(|l| l.trim() == WASM_TARGET) => Ok(()),
+        Ok(_) => run(Command::new("rustup").args(["target", "add", WASM_TARGET])),
+        Err(_) => {
+            eprintln!("rustup not found: assuming the {WASM_TARGET} target is installed");
+            Ok(())
+        }
+    }
+}
+
+/// The plugin crates: every folder of plugins/ with a Cargo.toml.
+fn plugin_crates(root: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(root.join("plugins")).context("reading plugins/")? {
+        let path = entry?.path();
+        if path.join("Cargo.toml").is_file()
+            && let Some(name) = path.file_name().and_then(|n| n.to_str())
+        {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Builds every plugin for wasm32-wasip2 and copies it to target/plugins/<name>.wasm.
+fn build_plugins(root: &Path) -> Result<Vec<PathBuf>> {
+    ensure_wasm_target()?;
+    let names = plugin_crates(root)?;
+    let mut build = cargo(root);
+    build.args(["build", "--release", "--target", WASM_TARGET, "--target-dir", "target/wasm"]);
+    for name in &names {
+        build.args(["--package", name]);
+    }
+    run(&mut build)?;
+    let out = root.join("target").join("plugins");
+    std::fs::create_dir_all(&out)?;
+    let mut built = Vec::new();
+    for name in &names {
+        let from = root.join("target/wasm").join(WASM_TARGET).join("release").join(format!("{name}.wasm"));
+        let to = out.join(format!("{name}.wasm"));
+        std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+        built.push(to);
+    }
+    eprintln!("plugins: {}", names.join(", "));
+    Ok(built)
+}
