@@ -37,6 +37,8 @@ pub struct Config {
     /// Routes, matched by path.
     #[serde(default)]
     pub routes: Vec<Route>,
+    #[serde(default)]
+    pub api: Api,
     /// The file this was read from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -54,6 +56,11 @@ pub struct Server {
     /// Frames waiting to be written to one client before it is closed as a slow consumer.
     /// Default 1024.
     pub outbound_queue: usize,
+    /// Bytes waiting to be written to one client before it is closed as a slow consumer.
+    /// Default 8 MiB.
+    pub outbound_queue_bytes: usize,
+    /// Groups one connection may be in at once. Default 100.
+    pub max_groups_per_connection: usize,
     /// How long shutdown waits for clients to receive their close frames. Default 5000 ms.
     pub shutdown_grace_ms: u64,
 }
@@ -64,6 +71,8 @@ impl Default for Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_message_bytes: 16 << 20,
             outbound_queue: 1024,
+            outbound_queue_bytes: 8 << 20,
+            max_groups_per_connection: 100,
             shutdown_grace_ms: 5000,
         }
     }
@@ -105,6 +114,10 @@ pub struct Plugin {
     /// Instances of this plugin running at once; further calls wait. Default 64.
     #[serde(default = "Plugin::default_max_instances")]
     pub max_instances: usize,
+    /// The namespace of the plugin's group names. Default: the plugin's name. Plugins given the
+    /// same namespace share their groups (a Rust and a Python chat in the same rooms).
+    #[serde(default)]
+    pub groups: Option<String>,
     /// Free-form settings handed to the plugin as JSON (`settings()` in the WIT host interface).
     #[serde(default)]
     pub settings: toml::Table,
@@ -132,6 +145,49 @@ pub struct Route {
     pub path: String,
     /// The plugin that handles it, a key of `[plugins]`.
     pub plugin: String,
+    /// Add `message_id`, `timestamp` and `sender` to every frame delivered on this route. Default false,
+    /// so Chanx clients see the frames they expect.
+    #[serde(default)]
+    pub metadata: bool,
+    /// Constraints on path parameters, by name; a request breaking one gets HTTP 400.
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamRule>,
+}
+
+/// `[routes.params.<name>]`: what a path parameter may be.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamRule {
+    /// A regular expression the whole value must match (`^...$` is implied).
+    pub pattern: Option<String>,
+    /// The longest value, in characters.
+    pub max_length: Option<usize>,
+}
+
+/// `[api]`: the HTTP API (`/api/publish`, `/api/groups/{group}/members`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    /// The key clients send as `Authorization: Bearer <key>`. Without a key (here or in `key_env`)
+    /// the API answers 403.
+    pub key: Option<String>,
+    /// The environment variable holding the key, so broker.toml need not hold the secret.
+    pub key_env: Option<String>,
+}
+
+impl Api {
+    /// The key in force: `key_env`'s variable when set, else `key`.
+    pub fn key(&self) -> Option<String> {
+        let from_env = self.key_env.as_ref().and_then(|var| std::env::var(var).ok()).filter(|k| !k.is_empty());
+        from_env.or_else(|| self.key.clone().filter(|k| !k.is_empty()))
+    }
+}
+
+impl Plugin {
+    /// The namespace its group names live in.
+    pub fn groups_namespace<'a>(&'a self, name: &'a str) -> &'a str {
+        self.groups.as_deref().unwrap_or(name)
+    }
 }
 
 impl Config {
@@ -166,6 +222,8 @@ impl Config {
         let positive = [
             ("server.max_message_bytes", self.server.max_message_bytes as u64),
             ("server.outbound_queue", self.server.outbound_queue as u64),
+            ("server.outbound_queue_bytes", self.server.outbound_queue_bytes as u64),
+            ("server.max_groups_per_connection", self.server.max_groups_per_connection as u64),
             ("engine.max_instances", u64::from(self.engine.max_instances)),
             ("engine.max_memory_bytes", self.engine.max_memory_bytes as u64),
             ("engine.epoch_tick_ms", self.engine.epoch_tick_ms),
@@ -182,6 +240,10 @@ impl Config {
             if plugin.max_instances == 0 {
                 return Err(invalid(format!("plugins.{name}.max_instances"), "must be greater than 0".into()));
             }
+            let namespace = plugin.groups_namespace(name);
+            if namespace.is_empty() || namespace.contains(':') {
+                return Err(invalid(format!("plugins.{name}.groups"), "must be non-empty and without ':'".into()));
+            }
         }
         self.router().map(drop)
     }
@@ -197,9 +259,7 @@ impl Config {
                     format!("no plugin named {:?} (plugins: {})", route.plugin, known.join(", ")),
                 ));
             }
-            table
-                .insert(&route.path, &route.plugin)
-                .map_err(|message| self.invalid(format!("routes[{i}].path"), message))?;
+            table.insert(route).map_err(|(key, message)| self.invalid(format!("routes[{i}].{key}"), message))?;
         }
         Ok(table)
     }
@@ -245,5 +305,23 @@ mod tests {
         assert!(error.contains("`routes[0].plugin`: no plugin named \"nope\""), "{error}");
         let error = parse(&format!("{ECHO}[[routes]]\npath = \"/ws/system\"\nplugin = \"echo\"\n")).unwrap_err();
         assert!(error.to_string().contains("`routes[1].path`"), "{error}");
+    }
+
+    #[test]
+    fn param_rules_must_name_a_parameter_and_compile() {
+        let route = "[[routes]]\npath = \"/ws/chat/{room}\"\nplugin = \"echo\"\n";
+        let ok = format!("{ECHO}{route}[routes.params.room]\npattern = \"[a-z0-9]+\"\nmax_length = 8\n");
+        parse(&ok).unwrap();
+        let error = parse(&format!("{ECHO}{route}[routes.params.rom]\nmax_length = 8\n")).unwrap_err().to_string();
+        assert!(error.contains("`routes[1].params.rom`"), "{error}");
+        let error = parse(&format!("{ECHO}{route}[routes.params.room]\npattern = \"(\"\n")).unwrap_err().to_string();
+        assert!(error.contains("`routes[1].params.room.pattern`"), "{error}");
+    }
+
+    #[test]
+    fn api_key_comes_from_the_environment_first() {
+        let api = Api { key: Some("file".into()), key_env: Some("BROKER_TEST_UNSET_VARIABLE".into()) };
+        assert_eq!(api.key().as_deref(), Some("file"));
+        assert_eq!(Api::default().key(), None);
     }
 }

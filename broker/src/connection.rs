@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -18,10 +17,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use crate::outbound::{self, Bounds, CloseReason, Delivery, Handle, Outbound, Queue};
 use crate::plugin::host::{Context, HandlerError, LocItem};
 use crate::plugin::{CallError, LoadedPlugin};
 use crate::protocol::{self, PING, Problem, Request};
-use crate::registry::{CloseReason, ConnectionId, Control, Handle, Outbound, Registry};
+use crate::registry::{ConnectionId, Registry};
+use crate::router::Route;
 
 /// Close code when the server goes away (shutdown).
 pub const GOING_AWAY: u16 = 1001;
@@ -34,10 +35,10 @@ pub const INTERNAL_ERROR: u16 = 1011;
 pub struct Setup {
     pub plugin: Arc<LoadedPlugin>,
     pub registry: Arc<Registry>,
-    pub route: String,
+    pub route: Arc<Route>,
     pub path: String,
     pub params: Vec<(String, String)>,
-    pub outbound_queue: usize,
+    pub bounds: Bounds,
     /// How long to wait for the client's half of a close handshake.
     pub close_grace: Duration,
     pub shutdown: CancellationToken,
@@ -49,16 +50,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sink, mut stream) = ws.split();
-    let (outbound, queue) = mpsc::channel(setup.outbound_queue);
-    let control = Arc::new(Control::default());
-    let id = setup.registry.register(Handle { outbound: outbound.clone(), control: control.clone() });
+    let (handle, queue) = outbound::queue(&setup.bounds, setup.route.metadata);
+    let control = handle.control.clone();
+    let id = setup.registry.register(handle.clone());
     let writer = tokio::spawn(write_loop(sink, queue, control.clone()));
+    let route = setup.route.pattern.clone();
     let connection = Connection {
         id,
-        ctx: Context { connection: id, route: setup.route, path: setup.path, params: setup.params, user: None },
+        ctx: Context { connection: id, route, path: setup.path, params: setup.params, user: None },
         plugin: setup.plugin,
-        outbound,
-        control: control.clone(),
+        handle,
     };
     let started = std::time::Instant::now();
     tracing::debug!(connection = id, route = %connection.ctx.route, path = %connection.ctx.path, "connection opened");
@@ -85,8 +86,8 @@ where
     if let Err(error) = connection.plugin.on_disconnect(&connection.ctx).await {
         tracing::warn!(connection = id, plugin = connection.plugin.name(), %error, "on-disconnect failed");
     }
-    let Connection { outbound, ctx, .. } = connection;
-    drop(outbound);
+    let Connection { handle, ctx, .. } = connection;
+    drop(handle);
     let _ = tokio::time::timeout(setup.close_grace, writer).await;
     tracing::debug!(
         connection = id,
@@ -110,8 +111,7 @@ struct Connection {
     id: ConnectionId,
     ctx: Context,
     plugin: Arc<LoadedPlugin>,
-    outbound: mpsc::Sender<Outbound>,
-    control: Arc<Control>,
+    handle: Handle,
 }
 
 impl Connection {
@@ -144,7 +144,7 @@ impl Connection {
                     self.queue_close(CloseReason::new(GOING_AWAY, "server shutting down")).await;
                     return Ended::WeClosed;
                 }
-                _ = self.control.closed() => return Ended::WeClosed,
+                _ = self.handle.control.closed() => return Ended::WeClosed,
                 message = stream.next() => message,
             };
             match message {
@@ -158,7 +158,7 @@ impl Connection {
                 Some(Ok(Message::Close(_))) | None => return Ended::Peer,
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                     let reason = format!("message of {size} bytes is over the limit of {max_size} bytes");
-                    self.control.close_now(CloseReason::new(MESSAGE_TOO_BIG, reason));
+                    self.handle.control.close_now(CloseReason::new(MESSAGE_TOO_BIG, reason));
                     return Ended::WeClosed;
                 }
                 Some(Err(error)) => {
@@ -166,7 +166,7 @@ impl Connection {
                     return Ended::Peer;
                 }
             }
-            if self.control.reason().is_some() {
+            if self.handle.control.reason().is_some() {
                 return Ended::WeClosed;
             }
         }
@@ -228,21 +228,20 @@ impl Connection {
     /// Queues a frame for this connection, waiting for room: a client that does not read its
     /// replies stops being read, rather than being buffered for.
     async fn reply(&self, frame: String) {
-        let _ = self.outbound.send(Outbound::Frame(Utf8Bytes::from(frame))).await;
+        let frame = Delivery::new(frame, self.id.to_string()).for_handle(&self.handle);
+        let _ = self.handle.send(frame).await;
     }
 
     async fn queue_close(&self, reason: CloseReason) {
-        if self.outbound.send(Outbound::Close(reason.clone())).await.is_err() {
-            self.control.close_now(reason);
-        }
+        self.handle.close_after_queue(reason).await;
     }
 }
 
 /// Writes queued frames until a close frame is written or the queue ends.
 async fn write_loop<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    mut queue: mpsc::Receiver<Outbound>,
-    control: Arc<Control>,
+    mut queue: Queue,
+    control: Arc<outbound::Control>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -256,7 +255,8 @@ async fn write_loop<S>(
             },
         };
         let result = match item {
-            Outbound::Frame(text) => {
+            // The permit (the frame's share of the byte bound) is released once the frame is written.
+            Outbound::Frame(text, _permit) => {
                 // Batch: flush only when nothing else is waiting.
                 if queue.is_empty() {
                     sink.send(Message::Text(text)).await

@@ -2,9 +2,12 @@
 //!
 //! See ARCHITECTURE.md for the codemap and the way of one frame through these modules.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod metrics;
+pub mod outbound;
 pub mod plugin;
 pub mod protocol;
 pub mod registry;

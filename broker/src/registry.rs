@@ -1,109 +1,104 @@
-//! Live connections by id, and the one way to put a frame in a connection's outbound queue.
+//! Live connections by id, the groups they are in, and delivery to both.
+//!
+//! Lock order: a connection's entry, then a group. A connection's entry exists from `register` to
+//! `remove`, and `join` only adds a membership while holding it, so a join racing a close either
+//! lands before `remove` (which then cleans it up) or fails: no membership outlives its connection.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use tokio::sync::{Notify, mpsc};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+pub use crate::outbound::{CloseReason, Delivery, Handle, SendError};
 
 /// A connection's id, unique for the life of the process.
 pub type ConnectionId = u64;
 
-/// Close code for a client that does not read its frames fast enough.
-pub const SLOW_CONSUMER: u16 = 4008;
+/// The longest group name, in bytes.
+pub const MAX_GROUP_NAME: usize = 256;
 
-/// What the write loop of a connection is asked to do.
-#[derive(Debug)]
-pub enum Outbound {
-    /// Write a text frame. `Utf8Bytes` is reference-counted, so one frame can go to many queues.
-    Frame(Utf8Bytes),
-    /// Write a close frame after everything queued before it.
-    Close(CloseReason),
+/// A group's full name: the namespace (a plugin's, unless broker.toml shares one) and the name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub namespace: Arc<str>,
+    pub name: String,
 }
 
-/// A WebSocket close code and reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseReason {
-    pub code: u16,
-    pub reason: String,
-}
+impl GroupKey {
+    pub fn new(namespace: &Arc<str>, name: &str) -> GroupKey {
+        GroupKey { namespace: namespace.clone(), name: name.to_owned() }
+    }
 
-impl CloseReason {
-    pub fn new(code: u16, reason: impl Into<String>) -> Self {
-        CloseReason { code, reason: reason.into() }
+    /// Parses the HTTP API's `namespace:name`.
+    pub fn parse(qualified: &str) -> Option<GroupKey> {
+        let (namespace, name) = qualified.split_once(':')?;
+        (!namespace.is_empty() && valid_name(name))
+            .then(|| GroupKey { namespace: Arc::from(namespace), name: name.into() })
     }
 }
 
-/// Closing out of band: skips the queue, for when the queue itself is the problem.
-#[derive(Debug, Default)]
-pub struct Control {
-    close: Mutex<Option<CloseReason>>,
-    notify: Notify,
-}
-
-impl Control {
-    /// Asks the connection to close now; the first reason wins.
-    pub fn close_now(&self, reason: CloseReason) {
-        let mut slot = self.close.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if slot.is_none() {
-            *slot = Some(reason);
-            // Wakes every `closed()` future already created, polled or not.
-            self.notify.notify_waiters();
-        }
-    }
-
-    /// The reason, once `close_now` was called.
-    pub fn reason(&self) -> Option<CloseReason> {
-        self.close.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
-    }
-
-    /// Resolves once `close_now` has been called.
-    pub async fn closed(&self) -> CloseReason {
-        loop {
-            let notified = self.notify.notified();
-            if let Some(reason) = self.reason() {
-                return reason;
-            }
-            notified.await;
-        }
+impl std::fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.namespace, self.name)
     }
 }
 
-/// How to reach one connection from anywhere in the broker.
-#[derive(Debug, Clone)]
-pub struct Handle {
-    pub outbound: mpsc::Sender<Outbound>,
-    pub control: Arc<Control>,
+/// Whether `name` can name a group.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_GROUP_NAME
 }
 
-/// Why a frame was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
+/// Why a connection could not join a group.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
     #[error("the connection is closed")]
     Closed,
+    #[error("a group name is 1 to {MAX_GROUP_NAME} bytes")]
+    InvalidName,
+    #[error("a connection may be in at most {0} groups")]
+    TooManyGroups(usize),
 }
 
-/// All live connections of this process.
-#[derive(Debug, Default)]
+struct Entry {
+    handle: Handle,
+    groups: HashSet<GroupKey>,
+}
+
+/// All live connections and groups of this process.
 pub struct Registry {
     next_id: AtomicU64,
-    connections: DashMap<ConnectionId, Handle>,
+    connections: DashMap<ConnectionId, Entry>,
+    groups: DashMap<GroupKey, HashMap<ConnectionId, Handle>>,
+    max_groups_per_connection: usize,
 }
 
 impl Registry {
+    pub fn new(max_groups_per_connection: usize) -> Registry {
+        Registry {
+            next_id: AtomicU64::new(0),
+            connections: DashMap::new(),
+            groups: DashMap::new(),
+            max_groups_per_connection,
+        }
+    }
+
     /// Adds a connection and returns its new id.
     pub fn register(&self, handle: Handle) -> ConnectionId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.connections.insert(id, handle);
+        self.connections.insert(id, Entry { handle, groups: HashSet::new() });
         id
     }
 
+    /// Removes a connection and all its memberships; groups left empty are dropped.
     pub fn remove(&self, id: ConnectionId) {
-        self.connections.remove(&id);
+        let Some((_, entry)) = self.connections.remove(&id) else { return };
+        for key in entry.groups {
+            self.remove_member(&key, id);
+        }
     }
 
+    /// Open connections.
     pub fn len(&self) -> usize {
         self.connections.len()
     }
@@ -112,31 +107,142 @@ impl Registry {
         self.connections.is_empty()
     }
 
-    /// Queues a frame without waiting. A full queue means the client is not keeping up: it is closed
-    /// as a slow consumer rather than buffered without bound or silently skipped.
-    pub fn send(&self, id: ConnectionId, frame: Utf8Bytes) -> Result<(), SendError> {
-        let handle = self.connections.get(&id).map(|h| h.clone()).ok_or(SendError::Closed)?;
-        queue(&handle, Outbound::Frame(frame))
+    /// Groups with at least one member.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Memberships, over all groups.
+    pub fn membership_count(&self) -> usize {
+        self.groups.iter().map(|group| group.len()).sum()
+    }
+
+    fn handle(&self, id: ConnectionId) -> Result<Handle, SendError> {
+        self.connections.get(&id).map(|entry| entry.handle.clone()).ok_or(SendError::Closed)
+    }
+
+    /// Queues a frame for one connection without waiting (see [`Handle::try_send`]).
+    pub fn send(&self, id: ConnectionId, delivery: &Delivery) -> Result<(), SendError> {
+        let handle = self.handle(id)?;
+        handle.try_send(delivery.for_handle(&handle))
     }
 
     /// Closes a connection after the frames already queued.
     pub fn close(&self, id: ConnectionId, reason: CloseReason) -> Result<(), SendError> {
-        let handle = self.connections.get(&id).map(|h| h.clone()).ok_or(SendError::Closed)?;
-        queue(&handle, Outbound::Close(reason))
+        self.handle(id)?.close(reason)
+    }
+
+    pub fn join(&self, id: ConnectionId, key: GroupKey) -> Result<(), JoinError> {
+        if !valid_name(&key.name) {
+            return Err(JoinError::InvalidName);
+        }
+        let mut entry = self.connections.get_mut(&id).ok_or(JoinError::Closed)?;
+        if entry.groups.contains(&key) {
+            return Ok(());
+        }
+        if entry.groups.len() >= self.max_groups_per_connection {
+            return Err(JoinError::TooManyGroups(self.max_groups_per_connection));
+        }
+        let handle = entry.handle.clone();
+        self.groups.entry(key.clone()).or_default().insert(id, handle);
+        entry.groups.insert(key);
+        Ok(())
+    }
+
+    pub fn leave(&self, id: ConnectionId, key: &GroupKey) {
+        let Some(mut entry) = self.connections.get_mut(&id) else { return };
+        if entry.groups.remove(key) {
+            self.remove_member(key, id);
+        }
+    }
+
+    fn remove_member(&self, key: &GroupKey, id: ConnectionId) {
+        // Removing the group when it empties, under the same shard lock, so an empty group is never seen.
+        self.groups.remove_if_mut(key, |_, members| {
+            members.remove(&id);
+            members.is_empty()
+        });
+    }
+
+    /// Queues `delivery` for every member of a group but `exclude`; returns how many it reached.
+    ///
+    /// Queueing never waits (slow members are closed, see [`Handle::try_send`]), so holding the
+    /// group's read lock here delays joins to this group by microseconds, and sockets not at all.
+    pub fn broadcast(&self, key: &GroupKey, delivery: &Delivery, exclude: Option<ConnectionId>) -> usize {
+        let Some(members) = self.groups.get(key) else { return 0 };
+        let mut reached = 0;
+        for (id, handle) in members.iter() {
+            if Some(*id) != exclude && handle.try_send(delivery.for_handle(handle)).is_ok() {
+                reached += 1;
+            }
+        }
+        reached
+    }
+
+    /// A group's members.
+    pub fn members(&self, key: &GroupKey) -> Vec<ConnectionId> {
+        let mut members: Vec<ConnectionId> =
+            self.groups.get(key).map(|members| members.keys().copied().collect()).unwrap_or_default();
+        members.sort_unstable();
+        members
     }
 }
 
-fn queue(handle: &Handle, item: Outbound) -> Result<(), SendError> {
-    if handle.control.reason().is_some() {
-        return Err(SendError::Closed);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound;
+
+    fn connect(registry: &Registry) -> (ConnectionId, outbound::Queue) {
+        let bounds = outbound::Bounds { max_frames: 8, max_bytes: 1 << 20, slow_closes: Default::default() };
+        let (handle, queue) = outbound::queue(&bounds, false);
+        (registry.register(handle), queue)
     }
-    match handle.outbound.try_send(item) {
-        Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!(capacity = handle.outbound.max_capacity(), "closing slow consumer: outbound queue full");
-            handle.control.close_now(CloseReason::new(SLOW_CONSUMER, "slow consumer: outbound queue full"));
-            Err(SendError::Closed)
-        }
+
+    fn key(name: &str) -> GroupKey {
+        GroupKey::new(&Arc::from("chat"), name)
+    }
+
+    #[test]
+    fn closing_leaves_every_group_and_empty_groups_vanish() {
+        let registry = Registry::new(10);
+        let (a, _qa) = connect(&registry);
+        let (b, _qb) = connect(&registry);
+        registry.join(a, key("room1")).unwrap();
+        registry.join(a, key("room2")).unwrap();
+        registry.join(b, key("room1")).unwrap();
+        assert_eq!(registry.members(&key("room1")), vec![a, b]);
+        registry.remove(a);
+        assert_eq!(registry.members(&key("room1")), vec![b]);
+        assert_eq!(registry.group_count(), 1);
+        registry.leave(b, &key("room1"));
+        assert_eq!((registry.group_count(), registry.membership_count()), (0, 0));
+        assert_eq!(registry.join(a, key("room1")), Err(JoinError::Closed));
+    }
+
+    #[test]
+    fn broadcast_skips_the_excluded_and_counts_the_reached() {
+        let registry = Registry::new(10);
+        let (a, mut qa) = connect(&registry);
+        let (b, mut qb) = connect(&registry);
+        registry.join(a, key("r")).unwrap();
+        registry.join(b, key("r")).unwrap();
+        let delivery = Delivery::new(r#"{"action":"x"}"#.into(), a.to_string());
+        assert_eq!(registry.broadcast(&key("r"), &delivery, Some(a)), 1);
+        assert!(qa.try_recv().is_err());
+        assert!(matches!(qb.try_recv(), Ok(outbound::Outbound::Frame(..))));
+    }
+
+    #[test]
+    fn limits_on_names_and_groups_per_connection() {
+        let registry = Registry::new(2);
+        let (a, _q) = connect(&registry);
+        assert_eq!(registry.join(a, key("")), Err(JoinError::InvalidName));
+        registry.join(a, key("1")).unwrap();
+        registry.join(a, key("2")).unwrap();
+        registry.join(a, key("2")).unwrap();
+        assert_eq!(registry.join(a, key("3")), Err(JoinError::TooManyGroups(2)));
+        assert_eq!(GroupKey::parse("chat:room1"), Some(key("room1")));
+        assert_eq!(GroupKey::parse("room1"), None);
     }
 }

@@ -1,21 +1,49 @@
-//! The route table: which plugin serves which WebSocket path.
+//! The route table: which plugin serves which WebSocket path, and what its parameters may be.
+
+use std::sync::Arc;
+
+use regex::Regex;
+
+use crate::config;
 
 /// A route that matched a request path.
 #[derive(Debug, Clone)]
 pub struct Matched {
-    /// The route's pattern as written in broker.toml.
-    pub pattern: String,
-    /// The plugin serving it.
-    pub plugin: String,
+    pub route: Arc<Route>,
     /// Path parameters, in pattern order.
     pub params: Vec<(String, String)>,
 }
 
-/// Path patterns (`/ws/chat/{room}`) to plugin names.
+/// Why a path was not routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Miss {
+    /// No route has this path.
+    NotFound,
+    /// A route has it, but a parameter breaks its rule; the text says which and why.
+    BadParam(String),
+}
+
+/// One route, ready to match.
+#[derive(Debug)]
+pub struct Route {
+    /// The pattern as written in broker.toml.
+    pub pattern: String,
+    pub plugin: String,
+    pub metadata: bool,
+    rules: Vec<(String, Rule)>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    pattern: Option<Regex>,
+    max_length: Option<usize>,
+}
+
+/// Path patterns (`/ws/chat/{room}`) to routes.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     table: matchit::Router<usize>,
-    routes: Vec<(String, String)>,
+    routes: Vec<Arc<Route>>,
 }
 
 impl Router {
@@ -23,32 +51,63 @@ impl Router {
         Router::default()
     }
 
-    /// Adds a route; the error says why the pattern is refused.
-    pub fn insert(&mut self, pattern: &str, plugin: &str) -> Result<(), String> {
+    /// Adds a route; the error names the offending key (relative to the route) and why.
+    pub fn insert(&mut self, route: &config::Route) -> Result<(), (String, String)> {
+        let pattern = &route.path;
         if !pattern.starts_with('/') {
-            return Err(format!("{pattern:?} must start with '/'"));
+            return Err(("path".into(), format!("{pattern:?} must start with '/'")));
+        }
+        let mut rules = Vec::new();
+        for (name, rule) in &route.params {
+            if !pattern.contains(&format!("{{{name}}}")) {
+                return Err((format!("params.{name}"), format!("{pattern:?} has no parameter {{{name}}}")));
+            }
+            let regex = match &rule.pattern {
+                Some(re) => Some(
+                    Regex::new(&format!("^(?:{re})$"))
+                        .map_err(|e| (format!("params.{name}.pattern"), e.to_string()))?,
+                ),
+                None => None,
+            };
+            rules.push((name.clone(), Rule { pattern: regex, max_length: rule.max_length }));
         }
         // A trailing slash is matched by `lookup` itself, so `/a/` and `/a` are one route.
-        let normalized = trim_slash(pattern);
-        self.table.insert(normalized, self.routes.len()).map_err(|e| format!("{pattern:?}: {e}"))?;
-        self.routes.push((pattern.to_owned(), plugin.to_owned()));
+        self.table
+            .insert(trim_slash(pattern), self.routes.len())
+            .map_err(|e| ("path".into(), format!("{pattern:?}: {e}")))?;
+        self.routes.push(Arc::new(Route {
+            pattern: pattern.clone(),
+            plugin: route.plugin.clone(),
+            metadata: route.metadata,
+            rules,
+        }));
         Ok(())
     }
 
     /// The route serving `path`, with its parameters; `/ws/system/` matches `/ws/system`.
-    pub fn lookup(&self, path: &str) -> Option<Matched> {
-        let found = self.table.at(trim_slash(path)).ok()?;
-        let (pattern, plugin) = &self.routes[*found.value];
-        Some(Matched {
-            pattern: pattern.clone(),
-            plugin: plugin.clone(),
-            params: found.params.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
-        })
+    pub fn lookup(&self, path: &str) -> Result<Matched, Miss> {
+        let found = self.table.at(trim_slash(path)).map_err(|_| Miss::NotFound)?;
+        let route = self.routes[*found.value].clone();
+        let params: Vec<(String, String)> = found.params.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        for (name, rule) in &route.rules {
+            let Some((_, value)) = params.iter().find(|(key, _)| key == name) else { continue };
+            if let Some(max) = rule.max_length
+                && value.chars().count() > max
+            {
+                return Err(Miss::BadParam(format!("path parameter {name:?} is longer than {max} characters")));
+            }
+            if let Some(regex) = &rule.pattern
+                && !regex.is_match(value)
+            {
+                return Err(Miss::BadParam(format!("path parameter {name:?} must match {}", regex.as_str())));
+            }
+        }
+        Ok(Matched { route, params })
     }
 
-    /// Routes in the order they were added: (pattern, plugin).
-    pub fn routes(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.routes.iter().map(|(pattern, plugin)| (pattern.as_str(), plugin.as_str()))
+    /// Routes in the order they were added.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().map(|route| &**route)
     }
 }
 
@@ -60,25 +119,40 @@ fn trim_slash(path: &str) -> &str {
 mod tests {
     use super::*;
 
+    fn route(path: &str, plugin: &str) -> config::Route {
+        config::Route { path: path.into(), plugin: plugin.into(), metadata: false, params: Default::default() }
+    }
+
     #[test]
     fn matches_with_params_and_trailing_slash() {
         let mut router = Router::builder();
-        router.insert("/ws/system", "echo").unwrap();
-        router.insert("/ws/chat/{room}", "chat").unwrap();
-        assert_eq!(router.lookup("/ws/system").unwrap().plugin, "echo");
-        assert_eq!(router.lookup("/ws/system/").unwrap().plugin, "echo");
+        router.insert(&route("/ws/system", "echo")).unwrap();
+        router.insert(&route("/ws/chat/{room}", "chat")).unwrap();
+        assert_eq!(router.lookup("/ws/system").unwrap().route.plugin, "echo");
+        assert_eq!(router.lookup("/ws/system/").unwrap().route.plugin, "echo");
         let chat = router.lookup("/ws/chat/room1/").unwrap();
         assert_eq!(chat.params, vec![("room".to_owned(), "room1".to_owned())]);
-        assert_eq!(chat.pattern, "/ws/chat/{room}");
-        assert!(router.lookup("/ws/other").is_none());
-        assert!(router.lookup("/ws/chat/a/b").is_none());
+        assert_eq!(chat.route.pattern, "/ws/chat/{room}");
+        assert_eq!(router.lookup("/ws/other").unwrap_err(), Miss::NotFound);
+        assert_eq!(router.lookup("/ws/chat/a/b").unwrap_err(), Miss::NotFound);
     }
 
     #[test]
     fn refuses_duplicates_and_relative_patterns() {
         let mut router = Router::builder();
-        router.insert("/ws/system", "echo").unwrap();
-        assert!(router.insert("/ws/system/", "echo").is_err());
-        assert!(router.insert("ws", "echo").is_err());
+        router.insert(&route("/ws/system", "echo")).unwrap();
+        assert!(router.insert(&route("/ws/system/", "echo")).is_err());
+        assert!(router.insert(&route("ws", "echo")).is_err());
+    }
+
+    #[test]
+    fn parameter_rules_are_enforced() {
+        let mut chat = route("/ws/chat/{room}", "chat");
+        chat.params.insert("room".into(), config::ParamRule { pattern: Some("[a-z0-9]+".into()), max_length: Some(5) });
+        let mut router = Router::builder();
+        router.insert(&chat).unwrap();
+        assert!(router.lookup("/ws/chat/room1").is_ok());
+        assert!(matches!(router.lookup("/ws/chat/Room1"), Err(Miss::BadParam(m)) if m.contains("must match")));
+        assert!(matches!(router.lookup("/ws/chat/room12"), Err(Miss::BadParam(m)) if m.contains("longer than 5")));
     }
 }

@@ -21,11 +21,14 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api;
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, Setup};
+use crate::metrics::Metrics;
+use crate::outbound::Bounds;
 use crate::plugin::{LoadedPlugin, PluginError, Runtime};
 use crate::registry::Registry;
-use crate::router::Router;
+use crate::router::{Miss, Router};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +42,14 @@ pub enum StartError {
 }
 
 /// Everything a request handler reads.
-struct Shared {
-    config: Config,
+pub(crate) struct Shared {
+    pub(crate) config: Config,
     router: Router,
     plugins: HashMap<String, Arc<LoadedPlugin>>,
-    registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) metrics: Metrics,
+    /// The HTTP API's key, resolved once at start.
+    pub(crate) api_key: Option<String>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     // Keeps the engine and its epoch thread alive as long as connections may call plugins.
@@ -60,7 +66,7 @@ impl Server {
     /// Loads every plugin of `config` and binds its listen address.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         let runtime = Arc::new(Runtime::new(&config.engine)?);
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(Registry::new(config.server.max_groups_per_connection));
         let mut plugins = HashMap::new();
         for (name, plugin) in &config.plugins {
             let loaded = LoadedPlugin::load(&runtime, name, plugin, registry.clone()).await?;
@@ -77,11 +83,14 @@ impl Server {
         let router = config.router()?;
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+        let api_key = config.api.key();
         let shared = Arc::new(Shared {
             config,
             router,
             plugins,
             registry,
+            metrics: Metrics::default(),
+            api_key,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             _runtime: runtime,
@@ -138,8 +147,13 @@ async fn handle(
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_owned();
-    let Some(matched) = shared.router.lookup(&path) else {
-        return Ok(text(StatusCode::NOT_FOUND, format!("no route for {path}\n")));
+    if let Some(endpoint) = api::Endpoint::parse(&path) {
+        return Ok(api::serve(&shared, endpoint, request).await);
+    }
+    let matched = match shared.router.lookup(&path) {
+        Ok(matched) => matched,
+        Err(Miss::NotFound) => return Ok(text(StatusCode::NOT_FOUND, format!("no route for {path}\n"))),
+        Err(Miss::BadParam(why)) => return Ok(text(StatusCode::BAD_REQUEST, format!("{path}: {why}\n"))),
     };
     let Some(key) = websocket_key(&request) else {
         return Ok(text(
@@ -147,17 +161,21 @@ async fn handle(
             format!("{path} is a WebSocket route: connect with a WebSocket client\n"),
         ));
     };
-    let Some(plugin) = shared.plugins.get(&matched.plugin).cloned() else {
-        return Ok(text(StatusCode::SERVICE_UNAVAILABLE, format!("plugin {} is not loaded\n", matched.plugin)));
+    let Some(plugin) = shared.plugins.get(&matched.route.plugin).cloned() else {
+        return Ok(text(StatusCode::SERVICE_UNAVAILABLE, format!("plugin {} is not loaded\n", matched.route.plugin)));
     };
     let limits = &shared.config.server;
     let setup = Setup {
         plugin,
         registry: shared.registry.clone(),
-        route: matched.pattern,
+        route: matched.route,
         path,
         params: matched.params,
-        outbound_queue: limits.outbound_queue,
+        bounds: Bounds {
+            max_frames: limits.outbound_queue,
+            max_bytes: limits.outbound_queue_bytes,
+            slow_closes: shared.metrics.slow_consumer_closes.clone(),
+        },
         close_grace: limits.shutdown_grace(),
         shutdown: shared.shutdown.clone(),
     };
@@ -206,7 +224,7 @@ fn websocket_key(request: &Request<Incoming>) -> Option<String> {
     headers.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bindings::broker::plugin::{host, types};
+use crate::bindings::broker::plugin::{groups, host, types};
 use crate::error::{Error, Result};
 
 /// A log level for [`Context::log`].
@@ -55,6 +55,26 @@ impl Context {
         host::close(self.connection(), code, reason);
     }
 
+    /// Adds this connection to a group of this plugin. It leaves by itself when it closes.
+    pub fn join(&self, group: &str) -> Result<()> {
+        groups::join(self.connection(), group).map_err(group_error)
+    }
+
+    /// Removes this connection from a group.
+    pub fn leave(&self, group: &str) {
+        groups::leave(self.connection(), group);
+    }
+
+    /// Sends a frame to every member of a group, this connection included; returns how many.
+    pub fn broadcast(&self, group: &str, frame: &impl Serialize) -> Result<u32> {
+        broadcast(group, frame, None)
+    }
+
+    /// Sends a frame to every member of a group but this connection (Chanx's `exclude_current`).
+    pub fn broadcast_to_others(&self, group: &str, frame: &impl Serialize) -> Result<u32> {
+        broadcast(group, frame, Some(self.connection()))
+    }
+
     /// Writes a line to the broker's log.
     pub fn log(&self, level: Level, message: &str) {
         host::log(level, message);
@@ -73,4 +93,26 @@ pub fn send_to(connection: u64, frame: &impl Serialize) -> Result<()> {
         types::SendError::Closed => Error::msg(format!("connection {connection} is closed")),
         types::SendError::InvalidFrame(why) => Error::msg(format!("invalid frame: {why}")),
     })
+}
+
+/// Sends a frame to every member of a group but `exclude`; returns how many it reached.
+pub fn broadcast(group: &str, frame: &impl Serialize, exclude: Option<u64>) -> Result<u32> {
+    let text = serde_json::to_string(frame)?;
+    groups::broadcast(group, &text, exclude).map_err(|error| match error {
+        types::SendError::Closed => Error::msg("closed"),
+        types::SendError::InvalidFrame(why) => Error::msg(format!("invalid frame: {why}")),
+    })
+}
+
+/// The members of a group of this plugin: connection ids.
+pub fn members(group: &str) -> Vec<u64> {
+    groups::members(group)
+}
+
+fn group_error(error: types::GroupError) -> Error {
+    match error {
+        types::GroupError::Closed => Error::msg("the connection is closed"),
+        types::GroupError::InvalidName => Error::msg("a group name is 1 to 256 bytes"),
+        types::GroupError::TooManyGroups(why) => Error::msg(why),
+    }
 }

@@ -28,7 +28,7 @@ mod frame;
 mod payload;
 mod plugin;
 
-pub use context::{Context, Level, send_to};
+pub use context::{Context, Level, broadcast, members, send_to};
 pub use error::{Error, Issue, Loc, Result};
 pub use frame::Frame;
 pub use plugin::{Plugin, Reject, Reply};

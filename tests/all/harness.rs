@@ -24,13 +24,34 @@ pub fn plugin_path(name: &str) -> PathBuf {
     PathBuf::from(env!("PLUGINS_DIR")).join(format!("{name}.wasm"))
 }
 
-/// A broker.toml mounting the shipped echo plugin at `/ws/system` and the test-only plugin at
-/// `/ws/testbed`, `/ws/testbed/{room}` and `/ws/reject`; `extra` is appended.
+/// The HTTP API key of `default_config`.
+pub const API_KEY: &str = "test-api-key";
+
+/// Routes in `default_config`: a route appended by `extra` is `routes[ROUTES]`.
+pub const ROUTES: usize = 7;
+
+/// A broker.toml mounting the shipped plugins (echo at `/ws/system`, chat at `/ws/chat/{room}`
+/// and, sharing its rooms, `/ws/chat-meta/{room}` with metadata), the test-only plugin at
+/// `/ws/testbed`, `/ws/testbed/{room}` and `/ws/reject`, and a plugin built against the frozen
+/// 0.1.0 contract at `/ws/legacy`; `extra` is appended.
 pub fn default_config(extra: &str) -> String {
     format!(
         r#"
+[api]
+key = "{API_KEY}"
+
 [plugins.echo]
 path = "{echo}"
+
+[plugins.chat]
+path = "{chat}"
+
+[plugins.chat-meta]
+path = "{chat}"
+groups = "chat"
+
+[plugins.legacy]
+path = "{legacy}"
 
 [plugins.testbed]
 path = "{testbed}"
@@ -52,9 +73,25 @@ plugin = "testbed"
 [[routes]]
 path = "/ws/reject"
 plugin = "testbed"
+
+[[routes]]
+path = "/ws/chat/{{room}}"
+plugin = "chat"
+params.room = {{ pattern = "[A-Za-z0-9_-]+", max_length = 32 }}
+
+[[routes]]
+path = "/ws/chat-meta/{{room}}"
+plugin = "chat-meta"
+metadata = true
+
+[[routes]]
+path = "/ws/legacy"
+plugin = "legacy"
 {extra}"#,
         echo = plugin_path("echo").display(),
+        chat = plugin_path("chat").display(),
         testbed = plugin_path("testbed").display(),
+        legacy = plugin_path("legacy010").display(),
     )
 }
 
@@ -125,6 +162,13 @@ impl Broker {
         client
     }
 
+    /// The broker process's resident memory, in KiB (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("read /proc status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+        line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS in kB")
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
@@ -142,6 +186,54 @@ impl Broker {
             }
             assert!(std::time::Instant::now() < deadline, "the broker did not exit within {WAIT:?}");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Broker {
+    /// One HTTP/1.1 request to the broker: returns the status and the body.
+    pub async fn http(&self, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let exchange = async {
+            let mut tcp = TcpStream::connect(self.addr).await.expect("connect");
+            tcp.write_all(request.as_bytes()).await.expect("write request");
+            let mut response = Vec::new();
+            tcp.read_to_end(&mut response).await.expect("read response");
+            String::from_utf8(response).expect("UTF-8 response")
+        };
+        let response = tokio::time::timeout(WAIT, exchange).await.expect("HTTP response within the wait");
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// A metric's value from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (status, body) = self.http("GET", "/metrics", None, "").await;
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+    }
+
+    /// Polls a metric until it equals `want` (bounded by the wait): for state the broker settles
+    /// asynchronously, such as connections being cleaned up after their clients left.
+    pub async fn await_metric(&self, name: &str, want: f64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = self.metric(name).await;
+            if got == want {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name} is {got}, expected {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::harness::{Broker, default_config, plugin_path};
+use crate::harness::{Broker, ROUTES, default_config, plugin_path};
 use serde_json::json;
 
 #[tokio::test]
@@ -57,7 +57,7 @@ fn a_bad_broker_toml_is_refused_with_the_key_named() {
 
     let (ok, stderr) = check_config(&default_config("[[routes]]\npath = \"/ws/x\"\nplugin = \"ghost\"\n"));
     assert!(!ok);
-    assert!(stderr.contains("routes[4].plugin") && stderr.contains("ghost"), "{stderr}");
+    assert!(stderr.contains(&format!("routes[{ROUTES}].plugin")) && stderr.contains("ghost"), "{stderr}");
 
     let (ok, stderr) = check_config(&default_config("[plugins.echo.oops]\n"));
     assert!(!ok, "{stderr}");

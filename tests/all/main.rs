@@ -1,5 +1,6 @@
 //! Black-box tests: each starts a real broker process and talks to it over real sockets.
 
+mod api;
 mod deadlines;
 mod echo;
 mod errors;
@@ -7,3 +8,4 @@ mod handshake;
 mod harness;
 mod lifecycle;
 mod plugins;
+mod rooms;

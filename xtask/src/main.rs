@@ -39,7 +39,9 @@ fn main() -> Result<()> {
             run(cargo(&root).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
             let mut wasm = cargo(&root);
             wasm.args(["clippy", "--target", WASM_TARGET, "--target-dir", "target/wasm"]);
-            for plugin in plugin_crates(&root)?.iter().chain(&["testbed".to_owned()]) {
+            for plugin in
+                plugin_crates(&root.join("plugins"))?.iter().chain(&plugin_crates(&root.join("tests/plugins"))?)
+            {
                 wasm.args(["--package", plugin]);
             }
             run(wasm.args(["--", "-D", "warnings"]))
@@ -82,10 +84,10 @@ fn ensure_wasm_target() -> Result<()> {
     }
 }
 
-/// The plugin crates: every folder of plugins/ with a Cargo.toml.
-fn plugin_crates(root: &Path) -> Result<Vec<String>> {
+/// The plugin crates in `dir`: every folder with a Cargo.toml (folder and package names agree).
+fn plugin_crates(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(root.join("plugins")).context("reading plugins/")? {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         if path.join("Cargo.toml").is_file()
             && let Some(name) = path.file_name().and_then(|n| n.to_str())
@@ -100,7 +102,7 @@ fn plugin_crates(root: &Path) -> Result<Vec<String>> {
 /// Builds every plugin for wasm32-wasip2 and copies it to target/plugins/<name>.wasm.
 fn build_plugins(root: &Path) -> Result<Vec<PathBuf>> {
     ensure_wasm_target()?;
-    let names = plugin_crates(root)?;
+    let names = plugin_crates(&root.join("plugins"))?;
     let mut build = cargo(root);
     build.args(["build", "--release", "--target", WASM_TARGET, "--target-dir", "target/wasm"]);
     for name in &names {

@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::protocol;
-use crate::registry::{CloseReason, Registry};
+use crate::registry::{CloseReason, ConnectionId, Delivery, GroupKey, JoinError, Registry};
 
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",
@@ -17,26 +16,46 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use self::broker::plugin::types::{Context, HandlerError, Level, LocItem, PluginManifest, Rejection, SendError};
+pub use self::broker::plugin::types::{
+    Context, GroupError, HandlerError, Level, LocItem, PluginManifest, Rejection, SendError,
+};
+
+/// What every instance of one plugin shares.
+pub struct PluginEnv {
+    /// The plugin's name, for logs.
+    pub name: Arc<str>,
+    /// The namespace its group names live in.
+    pub namespace: Arc<str>,
+    /// Its settings from broker.toml, as JSON text.
+    pub settings: Arc<str>,
+    pub registry: Arc<Registry>,
+}
 
 /// Everything one plugin instance's store holds.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    /// The plugin's name, for logs.
-    plugin: Arc<str>,
-    registry: Arc<Registry>,
-    /// The plugin's settings from broker.toml, as JSON text.
-    settings: Arc<str>,
+    env: Arc<PluginEnv>,
     /// When the running call must have ended; read by the epoch callback.
     pub(crate) deadline: Instant,
+    /// The connection the running call is about (0 for none): the `sender` of what it sends.
+    pub(crate) caller: ConnectionId,
 }
 
 impl HostState {
-    pub fn new(plugin: Arc<str>, registry: Arc<Registry>, settings: Arc<str>, deadline: Instant) -> Self {
+    pub fn new(env: Arc<PluginEnv>, deadline: Instant) -> Self {
         // Deny by default: no files, environment, arguments or sockets.
         let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
-        HostState { wasi, table: ResourceTable::new(), plugin, registry, settings, deadline }
+        HostState { wasi, table: ResourceTable::new(), env, deadline, caller: 0 }
+    }
+
+    fn delivery(&self, frame: String) -> Result<Delivery, SendError> {
+        let frame = protocol::plugin_frame(frame, None).map_err(SendError::InvalidFrame)?;
+        Ok(Delivery::new(frame, self.caller.to_string()))
+    }
+
+    fn group(&self, name: &str) -> GroupKey {
+        GroupKey::new(&self.env.namespace, name)
     }
 }
 
@@ -50,21 +69,17 @@ impl self::broker::plugin::types::Host for HostState {}
 
 impl self::broker::plugin::host::Host for HostState {
     async fn send(&mut self, connection: u64, frame: String) -> wasmtime::Result<Result<(), SendError>> {
-        let frame = match protocol::plugin_frame(frame, None) {
-            Ok(frame) => frame,
-            Err(why) => return Ok(Err(SendError::InvalidFrame(why))),
-        };
-        Ok(self.registry.send(connection, Utf8Bytes::from(frame)).map_err(|_| SendError::Closed))
+        Ok(self.delivery(frame).and_then(|d| self.env.registry.send(connection, &d).map_err(|_| SendError::Closed)))
     }
 
     async fn close(&mut self, connection: u64, code: u16, reason: String) -> wasmtime::Result<()> {
         // Closing a connection that is already gone is not the plugin's mistake.
-        let _ = self.registry.close(connection, CloseReason::new(code, reason));
+        let _ = self.env.registry.close(connection, CloseReason::new(code, reason));
         Ok(())
     }
 
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        let plugin = &*self.plugin;
+        let plugin = &*self.env.name;
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
             Level::Debug => tracing::debug!(plugin, "{message}"),
@@ -76,6 +91,39 @@ impl self::broker::plugin::host::Host for HostState {
     }
 
     async fn settings(&mut self) -> wasmtime::Result<String> {
-        Ok(self.settings.to_string())
+        Ok(self.env.settings.to_string())
+    }
+}
+
+impl self::broker::plugin::groups::Host for HostState {
+    async fn join(&mut self, connection: u64, group: String) -> wasmtime::Result<Result<(), GroupError>> {
+        Ok(self.env.registry.join(connection, self.group(&group)).map_err(|error| match error {
+            JoinError::Closed => GroupError::Closed,
+            JoinError::InvalidName => GroupError::InvalidName,
+            JoinError::TooManyGroups(_) => GroupError::TooManyGroups(error.to_string()),
+        }))
+    }
+
+    async fn leave(&mut self, connection: u64, group: String) -> wasmtime::Result<()> {
+        self.env.registry.leave(connection, &self.group(&group));
+        Ok(())
+    }
+
+    async fn broadcast(
+        &mut self,
+        group: String,
+        frame: String,
+        exclude: Option<u64>,
+    ) -> wasmtime::Result<Result<u32, SendError>> {
+        let delivery = match self.delivery(frame) {
+            Ok(delivery) => delivery,
+            Err(error) => return Ok(Err(error)),
+        };
+        let reached = self.env.registry.broadcast(&self.group(&group), &delivery, exclude);
+        Ok(Ok(u32::try_from(reached).unwrap_or(u32::MAX)))
+    }
+
+    async fn members(&mut self, group: String) -> wasmtime::Result<Vec<u64>> {
+        Ok(self.env.registry.members(&self.group(&group)))
     }
 }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wasmtime::{Store, UpdateDeadline};
 
-use super::host::{Context, HandlerError, HostState, Plugin, PluginManifest, PluginPre, Rejection};
+use super::host::{Context, HandlerError, HostState, Plugin, PluginEnv, PluginManifest, PluginPre, Rejection};
 use super::{CallError, PluginError, Runtime};
 use crate::config;
-use crate::registry::Registry;
+use crate::registry::{ConnectionId, Registry};
 
 /// Idle instances kept per plugin; more are created under load and dropped after.
 const MAX_IDLE: usize = 16;
@@ -37,15 +37,13 @@ struct Instance {
 
 /// One plugin, compiled, checked and ready to call.
 pub struct LoadedPlugin {
-    name: Arc<str>,
+    env: Arc<PluginEnv>,
     manifest: PluginManifest,
     accepts: Vec<String>,
     pre: PluginPre<HostState>,
     idle: Mutex<Vec<Instance>>,
     running: Semaphore,
     timeout: Duration,
-    settings: Arc<str>,
-    registry: Arc<Registry>,
 }
 
 impl LoadedPlugin {
@@ -70,8 +68,14 @@ impl LoadedPlugin {
         let pre = PluginPre::new(instance_pre).map_err(|e| failed(format!("does not export the handler: {e:?}")))?;
         let settings = serde_json::to_string(&config.settings).map_err(|e| failed(format!("settings: {e}")))?;
 
-        let mut plugin = LoadedPlugin {
+        let env = PluginEnv {
             name: Arc::from(name),
+            namespace: Arc::from(config.groups_namespace(name)),
+            settings: Arc::from(settings),
+            registry,
+        };
+        let mut plugin = LoadedPlugin {
+            env: Arc::new(env),
             manifest: PluginManifest {
                 name: String::new(),
                 version: String::new(),
@@ -85,11 +89,9 @@ impl LoadedPlugin {
             idle: Mutex::new(Vec::new()),
             running: Semaphore::new(config.max_instances),
             timeout: config.timeout(),
-            settings: Arc::from(settings),
-            registry,
         };
         let manifest = plugin
-            .call(async |i| i.bindings.broker_plugin_handler().call_manifest(&mut i.store).await)
+            .call(0, async |i| i.bindings.broker_plugin_handler().call_manifest(&mut i.store).await)
             .await
             .map_err(|e| failed(format!("asking for its manifest failed: {e}")))?;
         plugin.accepts = manifest.accepts.iter().map(|a| a.name.clone()).collect();
@@ -99,7 +101,7 @@ impl LoadedPlugin {
 
     /// The name the plugin has in broker.toml.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.env.name
     }
 
     pub fn manifest(&self) -> &PluginManifest {
@@ -112,7 +114,8 @@ impl LoadedPlugin {
     }
 
     pub async fn on_connect(&self, ctx: &Context) -> Result<Result<(), Rejection>, CallError> {
-        self.call(async |i| i.bindings.broker_plugin_handler().call_on_connect(&mut i.store, ctx).await).await
+        self.call(ctx.connection, async |i| i.bindings.broker_plugin_handler().call_on_connect(&mut i.store, ctx).await)
+            .await
     }
 
     pub async fn on_message(
@@ -121,18 +124,26 @@ impl LoadedPlugin {
         action: &str,
         payload: Option<&str>,
     ) -> Result<Result<Option<String>, HandlerError>, CallError> {
-        self.call(async |i| {
+        self.call(ctx.connection, async |i| {
             i.bindings.broker_plugin_handler().call_on_message(&mut i.store, ctx, action, payload).await
         })
         .await
     }
 
     pub async fn on_disconnect(&self, ctx: &Context) -> Result<(), CallError> {
-        self.call(async |i| i.bindings.broker_plugin_handler().call_on_disconnect(&mut i.store, ctx).await).await
+        self.call(ctx.connection, async |i| {
+            i.bindings.broker_plugin_handler().call_on_disconnect(&mut i.store, ctx).await
+        })
+        .await
     }
 
-    /// Runs one export on an idle instance (or a new one) under the plugin's deadline.
-    async fn call<R>(&self, f: impl AsyncFnOnce(&mut Instance) -> wasmtime::Result<R>) -> Result<R, CallError> {
+    /// Runs one export, about connection `caller` (0: none), on an idle instance (or a new one)
+    /// under the plugin's deadline.
+    async fn call<R>(
+        &self,
+        caller: ConnectionId,
+        f: impl AsyncFnOnce(&mut Instance) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
         let _permit = self.running.acquire().await.map_err(|_| CallError::Instantiate("plugin unloaded".into()))?;
         let deadline = Instant::now() + self.timeout;
         let mut instance = match self.take_idle() {
@@ -140,6 +151,7 @@ impl LoadedPlugin {
             None => self.instantiate(deadline).await?,
         };
         instance.store.data_mut().deadline = deadline;
+        instance.store.data_mut().caller = caller;
         instance.store.set_epoch_deadline(1);
         // The epoch callback enforces the deadline while wasm runs; this one covers a call parked in
         // a host function, with a tick of slack so the callback's clearer error usually wins.
@@ -157,7 +169,7 @@ impl LoadedPlugin {
 
     /// A fresh instance; its start-up counts against the deadline of the call it is made for.
     async fn instantiate(&self, deadline: Instant) -> Result<Instance, CallError> {
-        let state = HostState::new(self.name.clone(), self.registry.clone(), self.settings.clone(), deadline);
+        let state = HostState::new(self.env.clone(), deadline);
         let mut store = Store::new(self.pre.engine(), state);
         store.epoch_deadline_callback(|store| {
             if Instant::now() >= store.data().deadline {

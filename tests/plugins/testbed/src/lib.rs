@@ -12,6 +12,17 @@ struct Push {
 }
 
 #[derive(Deserialize)]
+struct Group {
+    group: String,
+}
+
+#[derive(Deserialize)]
+struct Broadcast {
+    group: String,
+    frame: Value,
+}
+
+#[derive(Deserialize)]
 struct Close {
     code: u16,
     reason: String,
@@ -54,6 +65,9 @@ fn plugin() -> Plugin {
                 ["room"].iter().filter_map(|name| ctx.param(name).map(|v| (name.to_string(), json!(v)))).collect();
             Ok(Frame::new("params", json!({ "route": ctx.route(), "path": ctx.path(), "params": params })))
         })
+        .handle("join", |ctx, group: Group| ctx.join(&group.group))
+        .handle("broadcast", |ctx, b: Broadcast| Ok(Frame::new("broadcast", ctx.broadcast(&b.group, &b.frame)?)))
+        .handle("members", |_ctx, group: Group| Ok(Frame::new("members", plugin_sdk::members(&group.group))))
         .handle("count", |_ctx, _: ()| Ok(Frame::new("count", CALLS.fetch_add(1, Ordering::Relaxed) + 1)))
         .handle("settings", |ctx, _: ()| Ok(Frame::new("settings", ctx.settings::<Value>()?)))
 }

@@ -1,0 +1,186 @@
+//! The HTTP endpoints beside the WebSocket routes: the publish and presence API, and metrics.
+//!
+//! `POST /api/publish` and `GET /api/groups/{group}/members` need `Authorization: Bearer <api.key>`.
+//! Groups are named `namespace:name` here (`chat:room1`), since each plugin has its own namespace.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::registry::{Delivery, GroupKey};
+use crate::server::{Shared, text};
+
+/// The sender stamped on frames published through the API.
+const API_SENDER: &str = "api";
+
+/// An HTTP endpoint that is not a WebSocket route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Metrics,
+    Publish,
+    /// `GET /api/groups/{group}/members`, with the group as written in the path (percent-decoded).
+    Members(String),
+    /// Under `/api/` but nothing there.
+    Unknown,
+}
+
+impl Endpoint {
+    /// The endpoint a path names, if it is not a WebSocket route's.
+    pub fn parse(path: &str) -> Option<Endpoint> {
+        if path == "/metrics" {
+            return Some(Endpoint::Metrics);
+        }
+        let rest = path.strip_prefix("/api/")?;
+        if rest == "publish" {
+            return Some(Endpoint::Publish);
+        }
+        let group = rest.strip_prefix("groups/").and_then(|r| r.strip_suffix("/members"));
+        Some(match group.and_then(percent_decode) {
+            Some(group) => Endpoint::Members(group),
+            None => Endpoint::Unknown,
+        })
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+/// Answers one API request.
+pub(crate) async fn serve(shared: &Shared, endpoint: Endpoint, request: Request<Incoming>) -> Reply {
+    let method = request.method().clone();
+    match (endpoint, method) {
+        (Endpoint::Metrics, Method::GET) => {
+            let mut response = text(StatusCode::OK, shared.metrics.render(&shared.registry));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            response
+        }
+        (Endpoint::Unknown, _) => error(StatusCode::NOT_FOUND, "no such API endpoint"),
+        (endpoint, method) => {
+            if let Some(refusal) = refuse(shared, request.headers()) {
+                return refusal;
+            }
+            match (endpoint, method) {
+                (Endpoint::Publish, Method::POST) => publish(shared, request).await,
+                (Endpoint::Members(group), Method::GET) => members(shared, &group),
+                _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
+            }
+        }
+    }
+}
+
+/// The answer to a request without the right key, or `None` when it may proceed.
+fn refuse(shared: &Shared, headers: &HeaderMap) -> Option<Reply> {
+    let Some(key) = &shared.api_key else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "the HTTP API is disabled: set api.key or api.key_env in broker.toml",
+        ));
+    };
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if constant_time_eq(given.trim().as_bytes(), key.as_bytes()) => None,
+        Some(_) => Some(error(StatusCode::UNAUTHORIZED, "wrong API key")),
+        None => Some(error(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <key>`")),
+    }
+}
+
+/// Compares secrets without returning early, so timing does not tell how much of a key was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Publish {
+    group: String,
+    frame: Box<RawValue>,
+}
+
+async fn publish(shared: &Shared, request: Request<Incoming>) -> Reply {
+    let limit = shared.config.server.max_message_bytes;
+    let body = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is over {limit} bytes")),
+    };
+    let publish: Publish = match serde_json::from_slice(&body) {
+        Ok(publish) => publish,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, &format!("expected {{\"group\": string, \"frame\": object}}: {e}"));
+        }
+    };
+    let Some(group) = GroupKey::parse(&publish.group) else {
+        return error(StatusCode::BAD_REQUEST, "`group` is `namespace:name`, for example `chat:room1`");
+    };
+    if !publish.frame.get().starts_with('{') {
+        return error(StatusCode::BAD_REQUEST, "`frame` must be a JSON object");
+    }
+    let delivery = Delivery::new(publish.frame.get().to_owned(), API_SENDER.to_owned());
+    let delivered = shared.registry.broadcast(&group, &delivery, None);
+    shared.metrics.api_published.inc();
+    json_reply(StatusCode::OK, json!({"group": group.to_string(), "delivered": delivered}))
+}
+
+fn members(shared: &Shared, group: &str) -> Reply {
+    let Some(key) = GroupKey::parse(group) else {
+        return error(StatusCode::BAD_REQUEST, "the group is `namespace:name`, for example `chat:room1`");
+    };
+    json_reply(StatusCode::OK, json!({"group": key.to_string(), "members": shared.registry.members(&key)}))
+}
+
+fn error(status: StatusCode, message: &str) -> Reply {
+    json_reply(status, json!({"error": message}))
+}
+
+fn json_reply(status: StatusCode, body: serde_json::Value) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Decodes `%XX` escapes; `None` when they do not make UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_by_path() {
+        assert_eq!(Endpoint::parse("/metrics"), Some(Endpoint::Metrics));
+        assert_eq!(Endpoint::parse("/api/publish"), Some(Endpoint::Publish));
+        assert_eq!(Endpoint::parse("/api/groups/chat:room%201/members"), Some(Endpoint::Members("chat:room 1".into())));
+        assert_eq!(Endpoint::parse("/api/nothing"), Some(Endpoint::Unknown));
+        assert_eq!(Endpoint::parse("/ws/chat/room1"), None);
+    }
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

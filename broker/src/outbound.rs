@@ -1,0 +1,204 @@
+//! A connection's outbound queue: what goes in it, and the two bounds on it (frames and bytes).
+//!
+//! The frame count is the channel's capacity; the byte count is a semaphore whose permits travel
+//! with each queued frame and return when the write loop has written it. A frame is serialized once
+//! and shared (`Utf8Bytes` is reference-counted), so a broadcast costs one allocation, not one per
+//! member.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Close code for a client that does not read its frames fast enough.
+pub const SLOW_CONSUMER: u16 = 4008;
+
+/// What the write loop of a connection is asked to do.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Write a text frame; the permit holds its bytes against the queue's byte bound.
+    Frame(Utf8Bytes, OwnedSemaphorePermit),
+    /// Write a close frame after everything queued before it.
+    Close(CloseReason),
+}
+
+/// A WebSocket close code and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl CloseReason {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        CloseReason { code, reason: reason.into() }
+    }
+}
+
+/// Closing out of band: skips the queue, for when the queue itself is the problem.
+#[derive(Debug, Default)]
+pub struct Control {
+    close: Mutex<Option<CloseReason>>,
+    notify: Notify,
+}
+
+impl Control {
+    /// Asks the connection to close now; the first reason wins, and only its call returns true.
+    pub fn close_now(&self, reason: CloseReason) -> bool {
+        let mut slot = self.close.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(reason);
+        // Wakes every `closed()` future already created, polled or not.
+        self.notify.notify_waiters();
+        true
+    }
+
+    /// The reason, once `close_now` was called.
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.close.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Resolves once `close_now` has been called.
+    pub async fn closed(&self) -> CloseReason {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// How to reach one connection's queue from anywhere in the broker.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    outbound: mpsc::Sender<Outbound>,
+    bytes: Arc<Semaphore>,
+    max_bytes: usize,
+    pub control: Arc<Control>,
+    /// Frames to this connection carry `message_id`, `timestamp` and `sender`.
+    pub metadata: bool,
+    slow_closes: Counter,
+}
+
+/// The receiving end, owned by the connection's write loop.
+pub type Queue = mpsc::Receiver<Outbound>;
+
+/// The bounds of one connection's queue.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    pub max_frames: usize,
+    pub max_bytes: usize,
+    /// Counts the clients closed because they hit a bound.
+    pub slow_closes: Counter,
+}
+
+/// A queue within `bounds`.
+pub fn queue(bounds: &Bounds, metadata: bool) -> (Handle, Queue) {
+    let (outbound, queue) = mpsc::channel(bounds.max_frames);
+    let handle = Handle {
+        outbound,
+        bytes: Arc::new(Semaphore::new(bounds.max_bytes)),
+        max_bytes: bounds.max_bytes,
+        control: Arc::new(Control::default()),
+        metadata,
+        slow_closes: bounds.slow_closes.clone(),
+    };
+    (handle, queue)
+}
+
+impl Handle {
+    /// Semaphore permits a frame holds: its length, capped so one huge frame still fits an empty queue.
+    fn cost(&self, frame: &Utf8Bytes) -> u32 {
+        u32::try_from(frame.len().clamp(1, self.max_bytes)).unwrap_or(u32::MAX)
+    }
+
+    /// Queues a frame without waiting. A full queue means the client is not keeping up: it is closed
+    /// as a slow consumer rather than buffered without bound or silently skipped.
+    pub fn try_send(&self, frame: Utf8Bytes) -> Result<(), SendError> {
+        if self.control.reason().is_some() {
+            return Err(SendError::Closed);
+        }
+        let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&frame)) else {
+            return Err(self.slow_consumer("outbound bytes"));
+        };
+        match self.outbound.try_send(Outbound::Frame(frame, permit)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(self.slow_consumer("outbound frames")),
+        }
+    }
+
+    /// Queues a frame, waiting for room: for the connection's own replies, so a client that does
+    /// not read them stops being read instead of being buffered for.
+    pub async fn send(&self, frame: Utf8Bytes) -> Result<(), SendError> {
+        let permit = self.bytes.clone().acquire_many_owned(self.cost(&frame)).await.map_err(|_| SendError::Closed)?;
+        self.outbound.send(Outbound::Frame(frame, permit)).await.map_err(|_| SendError::Closed)
+    }
+
+    /// Queues a close frame after what is queued; closes at once when the queue is full.
+    pub fn close(&self, reason: CloseReason) -> Result<(), SendError> {
+        if self.control.reason().is_some() {
+            return Err(SendError::Closed);
+        }
+        match self.outbound.try_send(Outbound::Close(reason)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::TrySendError::Full(Outbound::Close(reason))) => {
+                self.control.close_now(reason);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(SendError::Closed),
+        }
+    }
+
+    /// Like [`Handle::close`], waiting for room instead of skipping the queue.
+    pub async fn close_after_queue(&self, reason: CloseReason) {
+        if let Err(mpsc::error::SendError(Outbound::Close(reason))) = self.outbound.send(Outbound::Close(reason)).await
+        {
+            self.control.close_now(reason);
+        }
+    }
+
+    fn slow_consumer(&self, bound: &str) -> SendError {
+        if self.control.close_now(CloseReason::new(SLOW_CONSUMER, format!("slow consumer: {bound} queue full"))) {
+            tracing::warn!(bound, "closed a slow consumer: its outbound queue is full");
+            self.slow_closes.inc();
+        }
+        SendError::Closed
+    }
+}
+
+/// One frame on its way to one or many connections: serialized once, stamped with metadata at most
+/// once (for the connections whose route asks for it).
+pub struct Delivery {
+    plain: Utf8Bytes,
+    stamped: OnceLock<Utf8Bytes>,
+    sender: String,
+}
+
+impl Delivery {
+    /// A frame (a JSON object, already checked) sent on behalf of `sender`.
+    pub fn new(frame: String, sender: String) -> Delivery {
+        Delivery { plain: Utf8Bytes::from(frame), stamped: OnceLock::new(), sender }
+    }
+
+    /// The bytes for a connection: stamped if its route wants metadata.
+    pub fn for_handle(&self, handle: &Handle) -> Utf8Bytes {
+        if !handle.metadata {
+            return self.plain.clone();
+        }
+        self.stamped.get_or_init(|| Utf8Bytes::from(crate::protocol::stamp(self.plain.as_str(), &self.sender))).clone()
+    }
+}
