@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use crate::plugin::rfc3339;
 use crate::registry::{Delivery, GroupKey};
 use crate::server::{Shared, text};
 
@@ -23,6 +24,8 @@ const API_SENDER: &str = "api";
 pub enum Endpoint {
     Metrics,
     Publish,
+    /// `GET /api/plugins`: each plugin's generation and reload history, and the configuration's.
+    Plugins,
     /// `GET /api/groups/{group}/members`, with the group as written in the path (percent-decoded).
     Members(String),
     /// Under `/api/` but nothing there.
@@ -38,6 +41,9 @@ impl Endpoint {
         let rest = path.strip_prefix("/api/")?;
         if rest == "publish" {
             return Some(Endpoint::Publish);
+        }
+        if rest == "plugins" {
+            return Some(Endpoint::Plugins);
         }
         let group = rest.strip_prefix("groups/").and_then(|r| r.strip_suffix("/members"));
         Some(match group.and_then(percent_decode) {
@@ -69,6 +75,7 @@ pub(crate) async fn serve(shared: &Shared, endpoint: Endpoint, request: Request<
             match (endpoint, method) {
                 (Endpoint::Publish, Method::POST) => publish(shared, request).await,
                 (Endpoint::Members(group), Method::GET) => members(shared, &group),
+                (Endpoint::Plugins, Method::GET) => plugins(shared),
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
             }
         }
@@ -77,7 +84,7 @@ pub(crate) async fn serve(shared: &Shared, endpoint: Endpoint, request: Request<
 
 /// The answer to a request without the right key, or `None` when it may proceed.
 fn refuse(shared: &Shared, headers: &HeaderMap) -> Option<Reply> {
-    let Some(key) = &shared.api_key else {
+    let Some(key) = shared.live.load().config.api.key() else {
         return Some(error(
             StatusCode::FORBIDDEN,
             "the HTTP API is disabled: set api.key or api.key_env in broker.toml",
@@ -105,7 +112,7 @@ struct Publish {
 }
 
 async fn publish(shared: &Shared, request: Request<Incoming>) -> Reply {
-    let limit = shared.config.server.max_message_bytes;
+    let limit = shared.live.load().config.server.max_message_bytes;
     let body = match Limited::new(request.into_body(), limit).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is over {limit} bytes")),
@@ -133,6 +140,24 @@ fn members(shared: &Shared, group: &str) -> Reply {
         return error(StatusCode::BAD_REQUEST, "the group is `namespace:name`, for example `chat:room1`");
     };
     json_reply(StatusCode::OK, json!({"group": key.to_string(), "members": shared.registry.members(&key)}))
+}
+
+fn plugins(shared: &Shared) -> Reply {
+    let live = shared.live.load();
+    let mut slots: Vec<_> = live.slots.values().collect();
+    slots.sort_by(|a, b| a.name().cmp(b.name()));
+    let config_error = shared.config_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    json_reply(
+        StatusCode::OK,
+        json!({
+            "config": {
+                "path": live.config.source.display().to_string(),
+                "loaded_at": rfc3339(live.loaded_at),
+                "last_error": config_error.map(|(at, error)| json!({"at": rfc3339(at), "error": error})),
+            },
+            "plugins": slots.iter().map(|slot| slot.status()).collect::<Vec<_>>(),
+        }),
+    )
 }
 
 fn error(status: StatusCode, message: &str) -> Reply {

@@ -67,7 +67,7 @@ pub fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(&args.config)?;
     if let Some(listen) = args.listen {
-        config.server.listen = listen;
+        config.override_listen(listen);
     }
     let server = Server::bind(config).await?;
     let addr = server.local_addr()?;

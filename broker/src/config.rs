@@ -39,9 +39,14 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub api: Api,
+    #[serde(default)]
+    pub state: State,
     /// The file this was read from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
+    /// `--listen`, which overrides `server.listen` for the life of the process, reloads included.
+    #[serde(skip)]
+    pub listen_override: Option<SocketAddr>,
 }
 
 /// `[server]`: the listener and per-connection limits.
@@ -94,16 +99,38 @@ pub struct Engine {
     pub max_memory_bytes: usize,
     /// How often deadlines are checked and long-running plugins yield, in ms. Default 10.
     pub epoch_tick_ms: u64,
+    /// Where compiled plugins are cached, by content hash, relative to broker.toml's folder; a
+    /// restart or a reload to a known version then skips compilation. Default `.broker-cache`;
+    /// `""` turns the cache off.
+    pub cache_dir: PathBuf,
 }
 
 impl Default for Engine {
     fn default() -> Self {
-        Engine { max_instances: 1000, max_memory_bytes: 64 << 20, epoch_tick_ms: 10 }
+        Engine { max_instances: 1000, max_memory_bytes: 64 << 20, epoch_tick_ms: 10, cache_dir: ".broker-cache".into() }
+    }
+}
+
+/// `[state]`: what plugins may keep in the host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct State {
+    /// Bytes (keys and values) one connection's session may hold. Default 64 KiB.
+    pub session_bytes: usize,
+    /// The largest key-value value, in bytes. Default 1 MiB.
+    pub kv_value_bytes: usize,
+    /// Keys one namespace's key-value store may hold. Default 100,000.
+    pub kv_keys_per_namespace: usize,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State { session_bytes: 64 << 10, kv_value_bytes: 1 << 20, kv_keys_per_namespace: 100_000 }
     }
 }
 
 /// `[plugins.<name>]`: one plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plugin {
     /// The component file, relative to broker.toml's folder.
@@ -114,10 +141,10 @@ pub struct Plugin {
     /// Instances of this plugin running at once; further calls wait. Default 64.
     #[serde(default = "Plugin::default_max_instances")]
     pub max_instances: usize,
-    /// The namespace of the plugin's group names. Default: the plugin's name. Plugins given the
-    /// same namespace share their groups (a Rust and a Python chat in the same rooms).
+    /// The namespace of the plugin's groups and key-value store. Default: the plugin's name.
+    /// Plugins given the same namespace share both (a Rust and a Python chat in the same rooms).
     #[serde(default)]
-    pub groups: Option<String>,
+    pub namespace: Option<String>,
     /// Free-form settings handed to the plugin as JSON (`settings()` in the WIT host interface).
     #[serde(default)]
     pub settings: toml::Table,
@@ -184,13 +211,19 @@ impl Api {
 }
 
 impl Plugin {
-    /// The namespace its group names live in.
-    pub fn groups_namespace<'a>(&'a self, name: &'a str) -> &'a str {
-        self.groups.as_deref().unwrap_or(name)
+    /// The namespace its groups and key-value store live in.
+    pub fn namespace<'a>(&'a self, name: &'a str) -> &'a str {
+        self.namespace.as_deref().unwrap_or(name)
     }
 }
 
 impl Config {
+    /// Listens on `addr` whatever the file says, now and after reloads.
+    pub fn override_listen(&mut self, addr: SocketAddr) {
+        self.listen_override = Some(addr);
+        self.server.listen = addr;
+    }
+
     /// Reads and validates `path`; plugin paths become absolute, relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
@@ -208,6 +241,9 @@ impl Config {
             if plugin.path.is_relative() {
                 plugin.path = base.join(&plugin.path);
             }
+        }
+        if config.engine.cache_dir.is_relative() && !config.engine.cache_dir.as_os_str().is_empty() {
+            config.engine.cache_dir = base.join(&config.engine.cache_dir);
         }
         config.validate()?;
         Ok(config)
@@ -227,6 +263,9 @@ impl Config {
             ("engine.max_instances", u64::from(self.engine.max_instances)),
             ("engine.max_memory_bytes", self.engine.max_memory_bytes as u64),
             ("engine.epoch_tick_ms", self.engine.epoch_tick_ms),
+            ("state.session_bytes", self.state.session_bytes as u64),
+            ("state.kv_value_bytes", self.state.kv_value_bytes as u64),
+            ("state.kv_keys_per_namespace", self.state.kv_keys_per_namespace as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -240,9 +279,9 @@ impl Config {
             if plugin.max_instances == 0 {
                 return Err(invalid(format!("plugins.{name}.max_instances"), "must be greater than 0".into()));
             }
-            let namespace = plugin.groups_namespace(name);
+            let namespace = plugin.namespace(name);
             if namespace.is_empty() || namespace.contains(':') {
-                return Err(invalid(format!("plugins.{name}.groups"), "must be non-empty and without ':'".into()));
+                return Err(invalid(format!("plugins.{name}.namespace"), "must be non-empty and without ':'".into()));
             }
         }
         self.router().map(drop)

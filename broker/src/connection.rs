@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outbound::{self, Bounds, CloseReason, Delivery, Handle, Outbound, Queue};
 use crate::plugin::host::{Context, HandlerError, LocItem};
-use crate::plugin::{CallError, LoadedPlugin};
+use crate::plugin::{CallError, Slot};
 use crate::protocol::{self, PING, Problem, Request};
 use crate::registry::{ConnectionId, Registry};
 use crate::router::Route;
@@ -33,7 +33,8 @@ pub const INTERNAL_ERROR: u16 = 1011;
 
 /// What a connection needs from the broker.
 pub struct Setup {
-    pub plugin: Arc<LoadedPlugin>,
+    /// The plugin; each call goes to its generation of the moment.
+    pub slot: Arc<Slot>,
     pub registry: Arc<Registry>,
     pub route: Arc<Route>,
     pub path: String,
@@ -52,13 +53,13 @@ where
     let (sink, mut stream) = ws.split();
     let (handle, queue) = outbound::queue(&setup.bounds, setup.route.metadata);
     let control = handle.control.clone();
-    let id = setup.registry.register(handle.clone());
+    let id = setup.registry.register(handle.clone(), Arc::from(setup.route.pattern.as_str()));
     let writer = tokio::spawn(write_loop(sink, queue, control.clone()));
     let route = setup.route.pattern.clone();
     let connection = Connection {
         id,
         ctx: Context { connection: id, route, path: setup.path, params: setup.params, user: None },
-        plugin: setup.plugin,
+        slot: setup.slot,
         handle,
     };
     let started = std::time::Instant::now();
@@ -83,8 +84,8 @@ where
         .await;
     }
     setup.registry.remove(id);
-    if let Err(error) = connection.plugin.on_disconnect(&connection.ctx).await {
-        tracing::warn!(connection = id, plugin = connection.plugin.name(), %error, "on-disconnect failed");
+    if let Err(error) = connection.slot.current().on_disconnect(&connection.ctx).await {
+        tracing::warn!(connection = id, plugin = connection.slot.name(), %error, "on-disconnect failed");
     }
     let Connection { handle, ctx, .. } = connection;
     drop(handle);
@@ -110,19 +111,19 @@ enum Ended {
 struct Connection {
     id: ConnectionId,
     ctx: Context,
-    plugin: Arc<LoadedPlugin>,
+    slot: Arc<Slot>,
     handle: Handle,
 }
 
 impl Connection {
     /// Runs the plugin's `on-connect`; false when the connection is refused.
     async fn accept(&self) -> bool {
-        let refusal = match self.plugin.on_connect(&self.ctx).await {
+        let refusal = match self.slot.current().on_connect(&self.ctx).await {
             Ok(Ok(())) => return true,
             Ok(Err(rejection)) => CloseReason::new(rejection.code, rejection.reason),
             Err(error) => {
-                tracing::warn!(connection = self.id, plugin = self.plugin.name(), %error, "on-connect failed");
-                CloseReason::new(INTERNAL_ERROR, format!("plugin {}: {error}", self.plugin.name()))
+                tracing::warn!(connection = self.id, plugin = self.slot.name(), %error, "on-connect failed");
+                CloseReason::new(INTERNAL_ERROR, format!("plugin {}: {error}", self.slot.name()))
             }
         };
         // Queued, so frames the plugin sent before refusing still arrive first.
@@ -174,7 +175,9 @@ impl Connection {
 
     /// Handles one text frame: broker-level actions here, the rest by the plugin.
     async fn dispatch(&self, text: &str) {
-        let Request { action, payload, reference } = match protocol::parse(text, self.plugin.accepts()) {
+        // One generation for the whole message: the one in service when it was read.
+        let plugin = self.slot.current();
+        let Request { action, payload, reference } = match protocol::parse(text, plugin.accepts()) {
             Ok(request) => request,
             Err(refusal) => {
                 return self.reply(protocol::error_frame(&refusal.problems, refusal.reference.as_deref())).await;
@@ -191,7 +194,7 @@ impl Connection {
             };
             return self.reply(frame).await;
         }
-        let answer = self.plugin.on_message(&self.ctx, &action, payload.map(|p| p.get())).await;
+        let answer = plugin.on_message(&self.ctx, &action, payload.map(|p| p.get())).await;
         let problems = match answer {
             Ok(Ok(None)) => return,
             Ok(Ok(Some(frame))) => match protocol::plugin_frame(frame, reference) {
@@ -216,9 +219,9 @@ impl Connection {
             Err(error) => {
                 let kind = match error {
                     CallError::Timeout(_) => "plugin_timeout",
-                    CallError::Trap(_) | CallError::Instantiate(_) => "plugin_crashed",
+                    CallError::Trap(_) | CallError::Instantiate(_) | CallError::BackedOff(_) => "plugin_crashed",
                 };
-                tracing::warn!(connection = self.id, plugin = self.plugin.name(), %action, %error, "call failed");
+                tracing::warn!(connection = self.id, plugin = self.slot.name(), %action, %error, "call failed");
                 vec![Problem::at_action(kind, &action, error.to_string())]
             }
         };

@@ -11,5 +11,7 @@ pub mod outbound;
 pub mod plugin;
 pub mod protocol;
 pub mod registry;
+pub mod reload;
 pub mod router;
 pub mod server;
+pub mod state;

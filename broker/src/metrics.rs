@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
@@ -17,6 +18,8 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     /// Frames delivered through `POST /api/publish`.
     pub api_published: Counter,
+    /// Reloads by kind (`plugin`, `config`) and result (`ok`, `failed`).
+    reloads: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -28,6 +31,7 @@ impl Default for Metrics {
             group_members: Gauge::default(),
             slow_consumer_closes: Counter::default(),
             api_published: Counter::default(),
+            reloads: Family::default(),
             registry: PromRegistry::default(),
         };
         registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
@@ -39,11 +43,17 @@ impl Default for Metrics {
             metrics.slow_consumer_closes.clone(),
         );
         registry.register("api_published", "Frames delivered through the publish API", metrics.api_published.clone());
+        registry.register("reloads", "Plugin and configuration reloads, by result", metrics.reloads.clone());
         Metrics { registry, ..metrics }
     }
 }
 
 impl Metrics {
+    /// Counts a reload of `kind` (`plugin` or `config`).
+    pub fn reloaded(&self, kind: &'static str, ok: bool) {
+        self.reloads.get_or_create(&vec![("kind", kind), ("result", if ok { "ok" } else { "failed" })]).inc();
+    }
+
     /// The Prometheus text exposition, with gauges read from the live registry.
     pub fn render(&self, live: &Registry) -> String {
         self.connections.set(live.len() as i64);

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 
 pub use crate::outbound::{CloseReason, Delivery, Handle, SendError};
+use crate::state::{Session, StateError};
 
 /// A connection's id, unique for the life of the process.
 pub type ConnectionId = u64;
@@ -62,7 +63,17 @@ pub enum JoinError {
 
 struct Entry {
     handle: Handle,
+    /// The route pattern it connected through, so a route removed by a reload can close it.
+    route: Arc<str>,
     groups: HashSet<GroupKey>,
+    session: Session,
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_groups_per_connection: usize,
+    pub session_bytes: usize,
 }
 
 /// All live connections and groups of this process.
@@ -70,24 +81,48 @@ pub struct Registry {
     next_id: AtomicU64,
     connections: DashMap<ConnectionId, Entry>,
     groups: DashMap<GroupKey, HashMap<ConnectionId, Handle>>,
-    max_groups_per_connection: usize,
+    limits: Limits,
 }
 
 impl Registry {
-    pub fn new(max_groups_per_connection: usize) -> Registry {
-        Registry {
-            next_id: AtomicU64::new(0),
-            connections: DashMap::new(),
-            groups: DashMap::new(),
-            max_groups_per_connection,
-        }
+    pub fn new(limits: Limits) -> Registry {
+        Registry { next_id: AtomicU64::new(0), connections: DashMap::new(), groups: DashMap::new(), limits }
     }
 
-    /// Adds a connection and returns its new id.
-    pub fn register(&self, handle: Handle) -> ConnectionId {
+    /// Adds a connection of `route` and returns its new id.
+    pub fn register(&self, handle: Handle, route: Arc<str>) -> ConnectionId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.connections.insert(id, Entry { handle, groups: HashSet::new() });
+        self.connections.insert(id, Entry { handle, route, groups: HashSet::new(), session: Session::default() });
         id
+    }
+
+    /// Closes every connection whose route is in `routes`; returns how many.
+    pub fn close_routes(&self, routes: &HashSet<String>, reason: &CloseReason) -> usize {
+        let doomed: Vec<Handle> = self
+            .connections
+            .iter()
+            .filter(|entry| routes.contains(&*entry.route))
+            .map(|entry| entry.handle.clone())
+            .collect();
+        for handle in &doomed {
+            let _ = handle.close(reason.clone());
+        }
+        doomed.len()
+    }
+
+    pub fn session_get(&self, id: ConnectionId, key: &str) -> Option<String> {
+        self.connections.get(&id).and_then(|entry| entry.session.get(key))
+    }
+
+    pub fn session_set(&self, id: ConnectionId, key: &str, value: String) -> Result<(), StateError> {
+        let mut entry = self.connections.get_mut(&id).ok_or(StateError::Closed)?;
+        entry.session.set(key, value, self.limits.session_bytes)
+    }
+
+    pub fn session_delete(&self, id: ConnectionId, key: &str) {
+        if let Some(mut entry) = self.connections.get_mut(&id) {
+            entry.session.delete(key);
+        }
     }
 
     /// Removes a connection and all its memberships; groups left empty are dropped.
@@ -140,8 +175,8 @@ impl Registry {
         if entry.groups.contains(&key) {
             return Ok(());
         }
-        if entry.groups.len() >= self.max_groups_per_connection {
-            return Err(JoinError::TooManyGroups(self.max_groups_per_connection));
+        if entry.groups.len() >= self.limits.max_groups_per_connection {
+            return Err(JoinError::TooManyGroups(self.limits.max_groups_per_connection));
         }
         let handle = entry.handle.clone();
         self.groups.entry(key.clone()).or_default().insert(id, handle);
@@ -196,7 +231,11 @@ mod tests {
     fn connect(registry: &Registry) -> (ConnectionId, outbound::Queue) {
         let bounds = outbound::Bounds { max_frames: 8, max_bytes: 1 << 20, slow_closes: Default::default() };
         let (handle, queue) = outbound::queue(&bounds, false);
-        (registry.register(handle), queue)
+        (registry.register(handle, Arc::from("/ws")), queue)
+    }
+
+    fn registry(max_groups_per_connection: usize) -> Registry {
+        Registry::new(Limits { max_groups_per_connection, session_bytes: 64 })
     }
 
     fn key(name: &str) -> GroupKey {
@@ -205,7 +244,7 @@ mod tests {
 
     #[test]
     fn closing_leaves_every_group_and_empty_groups_vanish() {
-        let registry = Registry::new(10);
+        let registry = registry(10);
         let (a, _qa) = connect(&registry);
         let (b, _qb) = connect(&registry);
         registry.join(a, key("room1")).unwrap();
@@ -222,7 +261,7 @@ mod tests {
 
     #[test]
     fn broadcast_skips_the_excluded_and_counts_the_reached() {
-        let registry = Registry::new(10);
+        let registry = registry(10);
         let (a, mut qa) = connect(&registry);
         let (b, mut qb) = connect(&registry);
         registry.join(a, key("r")).unwrap();
@@ -235,7 +274,7 @@ mod tests {
 
     #[test]
     fn limits_on_names_and_groups_per_connection() {
-        let registry = Registry::new(2);
+        let registry = registry(2);
         let (a, _q) = connect(&registry);
         assert_eq!(registry.join(a, key("")), Err(JoinError::InvalidName));
         registry.join(a, key("1")).unwrap();

@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -21,14 +23,15 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api;
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, Setup};
 use crate::metrics::Metrics;
 use crate::outbound::Bounds;
-use crate::plugin::{LoadedPlugin, PluginError, Runtime};
-use crate::registry::Registry;
+use crate::plugin::{LoadedPlugin, PluginError, Runtime, Services, Slot};
+use crate::registry::{self, Registry};
 use crate::router::{Miss, Router};
+use crate::state::{self, Kv};
+use crate::{api, reload};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,19 +44,28 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
 }
 
-/// Everything a request handler reads.
-pub(crate) struct Shared {
+/// The configuration in force, with the route table and plugins built from it. Swapped whole on a
+/// configuration reload, so a request never sees a route of one version and a plugin of another.
+pub(crate) struct Live {
     pub(crate) config: Config,
-    router: Router,
-    plugins: HashMap<String, Arc<LoadedPlugin>>,
+    pub(crate) router: Router,
+    pub(crate) slots: HashMap<String, Arc<Slot>>,
+    pub(crate) loaded_at: SystemTime,
+}
+
+/// Everything request handlers and reloads share.
+pub(crate) struct Shared {
+    pub(crate) live: ArcSwap<Live>,
+    pub(crate) services: Services,
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Metrics,
-    /// The HTTP API's key, resolved once at start.
-    pub(crate) api_key: Option<String>,
+    pub(crate) runtime: Arc<Runtime>,
+    /// The last configuration reload that failed, if the latest one did.
+    pub(crate) config_error: Mutex<Option<(SystemTime, String)>>,
+    /// One reload at a time: they read and replace `live`.
+    pub(crate) reloading: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    // Keeps the engine and its epoch thread alive as long as connections may call plugins.
-    _runtime: Arc<Runtime>,
 }
 
 /// A broker with its plugins loaded and its socket bound, not yet serving.
@@ -66,34 +78,41 @@ impl Server {
     /// Loads every plugin of `config` and binds its listen address.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         let runtime = Arc::new(Runtime::new(&config.engine)?);
-        let registry = Arc::new(Registry::new(config.server.max_groups_per_connection));
-        let mut plugins = HashMap::new();
+        let registry = Arc::new(Registry::new(registry::Limits {
+            max_groups_per_connection: config.server.max_groups_per_connection,
+            session_bytes: config.state.session_bytes,
+        }));
+        let kv = Arc::new(Kv::new(state::Limits {
+            value_bytes: config.state.kv_value_bytes,
+            keys_per_namespace: config.state.kv_keys_per_namespace,
+        }));
+        let services = Services { registry: registry.clone(), kv };
+        let mut slots = HashMap::new();
         for (name, plugin) in &config.plugins {
-            let loaded = LoadedPlugin::load(&runtime, name, plugin, registry.clone()).await?;
-            let manifest = loaded.manifest();
+            let loaded = LoadedPlugin::load(&runtime, name, plugin, &services, 1).await?;
             tracing::info!(
                 plugin = %name,
-                version = %manifest.version,
+                version = %loaded.manifest().version,
                 accepts = ?loaded.accepts(),
                 path = %plugin.path.display(),
+                from = ?loaded.source,
                 "plugin loaded"
             );
-            plugins.insert(name.clone(), Arc::new(loaded));
+            slots.insert(name.clone(), Arc::new(Slot::new(name, loaded)));
         }
         let router = config.router()?;
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
-        let api_key = config.api.key();
         let shared = Arc::new(Shared {
-            config,
-            router,
-            plugins,
+            live: ArcSwap::from_pointee(Live { config, router, slots, loaded_at: SystemTime::now() }),
+            services,
             registry,
             metrics: Metrics::default(),
-            api_key,
+            runtime,
+            config_error: Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            _runtime: runtime,
         });
         Ok(Server { listener, shared })
     }
@@ -107,6 +126,9 @@ impl Server {
     /// they are closed (or the grace period has passed).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Server { listener, shared } = self;
+        // Dropped on return, which stops watching.
+        let _watcher = reload::watch(shared.clone());
+        let sweeper = shared.tracker.spawn(sweep_state(shared.clone()));
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -133,11 +155,21 @@ impl Server {
         drop(listener);
         tracing::info!(connections = shared.registry.len(), "shutting down");
         shared.shutdown.cancel();
+        sweeper.abort();
         shared.tracker.close();
-        let grace = shared.config.server.shutdown_grace();
+        let grace = shared.live.load().config.server.shutdown_grace();
         if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
             tracing::warn!(?grace, "connections still open after the shutdown grace period");
         }
+    }
+}
+
+/// Drops expired key-value entries every second.
+async fn sweep_state(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        shared.services.kv.sweep();
     }
 }
 
@@ -150,7 +182,8 @@ async fn handle(
     if let Some(endpoint) = api::Endpoint::parse(&path) {
         return Ok(api::serve(&shared, endpoint, request).await);
     }
-    let matched = match shared.router.lookup(&path) {
+    let live = shared.live.load_full();
+    let matched = match live.router.lookup(&path) {
         Ok(matched) => matched,
         Err(Miss::NotFound) => return Ok(text(StatusCode::NOT_FOUND, format!("no route for {path}\n"))),
         Err(Miss::BadParam(why)) => return Ok(text(StatusCode::BAD_REQUEST, format!("{path}: {why}\n"))),
@@ -161,12 +194,12 @@ async fn handle(
             format!("{path} is a WebSocket route: connect with a WebSocket client\n"),
         ));
     };
-    let Some(plugin) = shared.plugins.get(&matched.route.plugin).cloned() else {
+    let Some(slot) = live.slots.get(&matched.route.plugin).cloned() else {
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, format!("plugin {} is not loaded\n", matched.route.plugin)));
     };
-    let limits = &shared.config.server;
+    let limits = &live.config.server;
     let setup = Setup {
-        plugin,
+        slot,
         registry: shared.registry.clone(),
         route: matched.route,
         path,

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bindings::broker::plugin::{groups, host, types};
+use crate::bindings::broker::plugin::{groups, host, session, types};
 use crate::error::{Error, Result};
 
 /// A log level for [`Context::log`].
@@ -73,6 +73,21 @@ impl Context {
     /// Sends a frame to every member of a group but this connection (Chanx's `exclude_current`).
     pub fn broadcast_to_others(&self, group: &str, frame: &impl Serialize) -> Result<u32> {
         broadcast(group, frame, Some(self.connection()))
+    }
+
+    /// A value of this connection's session, decoded from JSON.
+    pub fn session_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        crate::state::decode(key, session::get(self.connection(), key))
+    }
+
+    /// Sets a value of this connection's session, as JSON; it is gone when the connection closes.
+    pub fn session_set<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let text = serde_json::to_string(value)?;
+        session::set(self.connection(), key, &text).map_err(crate::state::state_error)
+    }
+
+    pub fn session_delete(&self, key: &str) {
+        session::delete(self.connection(), key);
     }
 
     /// Writes a line to the broker's log.

@@ -27,11 +27,13 @@ mod exports;
 mod frame;
 mod payload;
 mod plugin;
+mod state;
 
 pub use context::{Context, Level, broadcast, members, send_to};
 pub use error::{Error, Issue, Loc, Result};
 pub use frame::Frame;
 pub use plugin::{Plugin, Reject, Reply};
+pub use state::kv;
 
 /// The raw bindings of the `broker:plugin` world, for what the typed API does not cover.
 pub mod bindings {

@@ -16,8 +16,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long any single expectation may take before the test fails.
-pub const WAIT: Duration = Duration::from_secs(10);
+/// How long any single expectation may take before the test fails: generous, since the whole suite
+/// shares two cores; a passing test never waits this long.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Where the build script put the compiled plugins.
 pub fn plugin_path(name: &str) -> PathBuf {
@@ -48,7 +49,7 @@ path = "{chat}"
 
 [plugins.chat-meta]
 path = "{chat}"
-groups = "chat"
+namespace = "chat"
 
 [plugins.legacy]
 path = "{legacy}"
@@ -110,7 +111,16 @@ impl Broker {
 
     /// Starts the broker with this broker.toml and waits for its `listening on` line.
     pub fn with_config(toml: &str) -> Broker {
+        Broker::with_files(toml, &[])
+    }
+
+    /// Like `with_config`, with files written beside broker.toml first (plugins it names by a
+    /// relative path).
+    pub fn with_files(toml: &str, files: &[(&str, &[u8])]) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
+        for (name, bytes) in files {
+            std::fs::write(dir.path().join(name), bytes).expect("write a file beside broker.toml");
+        }
         let config = dir.path().join("broker.toml");
         std::fs::write(&config, toml).expect("write broker.toml");
         let mut child = Command::new(env!("CARGO_BIN_EXE_broker-under-test"))
@@ -138,6 +148,19 @@ impl Broker {
             }
         };
         Broker { child, addr, _dir: dir }
+    }
+
+    /// The folder of broker.toml.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// Replaces a file beside broker.toml the way editors and build tools do: write a temporary
+    /// file, then rename it over the old one.
+    pub fn replace_file(&self, name: &str, bytes: &[u8]) {
+        let partial = self.dir().join(format!(".{name}.partial"));
+        std::fs::write(&partial, bytes).expect("write");
+        std::fs::rename(&partial, self.dir().join(name)).expect("rename");
     }
 
     /// `ws://ADDR{path}`.
@@ -226,15 +249,38 @@ impl Broker {
     /// Polls a metric until it equals `want` (bounded by the wait): for state the broker settles
     /// asynchronously, such as connections being cleaned up after their clients left.
     pub async fn await_metric(&self, name: &str, want: f64) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let got = self.metric(name).await;
-            if got == want {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{name} is {got}, expected {want}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(&format!("{name} == {want}"), || async { self.metric(name).await == want }).await;
+    }
+
+    /// `GET /api/plugins` with the test key.
+    pub async fn plugins(&self) -> Value {
+        let (status, body) = self.http("GET", "/api/plugins", Some(API_KEY), "").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// One plugin's entry of `/api/plugins`.
+    pub async fn plugin_status(&self, name: &str) -> Value {
+        let plugins = self.plugins().await;
+        plugins["plugins"]
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+}
+
+/// Polls `check` until it holds, failing the test after the wait: for what the broker does in the
+/// background (reloads, clean-up), where there is no event to wait on.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "not within {WAIT:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -8,4 +8,5 @@ mod handshake;
 mod harness;
 mod lifecycle;
 mod plugins;
+mod reload;
 mod rooms;

@@ -9,6 +9,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::PluginError;
+use super::cache::{Cache, Source};
 use super::host::{HostState, Plugin};
 use crate::config;
 
@@ -16,6 +17,7 @@ use crate::config;
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    cache: Cache,
     ticker: Ticker,
 }
 
@@ -46,7 +48,7 @@ impl Runtime {
 
         let ticker = Ticker::start(engine.clone(), Duration::from_millis(limits.epoch_tick_ms))
             .map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Runtime { engine, linker, ticker })
+        Ok(Runtime { engine, linker, cache: Cache::new(&limits.cache_dir), ticker })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -57,9 +59,10 @@ impl Runtime {
         &self.linker
     }
 
-    /// Compiles a component file. CPU-heavy: call it off the async runtime's threads.
-    pub fn compile(&self, bytes: &[u8]) -> Result<Component, String> {
-        Component::new(&self.engine, bytes).map_err(|e| format!("{e:?}"))
+    /// The component of `bytes` (with content hash `key`), from the cache or compiled. CPU-heavy on
+    /// a cache miss: call it off the async runtime's threads.
+    pub fn compile(&self, bytes: &[u8], key: &str) -> Result<(Component, Source), String> {
+        self.cache.load(&self.engine, bytes, key)
     }
 
     /// How often the epoch advances: the granularity of deadlines.

@@ -8,6 +8,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::protocol;
 use crate::registry::{CloseReason, ConnectionId, Delivery, GroupKey, JoinError, Registry};
+use crate::state::{Kv, StateError as HostStateError};
 
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",
@@ -17,7 +18,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::broker::plugin::types::{
-    Context, GroupError, HandlerError, Level, LocItem, PluginManifest, Rejection, SendError,
+    Context, GroupError, HandlerError, Level, LocItem, PluginManifest, Rejection, SendError, StateError,
 };
 
 /// What every instance of one plugin shares.
@@ -29,6 +30,7 @@ pub struct PluginEnv {
     /// Its settings from broker.toml, as JSON text.
     pub settings: Arc<str>,
     pub registry: Arc<Registry>,
+    pub kv: Arc<Kv>,
 }
 
 /// Everything one plugin instance's store holds.
@@ -125,5 +127,61 @@ impl self::broker::plugin::groups::Host for HostState {
 
     async fn members(&mut self, group: String) -> wasmtime::Result<Vec<u64>> {
         Ok(self.env.registry.members(&self.group(&group)))
+    }
+}
+
+fn state_error(error: HostStateError) -> StateError {
+    match error {
+        HostStateError::Closed => StateError::Closed,
+        HostStateError::TooLarge(why) => StateError::TooLarge(why),
+    }
+}
+
+fn ttl(ms: Option<u64>) -> Option<std::time::Duration> {
+    ms.map(std::time::Duration::from_millis)
+}
+
+impl self::broker::plugin::session::Host for HostState {
+    async fn get(&mut self, connection: u64, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.env.registry.session_get(connection, &key))
+    }
+
+    async fn set(&mut self, connection: u64, key: String, value: String) -> wasmtime::Result<Result<(), StateError>> {
+        Ok(self.env.registry.session_set(connection, &key, value).map_err(state_error))
+    }
+
+    async fn delete(&mut self, connection: u64, key: String) -> wasmtime::Result<()> {
+        self.env.registry.session_delete(connection, &key);
+        Ok(())
+    }
+}
+
+impl self::broker::plugin::kv::Host for HostState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, StateError>> {
+        Ok(Ok(self.env.kv.get(&self.env.namespace, &key)))
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: String,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), StateError>> {
+        Ok(self.env.kv.set(&self.env.namespace, &key, value, ttl(ttl_ms)).map_err(state_error))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, StateError>> {
+        Ok(Ok(self.env.kv.delete(&self.env.namespace, &key)))
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<String>,
+        new: Option<String>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<bool, StateError>> {
+        let swapped = self.env.kv.compare_and_swap(&self.env.namespace, &key, expected.as_deref(), new, ttl(ttl_ms));
+        Ok(swapped.map_err(state_error))
     }
 }

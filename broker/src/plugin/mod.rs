@@ -1,14 +1,23 @@
 //! Plugins: the wasmtime engine, the host interfaces, and pools of instances per plugin.
 
+mod cache;
 mod engine;
 pub mod host;
 mod pool;
+mod slot;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use cache::Source;
+
+/// The SHA-256 of a component file, as recorded by [`LoadedPlugin::hash`].
+pub fn content_hash(bytes: &[u8]) -> String {
+    cache::Cache::key(bytes)
+}
 pub use engine::Runtime;
-pub use pool::LoadedPlugin;
+pub use pool::{LoadedPlugin, Services};
+pub use slot::{Slot, rfc3339};
 
 /// Why a plugin could not be loaded, or the engine not built.
 #[derive(Debug, thiserror::Error)]
@@ -28,4 +37,6 @@ pub enum CallError {
     Timeout(Duration),
     #[error("the plugin could not be started: {0}")]
     Instantiate(String),
+    #[error("the plugin crashed on its last calls and is backed off for {}ms more", .0.as_millis())]
+    BackedOff(Duration),
 }

@@ -5,15 +5,17 @@
 //! call trapped or timed out may be corrupt and is dropped, never returned to the pool.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 use wasmtime::{Store, UpdateDeadline};
 
+use super::cache::Source;
 use super::host::{Context, HandlerError, HostState, Plugin, PluginEnv, PluginManifest, PluginPre, Rejection};
 use super::{CallError, PluginError, Runtime};
 use crate::config;
 use crate::registry::{ConnectionId, Registry};
+use crate::state::Kv;
 
 /// Idle instances kept per plugin; more are created under load and dropped after.
 const MAX_IDLE: usize = 16;
@@ -35,7 +37,47 @@ struct Instance {
     bindings: Plugin,
 }
 
-/// One plugin, compiled, checked and ready to call.
+/// What a plugin's calls reach besides the plugin: shared by all its generations.
+#[derive(Clone)]
+pub struct Services {
+    pub registry: Arc<Registry>,
+    pub kv: Arc<Kv>,
+}
+
+/// Calls failing in a row (traps or timeouts) before a plugin is backed off.
+const CRASHES_BEFORE_BACKOFF: u32 = 5;
+/// The first backoff; it doubles while probes keep failing, up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Consecutive crashes of one generation, and the backoff they earned.
+#[derive(Debug, Default)]
+struct Crashes {
+    in_a_row: u32,
+    backoff: Duration,
+    until: Option<Instant>,
+}
+
+impl Crashes {
+    /// `Some(remaining)` while backed off.
+    fn backed_off(&self, now: Instant) -> Option<Duration> {
+        self.until.filter(|until| *until > now).map(|until| until - now)
+    }
+
+    fn record(&mut self, crashed: bool, now: Instant) {
+        if !crashed {
+            *self = Crashes::default();
+            return;
+        }
+        self.in_a_row += 1;
+        if self.in_a_row >= CRASHES_BEFORE_BACKOFF {
+            self.backoff = if self.backoff.is_zero() { FIRST_BACKOFF } else { (self.backoff * 2).min(MAX_BACKOFF) };
+            self.until = Some(now + self.backoff);
+        }
+    }
+}
+
+/// One generation of one plugin: compiled, checked and ready to call.
 pub struct LoadedPlugin {
     env: Arc<PluginEnv>,
     manifest: PluginManifest,
@@ -44,23 +86,38 @@ pub struct LoadedPlugin {
     idle: Mutex<Vec<Instance>>,
     running: Semaphore,
     timeout: Duration,
+    crashes: Mutex<Crashes>,
+    /// 1 for the first load, one more for each reload.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    /// The SHA-256 of the component file.
+    pub hash: String,
+    /// Whether it came from the compile cache.
+    pub source: Source,
+    /// The configuration it was loaded with.
+    pub config: config::Plugin,
 }
 
 impl LoadedPlugin {
-    /// Compiles `config.path`, links it, and asks a first instance for its manifest.
+    /// Compiles `config.path` (or takes it from the cache), links it, and asks a first instance
+    /// for its manifest: a plugin that cannot answer that is refused.
     pub async fn load(
         runtime: &Arc<Runtime>,
         name: &str,
         config: &config::Plugin,
-        registry: Arc<Registry>,
+        services: &Services,
+        generation: u64,
     ) -> Result<LoadedPlugin, PluginError> {
         let failed = |reason: String| PluginError::Load { plugin: name.to_owned(), path: config.path.clone(), reason };
         let bytes = tokio::fs::read(&config.path).await.map_err(|e| failed(format!("cannot read the file: {e}")))?;
         let compiler = runtime.clone();
-        let component = tokio::task::spawn_blocking(move || compiler.compile(&bytes))
-            .await
-            .map_err(|e| failed(format!("compilation panicked: {e}")))?
-            .map_err(|e| failed(format!("not a valid component: {e}")))?;
+        let (component, source, hash) = tokio::task::spawn_blocking(move || {
+            let hash = super::cache::Cache::key(&bytes);
+            compiler.compile(&bytes, &hash).map(|(component, source)| (component, source, hash))
+        })
+        .await
+        .map_err(|e| failed(format!("compilation panicked: {e}")))?
+        .map_err(|e| failed(format!("not a valid component: {e}")))?;
         let instance_pre = runtime
             .linker()
             .instantiate_pre(&component)
@@ -70,9 +127,10 @@ impl LoadedPlugin {
 
         let env = PluginEnv {
             name: Arc::from(name),
-            namespace: Arc::from(config.groups_namespace(name)),
+            namespace: Arc::from(config.namespace(name)),
             settings: Arc::from(settings),
-            registry,
+            registry: services.registry.clone(),
+            kv: services.kv.clone(),
         };
         let mut plugin = LoadedPlugin {
             env: Arc::new(env),
@@ -89,6 +147,12 @@ impl LoadedPlugin {
             idle: Mutex::new(Vec::new()),
             running: Semaphore::new(config.max_instances),
             timeout: config.timeout(),
+            crashes: Mutex::new(Crashes::default()),
+            generation,
+            loaded_at: SystemTime::now(),
+            hash,
+            source,
+            config: config.clone(),
         };
         let manifest = plugin
             .call(0, async |i| i.bindings.broker_plugin_handler().call_manifest(&mut i.store).await)
@@ -144,6 +208,9 @@ impl LoadedPlugin {
         caller: ConnectionId,
         f: impl AsyncFnOnce(&mut Instance) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
+        if let Some(remaining) = self.lock_crashes().backed_off(Instant::now()) {
+            return Err(CallError::BackedOff(remaining));
+        }
         let _permit = self.running.acquire().await.map_err(|_| CallError::Instantiate("plugin unloaded".into()))?;
         let deadline = Instant::now() + self.timeout;
         let mut instance = match self.take_idle() {
@@ -156,7 +223,7 @@ impl LoadedPlugin {
         // The epoch callback enforces the deadline while wasm runs; this one covers a call parked in
         // a host function, with a tick of slack so the callback's clearer error usually wins.
         let slack = self.timeout + Duration::from_millis(50);
-        match tokio::time::timeout(slack, f(&mut instance)).await {
+        let result = match tokio::time::timeout(slack, f(&mut instance)).await {
             Ok(Ok(value)) => {
                 self.put_idle(instance);
                 Ok(value)
@@ -164,7 +231,13 @@ impl LoadedPlugin {
             Ok(Err(error)) if error.is::<DeadlineExceeded>() => Err(CallError::Timeout(self.timeout)),
             Ok(Err(error)) => Err(CallError::Trap(trap_message(&error))),
             Err(_) => Err(CallError::Timeout(self.timeout)),
-        }
+        };
+        self.lock_crashes().record(result.is_err(), Instant::now());
+        result
+    }
+
+    fn lock_crashes(&self) -> std::sync::MutexGuard<'_, Crashes> {
+        self.crashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A fresh instance; its start-up counts against the deadline of the call it is made for.
@@ -202,5 +275,29 @@ fn trap_message(error: &wasmtime::Error) -> String {
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),
         None => error.root_cause().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_after_five_crashes_and_grows_until_a_success() {
+        let now = Instant::now();
+        let mut crashes = Crashes::default();
+        for _ in 0..4 {
+            crashes.record(true, now);
+        }
+        assert_eq!(crashes.backed_off(now), None);
+        crashes.record(true, now);
+        assert_eq!(crashes.backed_off(now), Some(FIRST_BACKOFF));
+        let later = now + FIRST_BACKOFF;
+        assert_eq!(crashes.backed_off(later), None, "the probe after the backoff may run");
+        crashes.record(true, later);
+        assert_eq!(crashes.backed_off(later), Some(FIRST_BACKOFF * 2));
+        crashes.record(false, later);
+        assert_eq!(crashes.backed_off(later), None);
+        assert_eq!(crashes.in_a_row, 0);
     }
 }

@@ -1,0 +1,246 @@
+//! Hot reload: plugin files and broker.toml are watched; a change becomes a new generation (or a
+//! new configuration) without dropping a connection, and a change that fails leaves the running
+//! version in place, logged, counted and shown by `/api/plugins`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::outbound::CloseReason;
+use crate::plugin::{LoadedPlugin, Slot};
+use crate::server::{Live, Shared};
+
+/// Writes closer together than this are one change: an editor or `cargo build` writing a file in
+/// several steps triggers one reload, of the finished file.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Whether an event may have changed a file's content. Opening and reading do not, and must not
+/// count: the reload itself reads the file.
+fn changes_content(event: &Event) -> bool {
+    !matches!(event.kind, EventKind::Access(_))
+}
+
+/// Watching stops when this is dropped.
+pub struct Watcher {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts watching broker.toml and the plugin files of the configuration in force.
+pub(crate) fn watch(shared: Arc<Shared>) -> Option<Watcher> {
+    let (tx, rx) = mpsc::channel::<PathBuf>(1024);
+    let watcher = notify::recommended_watcher(move |result: notify::Result<Event>| match result {
+        // notify calls from its own thread, so blocking here blocks no async worker.
+        Ok(event) if changes_content(&event) => event.paths.into_iter().for_each(|path| drop(tx.blocking_send(path))),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "file watching failed"),
+    });
+    let mut watcher = match watcher {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch files: hot reload is off");
+            return None;
+        }
+    };
+    // Watching starts before this returns: a change made once the broker serves is never missed.
+    let mut watched = HashSet::new();
+    update_watches(&mut watcher, &mut watched, &shared.live.load().config);
+    Some(Watcher { task: tokio::spawn(run(shared, watcher, watched, rx)) })
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    mut watcher: RecommendedWatcher,
+    mut watched: HashSet<PathBuf>,
+    mut changes: mpsc::Receiver<PathBuf>,
+) {
+    while let Some(first) = changes.recv().await {
+        // Debounce: gather events until the files have been quiet for a moment.
+        let mut paths = vec![first];
+        while let Ok(Some(more)) = tokio::time::timeout(DEBOUNCE, changes.recv()).await {
+            paths.push(more);
+        }
+        let changed: HashSet<PathBuf> = paths.iter().map(|p| normalize(p)).collect();
+        let live = shared.live.load_full();
+        if changed.contains(&normalize(&live.config.source)) {
+            reload_config(&shared).await;
+            update_watches(&mut watcher, &mut watched, &shared.live.load().config);
+        }
+        let live = shared.live.load_full();
+        for (name, plugin) in &live.config.plugins {
+            if changed.contains(&normalize(&plugin.path)) {
+                reload_plugin(&shared, name).await;
+            }
+        }
+    }
+}
+
+/// Watches the folders of broker.toml and of every plugin: editors and compilers replace files
+/// (write elsewhere, rename over), which a watch on the file itself would lose.
+fn update_watches(watcher: &mut RecommendedWatcher, watched: &mut HashSet<PathBuf>, config: &Config) {
+    let files = std::iter::once(&config.source).chain(config.plugins.values().map(|p| &p.path));
+    for dir in files.filter_map(|file| file.parent()).map(folder) {
+        if !watched.contains(&dir) {
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir);
+                }
+                Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot watch this folder"),
+            }
+        }
+    }
+}
+
+fn folder(dir: &Path) -> PathBuf {
+    if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_owned() }
+}
+
+/// The same file named two ways (`a/./b`, a symlinked folder) compares equal after this.
+fn normalize(path: &Path) -> PathBuf {
+    let dir = path.parent().map(folder).unwrap_or_else(|| PathBuf::from("."));
+    let dir = dir.canonicalize().unwrap_or(dir);
+    match path.file_name() {
+        Some(name) => dir.join(name),
+        None => dir,
+    }
+}
+
+/// Loads a plugin's file again and swaps it in as the next generation; on failure the current
+/// generation keeps serving.
+pub(crate) async fn reload_plugin(shared: &Shared, name: &str) {
+    let _one_at_a_time = shared.reloading.lock().await;
+    let live = shared.live.load_full();
+    let (Some(slot), Some(config)) = (live.slots.get(name), live.config.plugins.get(name)) else { return };
+    let current = slot.current();
+    if let Ok(bytes) = tokio::fs::read(&config.path).await {
+        // Editors touch files and builds rewrite identical outputs: same bytes, same plugin, and
+        // the same bytes that failed a moment ago fail again.
+        let hash = crate::plugin::content_hash(&bytes);
+        if hash == current.hash || slot.failed_with(&hash) {
+            return;
+        }
+    }
+    let started = Instant::now();
+    match LoadedPlugin::load(&shared.runtime, name, config, &shared.services, current.generation + 1).await {
+        Ok(next) => {
+            tracing::info!(
+                plugin = name,
+                generation = next.generation,
+                version = %next.manifest().version,
+                from = ?next.source,
+                took_ms = started.elapsed().as_millis() as u64,
+                "plugin reloaded"
+            );
+            slot.swap(next);
+            shared.metrics.reloaded("plugin", true);
+        }
+        Err(error) => {
+            tracing::error!(plugin = name, %error, "plugin reload failed; the running generation stays");
+            slot.failed(error.to_string(), error_hash(&config.path).await);
+            shared.metrics.reloaded("plugin", false);
+        }
+    }
+}
+
+/// The hash of what is at `path` now, to recognize the same bad file next time.
+async fn error_hash(path: &Path) -> Option<String> {
+    tokio::fs::read(path).await.ok().map(|bytes| crate::plugin::content_hash(&bytes))
+}
+
+/// Reads broker.toml again and applies it whole, or not at all.
+pub(crate) async fn reload_config(shared: &Shared) {
+    let _one_at_a_time = shared.reloading.lock().await;
+    let live = shared.live.load_full();
+    match prepare(shared, &live).await {
+        Ok(next) => {
+            let removed = removed_routes(&live, &next);
+            warn_restart_only(&live.config, &next.config);
+            shared.live.store(Arc::new(next));
+            *shared.config_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let reason = CloseReason::new(crate::connection::GOING_AWAY, "route removed by a configuration reload");
+            let closed = shared.registry.close_routes(&removed, &reason);
+            tracing::info!(removed_routes = ?removed, closed_connections = closed, "configuration reloaded");
+            shared.metrics.reloaded("config", true);
+        }
+        Err(error) => {
+            tracing::error!(%error, "configuration reload failed; the running configuration stays");
+            *shared.config_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((SystemTime::now(), error));
+            shared.metrics.reloaded("config", false);
+        }
+    }
+}
+
+/// The next `Live`: unchanged plugins keep their slot; new and changed ones are loaded, and if any
+/// fails to load nothing is applied.
+async fn prepare(shared: &Shared, live: &Live) -> Result<Live, String> {
+    let mut config = Config::load(&live.config.source).map_err(|e| e.to_string())?;
+    if let Some(addr) = live.config.listen_override {
+        config.override_listen(addr);
+    }
+    let router = config.router().map_err(|e| e.to_string())?;
+    let mut slots = HashMap::new();
+    let mut swaps = Vec::new();
+    for (name, plugin) in &config.plugins {
+        match live.slots.get(name) {
+            Some(slot) if slot.current().config == *plugin => {
+                slots.insert(name.clone(), slot.clone());
+            }
+            Some(slot) => {
+                let next =
+                    LoadedPlugin::load(&shared.runtime, name, plugin, &shared.services, slot.current().generation + 1)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                swaps.push((slot.clone(), next));
+                slots.insert(name.clone(), slot.clone());
+            }
+            None => {
+                let first = LoadedPlugin::load(&shared.runtime, name, plugin, &shared.services, 1)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                slots.insert(name.clone(), Arc::new(Slot::new(name, first)));
+            }
+        }
+    }
+    // Everything loaded: only now touch what is running.
+    for (slot, next) in swaps {
+        slot.swap(next);
+    }
+    Ok(Live { config, router, slots, loaded_at: SystemTime::now() })
+}
+
+/// Routes of `old` that `new` no longer has, or has for another plugin: their connections close.
+fn removed_routes(old: &Live, new: &Live) -> HashSet<String> {
+    let kept: HashSet<(&str, &str)> = new.router.routes().map(|r| (r.pattern.as_str(), r.plugin.as_str())).collect();
+    old.router
+        .routes()
+        .filter(|r| !kept.contains(&(r.pattern.as_str(), r.plugin.as_str())))
+        .map(|r| r.pattern.clone())
+        .collect()
+}
+
+/// Settings read once at start-up: a reload cannot change them, so say so instead of ignoring them.
+fn warn_restart_only(old: &Config, new: &Config) {
+    let changed = [
+        ("server.listen", old.server.listen != new.server.listen),
+        ("engine", format!("{:?}", old.engine) != format!("{:?}", new.engine)),
+        (
+            "server.max_groups_per_connection",
+            old.server.max_groups_per_connection != new.server.max_groups_per_connection,
+        ),
+        ("state", format!("{:?}", old.state) != format!("{:?}", new.state)),
+    ];
+    for (key, _) in changed.iter().filter(|(_, changed)| *changed) {
+        tracing::warn!(key, "this setting changed in broker.toml but takes effect only after a restart");
+    }
+}
