@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PLUGINS: &[&str] = &["echo", "chat", "testbed", "legacy010", "versioned"];
+const PLUGINS: &[&str] = &["echo", "chat", "assistant", "testbed", "legacy010", "versioned"];
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {

@@ -145,6 +145,13 @@ pub struct Plugin {
     /// Plugins given the same namespace share both (a Rust and a Python chat in the same rooms).
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Hosts the plugin may reach over HTTP: `host`, `host:port` or `*`. Default: none.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// Environment variables of the broker passed to the plugin (by name), such as an API key.
+    /// Default: none; the plugin sees no environment.
+    #[serde(default)]
+    pub env: Vec<String>,
     /// Free-form settings handed to the plugin as JSON (`settings()` in the WIT host interface).
     #[serde(default)]
     pub settings: toml::Table,

@@ -25,6 +25,7 @@ mod context;
 mod error;
 mod exports;
 mod frame;
+pub mod http;
 mod payload;
 mod plugin;
 mod state;

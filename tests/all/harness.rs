@@ -29,7 +29,7 @@ pub fn plugin_path(name: &str) -> PathBuf {
 pub const API_KEY: &str = "test-api-key";
 
 /// Routes in `default_config`: a route appended by `extra` is `routes[ROUTES]`.
-pub const ROUTES: usize = 7;
+pub const ROUTES: usize = 8;
 
 /// A broker.toml mounting the shipped plugins (echo at `/ws/system`, chat at `/ws/chat/{room}`
 /// and, sharing its rooms, `/ws/chat-meta/{room}` with metadata), the test-only plugin at
@@ -53,6 +53,10 @@ namespace = "chat"
 
 [plugins.legacy]
 path = "{legacy}"
+
+[plugins.assistant]
+path = "{assistant}"
+timeout_ms = 30000
 
 [plugins.testbed]
 path = "{testbed}"
@@ -88,11 +92,16 @@ metadata = true
 [[routes]]
 path = "/ws/legacy"
 plugin = "legacy"
+
+[[routes]]
+path = "/ws/assistant"
+plugin = "assistant"
 {extra}"#,
         echo = plugin_path("echo").display(),
         chat = plugin_path("chat").display(),
         testbed = plugin_path("testbed").display(),
         legacy = plugin_path("legacy010").display(),
+        assistant = plugin_path("assistant").display(),
     )
 }
 
@@ -117,6 +126,11 @@ impl Broker {
     /// Like `with_config`, with files written beside broker.toml first (plugins it names by a
     /// relative path).
     pub fn with_files(toml: &str, files: &[(&str, &[u8])]) -> Broker {
+        Broker::launch(toml, files, &[])
+    }
+
+    /// Like `with_files`, with environment variables set for the broker process.
+    pub fn launch(toml: &str, files: &[(&str, &[u8])], envs: &[(&str, &str)]) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, bytes) in files {
             std::fs::write(dir.path().join(name), bytes).expect("write a file beside broker.toml");
@@ -127,6 +141,7 @@ impl Broker {
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&config)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,6 +1,7 @@
 //! Black-box tests: each starts a real broker process and talks to it over real sockets.
 
 mod api;
+mod assistant;
 mod deadlines;
 mod echo;
 mod errors;

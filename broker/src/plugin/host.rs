@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::outbound_http::AllowList;
 use crate::protocol;
 use crate::registry::{CloseReason, ConnectionId, Delivery, GroupKey, JoinError, Registry};
 use crate::state::{Kv, StateError as HostStateError};
@@ -31,11 +33,17 @@ pub struct PluginEnv {
     pub settings: Arc<str>,
     pub registry: Arc<Registry>,
     pub kv: Arc<Kv>,
+    /// The hosts it may reach over HTTP.
+    pub allow_hosts: AllowList,
+    /// The environment variables broker.toml passes to it (`env`), with their values.
+    pub env: Vec<(String, String)>,
 }
 
 /// Everything one plugin instance's store holds.
 pub struct HostState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    allow_hosts: AllowList,
     table: ResourceTable,
     env: Arc<PluginEnv>,
     /// When the running call must have ended; read by the epoch callback.
@@ -46,9 +54,11 @@ pub struct HostState {
 
 impl HostState {
     pub fn new(env: Arc<PluginEnv>, deadline: Instant) -> Self {
-        // Deny by default: no files, environment, arguments or sockets.
-        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
-        HostState { wasi, table: ResourceTable::new(), env, deadline, caller: 0 }
+        // Deny by default: no files, arguments or sockets, and only the environment broker.toml grants.
+        let wasi =
+            WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).envs(&env.env).build();
+        let allow_hosts = env.allow_hosts.clone();
+        HostState { wasi, http: WasiHttpCtx::new(), allow_hosts, table: ResourceTable::new(), env, deadline, caller: 0 }
     }
 
     fn delivery(&self, frame: String) -> Result<Delivery, SendError> {
@@ -64,6 +74,12 @@ impl HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.allow_hosts }
     }
 }
 

@@ -3,6 +3,7 @@
 mod cache;
 mod engine;
 pub mod host;
+mod outbound_http;
 mod pool;
 mod slot;
 
@@ -16,6 +17,7 @@ pub fn content_hash(bytes: &[u8]) -> String {
     cache::Cache::key(bytes)
 }
 pub use engine::Runtime;
+pub use outbound_http::AllowList;
 pub use pool::{LoadedPlugin, Services};
 pub use slot::{Slot, rfc3339};
 

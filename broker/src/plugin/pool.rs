@@ -131,6 +131,8 @@ impl LoadedPlugin {
             settings: Arc::from(settings),
             registry: services.registry.clone(),
             kv: services.kv.clone(),
+            allow_hosts: super::AllowList::new(&config.allow_hosts),
+            env: config.env.iter().filter_map(|name| std::env::var(name).ok().map(|v| (name.clone(), v))).collect(),
         };
         let mut plugin = LoadedPlugin {
             env: Arc::new(env),

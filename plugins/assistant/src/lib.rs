@@ -1,0 +1,87 @@
+//! The pizza-shop assistant: each user message gets an `initial_response`, one `tool_result` per
+//! tool call and a `final_response`, sent as the work progresses (the pizza-assistant wire format).
+//! With an LLM configured (an OpenAI-compatible chat-completions API) the model picks the tools;
+//! without one, a deterministic planner does, so the shop works with no external service.
+
+mod llm;
+mod planner;
+mod shop;
+
+use plugin_sdk::{Context, Plugin, Result};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use shop::ToolError;
+
+#[derive(Deserialize)]
+struct UserMessage {
+    message: String,
+}
+
+/// Where the assistant's frames go, in the wire format of the pizza assistant.
+pub struct Out<'a> {
+    ctx: &'a Context,
+}
+
+impl Out<'_> {
+    fn send(&self, frame: Value) -> Result<()> {
+        self.ctx.send(&frame)
+    }
+
+    pub fn initial(&self, content: &str) -> Result<()> {
+        self.send(json!({"status": "success", "stage": "initial_response", "content": content}))
+    }
+
+    pub fn final_response(&self, content: &str) -> Result<()> {
+        self.send(json!({"status": "success", "stage": "final_response", "content": content}))
+    }
+
+    pub fn exception(&self, message: &str) -> Result<()> {
+        self.send(json!({"status": "error", "type": "exception", "message": message}))
+    }
+
+    /// Runs a tool and reports it: `tool_result`, or the error stage that fits. Returns the text to
+    /// give a model as the tool's answer.
+    pub fn tool(&self, name: &str, arguments: &str) -> Result<String> {
+        match shop::call(name, arguments) {
+            Ok(response) => {
+                self.send(json!({"status": "success", "stage": "tool_result", "tool": name, "response": response}))?;
+                Ok(response)
+            }
+            Err(error) => {
+                let (stage, message) = match error {
+                    ToolError::Missing => ("tool_missing", format!("there is no tool named {name:?}")),
+                    ToolError::Args(why) => ("tool_args", format!("bad arguments for {name}: {why}")),
+                    ToolError::Exec(why) => ("tool_exec", why),
+                };
+                self.send(json!({"status": "error", "stage": stage, "tool": name, "error": message}))?;
+                Ok(format!("error: {message}"))
+            }
+        }
+    }
+}
+
+fn plugin() -> Plugin {
+    Plugin::new("assistant", env!("CARGO_PKG_VERSION"))
+        .description("Pizza-shop assistant: menu, prices, orders and order status, with staged replies")
+        .tags(["assistant", "ai"])
+        .on_connect(|ctx| {
+            let welcome = "Welcome to the pizza shop! Ask for the menu, a price, an order or an order's status.";
+            Ok(ctx.send(&json!({"status": "success", "type": "welcome", "message": welcome}))?)
+        })
+        .handle("user_message", |ctx, message: UserMessage| {
+            let out = Out { ctx };
+            match llm::Settings::of(ctx)? {
+                Some(settings) => llm::converse(ctx, &out, &settings, &message.message),
+                None => planner::answer(ctx, &out, &message.message),
+            }
+        })
+        .handle("exit", |ctx, _: Option<Value>| {
+            let goodbye = "Thank you for visiting the pizza shop. Goodbye!";
+            ctx.send(&json!({"status": "success", "type": "goodbye", "message": goodbye}))?;
+            ctx.close(1000, "goodbye");
+            Ok(())
+        })
+}
+
+plugin_sdk::export_plugin!(plugin);
