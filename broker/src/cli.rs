@@ -65,6 +65,11 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Each connection is a file descriptor: take all the kernel allows this process.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
     let mut config = Config::load(&args.config)?;
     if let Some(listen) = args.listen {
         config.override_listen(listen);

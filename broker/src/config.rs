@@ -66,6 +66,9 @@ pub struct Server {
     pub outbound_queue_bytes: usize,
     /// Groups one connection may be in at once. Default 100.
     pub max_groups_per_connection: usize,
+    /// Bytes each connection's read buffer starts with (it grows for larger frames). Small, since
+    /// idle connections are most connections. Default 4096.
+    pub read_buffer_bytes: usize,
     /// How long shutdown waits for clients to receive their close frames. Default 5000 ms.
     pub shutdown_grace_ms: u64,
 }
@@ -78,6 +81,7 @@ impl Default for Server {
             outbound_queue: 1024,
             outbound_queue_bytes: 8 << 20,
             max_groups_per_connection: 100,
+            read_buffer_bytes: 4096,
             shutdown_grace_ms: 5000,
         }
     }
@@ -267,6 +271,7 @@ impl Config {
             ("server.outbound_queue", self.server.outbound_queue as u64),
             ("server.outbound_queue_bytes", self.server.outbound_queue_bytes as u64),
             ("server.max_groups_per_connection", self.server.max_groups_per_connection as u64),
+            ("server.read_buffer_bytes", self.server.read_buffer_bytes as u64),
             ("engine.max_instances", u64::from(self.engine.max_instances)),
             ("engine.max_memory_bytes", self.engine.max_memory_bytes as u64),
             ("engine.epoch_tick_ms", self.engine.epoch_tick_ms),

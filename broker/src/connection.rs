@@ -139,13 +139,17 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        // Created once, not per frame: each creation registers a waiter.
+        let shutting_down = shutdown.cancelled();
+        let closed = self.handle.control.closed();
+        tokio::pin!(shutting_down, closed);
         loop {
             let message = tokio::select! {
-                _ = shutdown.cancelled() => {
+                _ = &mut shutting_down => {
                     self.queue_close(CloseReason::new(GOING_AWAY, "server shutting down")).await;
                     return Ended::WeClosed;
                 }
-                _ = self.handle.control.closed() => return Ended::WeClosed,
+                _ = &mut closed => return Ended::WeClosed,
                 message = stream.next() => message,
             };
             match message {
@@ -167,7 +171,7 @@ impl Connection {
                     return Ended::Peer;
                 }
             }
-            if self.handle.control.reason().is_some() {
+            if self.handle.control.is_closing() {
                 return Ended::WeClosed;
             }
         }
@@ -231,7 +235,11 @@ impl Connection {
     /// Queues a frame for this connection, waiting for room: a client that does not read its
     /// replies stops being read, rather than being buffered for.
     async fn reply(&self, frame: String) {
-        let frame = Delivery::new(frame, self.id.to_string()).for_handle(&self.handle);
+        let frame = if self.handle.metadata {
+            Delivery::new(frame, self.id.to_string()).for_handle(&self.handle)
+        } else {
+            Utf8Bytes::from(frame)
+        };
         let _ = self.handle.send(frame).await;
     }
 
@@ -248,10 +256,12 @@ async fn write_loop<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let closed = control.closed();
+    tokio::pin!(closed);
     loop {
         let item = tokio::select! {
             biased;
-            reason = control.closed() => Outbound::Close(reason),
+            reason = &mut closed => Outbound::Close(reason),
             item = queue.recv() => match item {
                 Some(item) => item,
                 None => break,

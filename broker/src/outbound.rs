@@ -5,6 +5,7 @@
 //! and shared (`Utf8Bytes` is reference-counted), so a broadcast costs one allocation, not one per
 //! member.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::metrics::counter::Counter;
@@ -39,6 +40,8 @@ impl CloseReason {
 /// Closing out of band: skips the queue, for when the queue itself is the problem.
 #[derive(Debug, Default)]
 pub struct Control {
+    /// Set with `close`: lets every send check "closing?" without taking the lock.
+    closing: AtomicBool,
     close: Mutex<Option<CloseReason>>,
     notify: Notify,
 }
@@ -51,6 +54,7 @@ impl Control {
             return false;
         }
         *slot = Some(reason);
+        self.closing.store(true, Ordering::Release);
         // Wakes every `closed()` future already created, polled or not.
         self.notify.notify_waiters();
         true
@@ -58,7 +62,15 @@ impl Control {
 
     /// The reason, once `close_now` was called.
     pub fn reason(&self) -> Option<CloseReason> {
+        if !self.is_closing() {
+            return None;
+        }
         self.close.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Whether `close_now` was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Resolves once `close_now` has been called.
@@ -127,7 +139,7 @@ impl Handle {
     /// Queues a frame without waiting. A full queue means the client is not keeping up: it is closed
     /// as a slow consumer rather than buffered without bound or silently skipped.
     pub fn try_send(&self, frame: Utf8Bytes) -> Result<(), SendError> {
-        if self.control.reason().is_some() {
+        if self.control.is_closing() {
             return Err(SendError::Closed);
         }
         let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&frame)) else {
@@ -143,13 +155,17 @@ impl Handle {
     /// Queues a frame, waiting for room: for the connection's own replies, so a client that does
     /// not read them stops being read instead of being buffered for.
     pub async fn send(&self, frame: Utf8Bytes) -> Result<(), SendError> {
-        let permit = self.bytes.clone().acquire_many_owned(self.cost(&frame)).await.map_err(|_| SendError::Closed)?;
+        let cost = self.cost(&frame);
+        let permit = match self.bytes.clone().try_acquire_many_owned(cost) {
+            Ok(permit) => permit,
+            Err(_) => self.bytes.clone().acquire_many_owned(cost).await.map_err(|_| SendError::Closed)?,
+        };
         self.outbound.send(Outbound::Frame(frame, permit)).await.map_err(|_| SendError::Closed)
     }
 
     /// Queues a close frame after what is queued; closes at once when the queue is full.
     pub fn close(&self, reason: CloseReason) -> Result<(), SendError> {
-        if self.control.reason().is_some() {
+        if self.control.is_closing() {
             return Err(SendError::Closed);
         }
         match self.outbound.try_send(Outbound::Close(reason)) {

@@ -212,7 +212,11 @@ async fn handle(
         close_grace: limits.shutdown_grace(),
         shutdown: shared.shutdown.clone(),
     };
+    // tungstenite's default read buffer is 128 KiB, allocated up front: per idle connection, that is
+    // most of the memory. Writes are batched by the write loop, so the write buffer need not be big.
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(limits.read_buffer_bytes)
         .max_message_size(Some(limits.max_message_bytes))
         .max_frame_size(Some(limits.max_message_bytes));
     let upgrade = hyper::upgrade::on(request);

@@ -12,21 +12,7 @@ use crate::harness::{API_KEY, Broker, Received, eventually, plugin_path};
 /// The versioned test plugin with its marker set to `generation`: a new version without a compiler.
 fn version(generation: u32) -> Vec<u8> {
     let original = std::fs::read(plugin_path("versioned")).expect("versioned.wasm");
-    let (from, to) = (b"GENERATION-000".as_slice(), format!("GENERATION-{generation:03}").into_bytes());
-    let (mut out, mut replaced) = (Vec::with_capacity(original.len()), 0);
-    let mut i = 0;
-    while i < original.len() {
-        if original[i..].starts_with(from) {
-            out.extend_from_slice(&to);
-            i += from.len();
-            replaced += 1;
-        } else {
-            out.push(original[i]);
-            i += 1;
-        }
-    }
-    assert!(replaced > 0, "the marker is not in versioned.wasm");
-    out
+    bench::versioned(&original, generation).expect("the marker is in versioned.wasm")
 }
 
 fn config(extra: &str) -> String {

@@ -5,7 +5,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 
-const WASM_TARGET: &str = "wasm32-wasip2";
+mod bench;
+
+pub(crate) const WASM_TARGET: &str = "wasm32-wasip2";
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [args...]
@@ -14,7 +16,10 @@ commands:
   run [ARGS...]   build the plugins, then serve ./broker.toml (ARGS go to `broker serve`)
   plugins         build every plugin in plugins/ into target/plugins/<name>.wasm
   test [ARGS...]  run every test of the workspace (ARGS go to `cargo test`)
-  lint            cargo fmt --check and cargo clippy -D warnings, host and wasm crates";
+  lint            cargo fmt --check and cargo clippy -D warnings, host and wasm crates
+  bench NAME|all [--runs N] [--write]
+                  benchmarks against the native baseline (echo, plugin-cost, fanout,
+                  connections, reload); --write regenerates BENCHMARKS.md";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -46,6 +51,7 @@ fn main() -> Result<()> {
             }
             run(wasm.args(["--", "-D", "warnings"]))
         }
+        "bench" => bench::run(&root, &rest),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -59,13 +65,13 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn cargo(root: &Path) -> Command {
+pub(crate) fn cargo(root: &Path) -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(root);
     command
 }
 
-fn run(command: &mut Command) -> Result<()> {
+pub(crate) fn run(command: &mut Command) -> Result<()> {
     let status = command.status().with_context(|| format!("cannot run {command:?}"))?;
     ensure!(status.success(), "{command:?} failed with {status}");
     Ok(())
@@ -100,7 +106,7 @@ fn plugin_crates(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Builds every plugin for wasm32-wasip2 and copies it to target/plugins/<name>.wasm.
-fn build_plugins(root: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn build_plugins(root: &Path) -> Result<Vec<PathBuf>> {
     ensure_wasm_target()?;
     let names = plugin_crates(&root.join("plugins"))?;
     let mut build = cargo(root);

@@ -1,0 +1,316 @@
+//! The load generator: real WebSocket connections speaking the broker's protocol. Each scenario
+//! runs for a bounded time and prints one JSON line of results on stdout.
+//!
+//! ```text
+//! loadgen echo    URL CONNECTIONS SECONDS WARMUP_SECONDS [ACTION]   closed-loop request/reply
+//! loadgen fanout  URL MEMBERS MESSAGES                              one sender, a room of MEMBERS
+//! loadgen hold    URL COUNT                                         COUNT idle connections until stdin closes
+//! loadgen reload  URL CONNECTIONS FILE MARKER=VERSION_FILE...       echo while FILE is replaced
+//! ```
+//! Connections are spread over 16 source addresses (127.0.0.1-16), so 100,000 of them do not run
+//! out of ephemeral ports.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = WebSocketStream<TcpStream>;
+
+const SOURCES: u8 = 16;
+/// Connections being opened at once.
+const CONNECT_CONCURRENCY: usize = 256;
+/// The longest any phase may take: a scenario always ends.
+const PHASE_LIMIT: Duration = Duration::from_secs(120);
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    bench::raise_fd_limit();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().with_context(|| format!("missing argument {i}; see the doc comment"));
+    let num = |i: usize| -> Result<u64> { arg(i)?.parse().with_context(|| format!("argument {i} is not a number")) };
+    let result = match arg(0)?.as_str() {
+        "echo" => {
+            let action = args.get(5).cloned().unwrap_or_else(|| "user_message".into());
+            echo(&arg(1)?, num(2)? as usize, Duration::from_secs(num(3)?), Duration::from_secs(num(4)?), &action)
+                .await?
+        }
+        "fanout" => fanout(&arg(1)?, num(2)? as usize, num(3)?).await?,
+        "hold" => hold(&arg(1)?, num(2)? as usize).await?,
+        "reload" => {
+            let versions = args[4..]
+                .iter()
+                .map(|v| v.split_once('=').map(|(m, p)| (m.to_owned(), p.to_owned())).context("MARKER=FILE"))
+                .collect::<Result<Vec<_>>>()?;
+            reload(&arg(1)?, num(2)? as usize, &arg(3)?, &versions).await?
+        }
+        other => bail!("unknown scenario {other:?}"),
+    };
+    println!("{result}");
+    Ok(())
+}
+
+/// `ws://host:port/path` -> (address, url).
+fn target(url: &str) -> Result<SocketAddr> {
+    let rest = url.strip_prefix("ws://").context("a ws:// URL")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    authority.parse().with_context(|| format!("{authority} is not IP:PORT"))
+}
+
+async fn connect(url: &str, index: usize) -> Result<Ws> {
+    let addr = target(url)?;
+    let socket = TcpSocket::new_v4()?;
+    let source = Ipv4Addr::new(127, 0, 0, 1 + (index % SOURCES as usize) as u8);
+    socket.bind(SocketAddr::from((source, 0)))?;
+    let tcp = socket.connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(bench::ws_config())).await?;
+    Ok(ws)
+}
+
+/// Opens `count` connections, at most `CONNECT_CONCURRENCY` at a time, each made ready by `ready`.
+async fn connect_all<F, Fut>(url: &str, count: usize, ready: F) -> Result<Vec<Ws>>
+where
+    F: Fn(Ws) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Ws>> + Send,
+{
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let (gate, url, ready) = (gate.clone(), url.to_owned(), ready.clone());
+            tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                tokio::time::timeout(PHASE_LIMIT, async { ready(connect(&url, i).await?).await }).await?
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(count);
+    for task in tasks {
+        all.push(task.await??);
+    }
+    Ok(all)
+}
+
+async fn next_text(ws: &mut Ws) -> Result<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
+            Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return Err(error.into()),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+/// Waits for the welcome frame of the echo route.
+async fn welcomed(mut ws: Ws) -> Result<Ws> {
+    next_text(&mut ws).await?;
+    Ok(ws)
+}
+
+/// A ping round trip: after it, whatever `on-connect` did (joining a room) is done.
+async fn pinged(mut ws: Ws) -> Result<Ws> {
+    ws.send(Message::text(r#"{"action":"ping"}"#)).await?;
+    while !next_text(&mut ws).await?.contains("pong") {}
+    Ok(ws)
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+async fn echo(
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    warmup: Duration,
+    action: &str,
+) -> Result<serde_json::Value> {
+    let clients = connect_all(url, connections, welcomed).await?;
+    let frame = if action == "ping" {
+        r#"{"action":"ping"}"#.to_owned()
+    } else {
+        json!({"action": action, "payload": {"message": "hello"}}).to_string()
+    };
+    let start = Instant::now();
+    let (measure_from, end) = (start + warmup, start + warmup + duration);
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            let frame = frame.clone();
+            tokio::spawn(async move {
+                let (mut hist, mut count) = (histogram(), 0u64);
+                while Instant::now() < end {
+                    let sent = Instant::now();
+                    ws.send(Message::text(frame.as_str())).await?;
+                    next_text(&mut ws).await?;
+                    if sent >= measure_from {
+                        hist.record(micros(sent.elapsed()))?;
+                        count += 1;
+                    }
+                }
+                Ok::<_, anyhow::Error>((hist, count))
+            })
+        })
+        .collect();
+    let (mut hist, mut replies) = (histogram(), 0);
+    for task in tasks {
+        let (h, c) = task.await??;
+        hist.add(h)?;
+        replies += c;
+    }
+    Ok(json!({
+        "connections": connections,
+        "replies": replies,
+        "per_second": replies as f64 / duration.as_secs_f64(),
+        "p50_us": hist.value_at_quantile(0.5),
+        "p99_us": hist.value_at_quantile(0.99),
+        "p999_us": hist.value_at_quantile(0.999),
+    }))
+}
+
+async fn fanout(url: &str, members: usize, messages: u64) -> Result<serde_json::Value> {
+    let receivers = connect_all(url, members, pinged).await?;
+    let mut sender = pinged(connect(url, members).await?).await?;
+    let epoch = Instant::now();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = receivers
+        .into_iter()
+        .map(|mut ws| {
+            let delivered = delivered.clone();
+            tokio::spawn(async move {
+                let mut hist = histogram();
+                for _ in 0..messages {
+                    let text = tokio::time::timeout(PHASE_LIMIT, next_text(&mut ws)).await??;
+                    // `"message":"<sent at, µs since epoch>"`, found without a JSON parse: the load
+                    // generator shares the CPU with the broker.
+                    let sent_us: u64 = text
+                        .split("\"message\":\"")
+                        .nth(1)
+                        .and_then(|rest| rest.split('"').next())
+                        .and_then(|n| n.parse().ok())
+                        .context("a fanout frame")?;
+                    hist.record(micros(epoch.elapsed()).saturating_sub(sent_us).max(1))?;
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, anyhow::Error>(hist)
+            })
+        })
+        .collect();
+    // Keep at most WINDOW messages in flight per member, so queues never fill: this measures
+    // throughput, not slow-consumer handling.
+    const WINDOW: u64 = 64;
+    let started = Instant::now();
+    for sent in 0..messages {
+        while sent * members as u64 > delivered.load(Ordering::Relaxed) + WINDOW * members as u64 {
+            tokio::task::yield_now().await;
+        }
+        let frame = json!({"action": "new_chat_message", "payload": {"message": micros(epoch.elapsed()).to_string(), "name": "s"}});
+        sender.send(Message::text(frame.to_string())).await?;
+    }
+    let mut hist = histogram();
+    for task in tasks {
+        hist.add(task.await??)?;
+    }
+    let elapsed = started.elapsed();
+    let total = delivered.load(Ordering::Relaxed);
+    Ok(json!({
+        "members": members,
+        "messages": messages,
+        "deliveries": total,
+        "lost": messages * members as u64 - total,
+        "per_second": total as f64 / elapsed.as_secs_f64(),
+        "p50_us": hist.value_at_quantile(0.5),
+        "p99_us": hist.value_at_quantile(0.99),
+    }))
+}
+
+async fn hold(url: &str, count: usize) -> Result<serde_json::Value> {
+    let started = Instant::now();
+    let clients = connect_all(url, count, welcomed).await?;
+    // The caller measures the server now, then closes our stdin.
+    println!("{}", json!({"ready": clients.len(), "connect_seconds": started.elapsed().as_secs_f64()}));
+    let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await;
+    Ok(json!({"held": clients.len()}))
+}
+
+async fn reload(url: &str, connections: usize, file: &str, versions: &[(String, String)]) -> Result<serde_json::Value> {
+    let clients = connect_all(url, connections, pinged).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut n, mut worst, mut lost) = (0u64, Duration::ZERO, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let sent = Instant::now();
+                    ws.send(Message::text(json!({"action": "echo", "payload": {"n": n}}).to_string())).await?;
+                    let reply = tokio::time::timeout(PHASE_LIMIT, next_text(&mut ws)).await??;
+                    worst = worst.max(sent.elapsed());
+                    if !reply.contains(&format!("\"n\":{n}}}")) {
+                        lost += 1;
+                    }
+                }
+                Ok::<_, anyhow::Error>((n, worst, lost))
+            })
+        })
+        .collect();
+    let mut probe = pinged(connect(url, connections).await?).await?;
+    let mut swaps = Vec::new();
+    for (marker, version) in versions {
+        let bytes = std::fs::read(version)?;
+        let partial = format!("{file}.partial");
+        std::fs::write(&partial, bytes)?;
+        let written = Instant::now();
+        std::fs::rename(&partial, file)?;
+        loop {
+            probe.send(Message::text(r#"{"action":"echo","payload":{"n":0}}"#)).await?;
+            if next_text(&mut probe).await?.contains(marker.as_str()) {
+                break;
+            }
+            if written.elapsed() > PHASE_LIMIT {
+                bail!("{marker} never served");
+            }
+        }
+        swaps.push(written.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut replies, mut worst, mut lost) = (0, Duration::ZERO, 0);
+    for task in tasks {
+        let (n, w, l) = task.await??;
+        replies += n;
+        worst = worst.max(w);
+        lost += l;
+    }
+    let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+    // The first two versions are compiled; later swaps alternate between them, from the cache.
+    let warm: Vec<f64> = swaps.iter().skip(2).map(ms).collect();
+    let mut sorted = warm.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(json!({
+        "connections": connections,
+        "swaps": swaps.len(),
+        "replies": replies,
+        "lost": lost,
+        "worst_reply_ms": ms(&worst),
+        "cold_swap_ms": swaps.iter().take(2).map(ms).collect::<Vec<_>>(),
+        "warm_swap_ms_median": sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+        "warm_swap_ms_max": sorted.last().copied().unwrap_or(0.0),
+    }))
+}

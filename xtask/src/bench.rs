@@ -1,0 +1,489 @@
+//! `cargo xtask bench <scenario|all> [--runs N] [--write]`: runs the load generator against the
+//! broker and the native baseline in the same run, and reports medians (writes BENCHMARKS.md with
+//! `--write`). Everything runs on 127.0.0.1 and stops by itself.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+const SCENARIOS: &[&str] = &["echo", "plugin-cost", "fanout", "connections", "reload"];
+
+/// A server under test, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(mut command: Command) -> Result<Server> {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).env("RUST_LOG", "error").spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr =
+            line.trim().strip_prefix("listening on ").context("the server did not say where it listens")?.to_owned();
+        Ok(Server { child, addr })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// User plus system CPU time so far, in seconds.
+    fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat; here, after the `(comm)`, 12 and 13 (1-based).
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        Ok(ticks / 100.0)
+    }
+
+    /// (RSS, PSS) in KiB.
+    fn memory_kib(&self) -> Result<(f64, f64)> {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.child.id()))?;
+        let field = |name: &str| -> f64 {
+            rollup
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        Ok((field("Rss:"), field("Pss:")))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Bench {
+    root: PathBuf,
+    dir: tempdir::Dir,
+    runs: usize,
+}
+
+mod tempdir {
+    /// A folder removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Bench {
+    fn bin(&self, name: &str) -> PathBuf {
+        self.root.join("target/debug").join(name)
+    }
+
+    fn broker(&self) -> Result<Server> {
+        let mut command = Command::new(self.bin("broker"));
+        command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(self.dir.0.join("broker.toml"));
+        Server::start(command)
+    }
+
+    fn baseline(&self) -> Result<Server> {
+        let mut command = Command::new(self.bin("baseline"));
+        command.arg("127.0.0.1:0");
+        Server::start(command)
+    }
+
+    fn loadgen(&self, args: &[String]) -> Result<Value> {
+        let output = Command::new(self.bin("loadgen")).args(args).stderr(Stdio::inherit()).output()?;
+        if !output.status.success() {
+            bail!("loadgen {args:?} failed: {}", String::from_utf8_lossy(&output.stdout));
+        }
+        let text = String::from_utf8(output.stdout)?;
+        Ok(serde_json::from_str(text.lines().last().unwrap_or_default())?)
+    }
+}
+
+/// A finished scenario: a markdown table and notes.
+struct Report {
+    title: String,
+    command: String,
+    table: Vec<Vec<String>>,
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let scenario = args.first().map(String::as_str).unwrap_or("all");
+    let write = args.iter().any(|a| a == "--write");
+    let runs =
+        args.iter().position(|a| a == "--runs").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(3);
+    let chosen: Vec<&str> = match scenario {
+        "all" => SCENARIOS.to_vec(),
+        one if SCENARIOS.contains(&one) => vec![one],
+        other => bail!("unknown scenario {other:?}: one of {SCENARIOS:?} or all"),
+    };
+    prepare(root)?;
+    let dir = std::env::temp_dir().join(format!("broker-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bench = Bench { root: root.to_owned(), dir: tempdir::Dir(dir), runs };
+    write_config(&bench)?;
+    let started = Instant::now();
+    let mut reports = Vec::new();
+    for name in chosen {
+        eprintln!("== {name}");
+        let report = match name {
+            "echo" => echo(&bench)?,
+            "plugin-cost" => plugin_cost(&bench)?,
+            "fanout" => fanout(&bench)?,
+            "connections" => connections(&bench)?,
+            "reload" => reload(&bench)?,
+            _ => unreachable!("checked above"),
+        };
+        println!("{}", markdown(&report));
+        reports.push(report);
+    }
+    eprintln!("benchmarks took {:.0} s", started.elapsed().as_secs_f64());
+    if write {
+        write_benchmarks(root, &reports, started.elapsed().as_secs_f64())?;
+    }
+    Ok(())
+}
+
+fn prepare(root: &Path) -> Result<()> {
+    crate::build_plugins(root)?;
+    let cargo = |args: &[&str]| crate::run(crate::cargo(root).args(args));
+    cargo(&["build", "--package", "broker", "--package", "bench"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "--target",
+        crate::WASM_TARGET,
+        "--target-dir",
+        "target/wasm",
+        "--package",
+        "versioned",
+    ])
+}
+
+fn write_config(bench: &Bench) -> Result<()> {
+    let plugins = bench.root.join("target/plugins");
+    let versioned = std::fs::read(bench.root.join("target/wasm/wasm32-wasip2/release/versioned.wasm"))?;
+    std::fs::write(bench.dir.0.join("versioned.wasm"), &versioned)?;
+    for generation in [1, 2] {
+        let copy = bench::versioned(&versioned, generation).context("the marker is in versioned.wasm")?;
+        std::fs::write(bench.dir.0.join(format!("gen-{generation}.wasm")), copy)?;
+    }
+    let toml = format!(
+        r#"[server]
+outbound_queue = 4096
+
+[plugins.echo]
+path = "{echo}"
+
+[plugins.chat]
+path = "{chat}"
+
+[plugins.versioned]
+path = "versioned.wasm"
+
+[[routes]]
+path = "/ws/system"
+plugin = "echo"
+
+[[routes]]
+path = "/ws/chat/{{room}}"
+plugin = "chat"
+
+[[routes]]
+path = "/ws/versioned"
+plugin = "versioned"
+"#,
+        echo = plugins.join("echo.wasm").display(),
+        chat = plugins.join("chat.wasm").display(),
+    );
+    Ok(std::fs::write(bench.dir.0.join("broker.toml"), toml)?)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The run (of `runs`) with the median value of `key`.
+fn median_run(runs: Vec<Value>, key: &str) -> Value {
+    let mut runs = runs;
+    runs.sort_by(|a, b| a[key].as_f64().unwrap_or(0.0).total_cmp(&b[key].as_f64().unwrap_or(0.0)));
+    runs.get(runs.len() / 2).cloned().unwrap_or(Value::Null)
+}
+
+fn num(value: &Value) -> String {
+    match value.as_f64() {
+        Some(n) if n >= 1000.0 => format!("{:.0}", n),
+        Some(n) => format!("{n:.2}").trim_end_matches('0').trim_end_matches('.').to_owned(),
+        None => value.to_string(),
+    }
+}
+
+fn echo(bench: &Bench) -> Result<Report> {
+    let (broker, baseline) = (bench.broker()?, bench.baseline()?);
+    let mut table = vec![
+        ["connections", "broker rt/s", "baseline rt/s", "ratio", "broker p50/p99/p999 µs", "baseline p50/p99/p999 µs"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for connections in [1, 10, 100, 1000] {
+        let mut results = BTreeMap::new();
+        for (name, server) in [("broker", &broker), ("baseline", &baseline)] {
+            let runs = (0..bench.runs)
+                .map(|_| bench.loadgen(&args(&["echo", &server.url("/ws/system"), &connections.to_string(), "3", "1"])))
+                .collect::<Result<Vec<_>>>()?;
+            results.insert(name, median_run(runs, "per_second"));
+        }
+        let (b, n) = (&results["broker"], &results["baseline"]);
+        let latency = |r: &Value| format!("{}/{}/{}", r["p50_us"], r["p99_us"], r["p999_us"]);
+        table.push(vec![
+            connections.to_string(),
+            num(&b["per_second"]),
+            num(&n["per_second"]),
+            format!("{:.2}", b["per_second"].as_f64().unwrap_or(0.0) / n["per_second"].as_f64().unwrap_or(1.0)),
+            latency(b),
+            latency(n),
+        ]);
+    }
+    Ok(Report {
+        title: "echo: round trips through the wasm echo plugin".into(),
+        command: "cargo xtask bench echo".into(),
+        table,
+    })
+}
+
+fn plugin_cost(bench: &Bench) -> Result<Report> {
+    let (broker, baseline) = (bench.broker()?, bench.baseline()?);
+    let mut table = vec![["path", "round trips/s", "server CPU µs per message"].map(String::from).to_vec()];
+    let cases = [
+        ("broker, user_message -> wasm echo plugin", &broker, "user_message"),
+        ("broker, ping answered natively", &broker, "ping"),
+        ("baseline, user_message", &baseline, "user_message"),
+    ];
+    for (label, server, action) in cases {
+        let mut per_second = Vec::new();
+        let mut cost = Vec::new();
+        for _ in 0..bench.runs {
+            let before = server.cpu_seconds()?;
+            let result = bench.loadgen(&args(&["echo", &server.url("/ws/system"), "100", "3", "0", action]))?;
+            let cpu = server.cpu_seconds()? - before;
+            let replies = result["replies"].as_f64().unwrap_or(1.0).max(1.0);
+            per_second.push(result["per_second"].as_f64().unwrap_or(0.0));
+            cost.push(cpu / replies * 1e6);
+        }
+        table.push(vec![label.into(), format!("{:.0}", median(per_second)), format!("{:.2}", median(cost))]);
+    }
+    Ok(Report {
+        title: "plugin-cost: server CPU per message, wasm dispatch against native handling (100 connections)".into(),
+        command: "cargo xtask bench plugin-cost".into(),
+        table,
+    })
+}
+
+fn fanout(bench: &Bench) -> Result<Report> {
+    let (broker, baseline) = (bench.broker()?, bench.baseline()?);
+    let mut table = vec![
+        [
+            "members",
+            "broker deliveries/s",
+            "baseline deliveries/s",
+            "ratio",
+            "broker p50/p99 µs",
+            "baseline p50/p99 µs",
+            "lost",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for members in [100u64, 1000, 10_000] {
+        let messages = (1_000_000 / members).max(50);
+        let mut results = BTreeMap::new();
+        for (name, server) in [("broker", &broker), ("baseline", &baseline)] {
+            let runs = (0..bench.runs)
+                .map(|run| {
+                    let room = server.url(&format!("/ws/chat/bench-{members}-{run}"));
+                    bench.loadgen(&args(&["fanout", &room, &members.to_string(), &messages.to_string()]))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            results.insert(name, median_run(runs, "per_second"));
+        }
+        let (b, n) = (&results["broker"], &results["baseline"]);
+        table.push(vec![
+            members.to_string(),
+            num(&b["per_second"]),
+            num(&n["per_second"]),
+            format!("{:.2}", b["per_second"].as_f64().unwrap_or(0.0) / n["per_second"].as_f64().unwrap_or(1.0)),
+            format!("{}/{}", b["p50_us"], b["p99_us"]),
+            format!("{}/{}", n["p50_us"], n["p99_us"]),
+            format!("{}/{}", b["lost"], n["lost"]),
+        ]);
+    }
+    Ok(Report {
+        title: "fanout: one sender, one room, every member receives every message".into(),
+        command: "cargo xtask bench fanout".into(),
+        table,
+    })
+}
+
+/// Opens `count` idle connections and returns the server's (RSS, PSS) growth per connection, in KiB.
+fn held(bench: &Bench, server: &Server, count: usize) -> Result<(f64, f64, f64)> {
+    let (rss0, pss0) = server.memory_kib()?;
+    let mut loadgen = Command::new(bench.bin("loadgen"))
+        .args(args(&["hold", &server.url("/ws/system"), &count.to_string()]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(loadgen.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let ready: Value = serde_json::from_str(line.trim()).with_context(|| format!("loadgen said {line:?}"))?;
+    if ready["ready"].as_u64() != Some(count as u64) {
+        bail!("only {ready} connections were opened");
+    }
+    let (rss1, pss1) = server.memory_kib()?;
+    if let Some(mut stdin) = loadgen.stdin.take() {
+        let _ = stdin.write_all(b"\n");
+    }
+    loadgen.wait()?;
+    let n = count as f64;
+    Ok(((rss1 - rss0) / n, (pss1 - pss0) / n, ready["connect_seconds"].as_f64().unwrap_or(0.0)))
+}
+
+fn connections(bench: &Bench) -> Result<Report> {
+    let mut table = vec![
+        [
+            "idle connections",
+            "broker KiB/conn RSS",
+            "broker KiB/conn PSS",
+            "baseline KiB/conn RSS",
+            "baseline KiB/conn PSS",
+            "ratio (RSS)",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for count in [10_000usize, 50_000, 100_000] {
+        let mut results: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+        for _ in 0..bench.runs {
+            for name in ["broker", "baseline"] {
+                // A fresh server each time: the growth measured is these connections' alone.
+                let server = if name == "broker" { bench.broker()? } else { bench.baseline()? };
+                let (rss, pss, _) = held(bench, &server, count)?;
+                let entry = results.entry(name).or_default();
+                entry.0.push(rss);
+                entry.1.push(pss);
+            }
+        }
+        let get = |name: &str| {
+            let (rss, pss) = results[name].clone();
+            (median(rss), median(pss))
+        };
+        let ((brss, bpss), (nrss, npss)) = (get("broker"), get("baseline"));
+        table.push(vec![
+            count.to_string(),
+            format!("{brss:.2}"),
+            format!("{bpss:.2}"),
+            format!("{nrss:.2}"),
+            format!("{npss:.2}"),
+            format!("{:.2}", brss / nrss.max(0.01)),
+        ]);
+    }
+    Ok(Report {
+        title: "connections: memory per idle connection (server growth / connections)".into(),
+        command: "cargo xtask bench connections".into(),
+        table,
+    })
+}
+
+fn reload(bench: &Bench) -> Result<Report> {
+    let mut table = vec![
+        ["run", "swaps", "replies", "lost", "worst reply ms", "cold swap ms", "warm swap ms median/max"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for run in 0..bench.runs {
+        std::fs::copy(
+            bench.root.join("target/wasm/wasm32-wasip2/release/versioned.wasm"),
+            bench.dir.0.join("versioned.wasm"),
+        )?;
+        let broker = bench.broker()?;
+        let file = bench.dir.0.join("versioned.wasm").display().to_string();
+        let mut arguments = args(&["reload", &broker.url("/ws/versioned"), "100", &file]);
+        for swap in 0..20 {
+            let generation = 1 + swap % 2;
+            arguments.push(format!(
+                "GENERATION-00{generation}={}",
+                bench.dir.0.join(format!("gen-{generation}.wasm")).display()
+            ));
+        }
+        let r = bench.loadgen(&arguments)?;
+        table.push(vec![
+            (run + 1).to_string(),
+            r["swaps"].to_string(),
+            num(&r["replies"]),
+            r["lost"].to_string(),
+            num(&r["worst_reply_ms"]),
+            r["cold_swap_ms"].as_array().map(|a| a.iter().map(num).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+            format!("{}/{}", num(&r["warm_swap_ms_median"]), num(&r["warm_swap_ms_max"])),
+        ]);
+    }
+    Ok(Report {
+        title: "reload: 100 connections in closed-loop echo while the plugin file is replaced 20 times".into(),
+        command: "cargo xtask bench reload".into(),
+        table,
+    })
+}
+
+fn args(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn markdown(report: &Report) -> String {
+    let mut out = format!("### {}\n\n`{}`\n\n", report.title, report.command);
+    for (i, row) in report.table.iter().enumerate() {
+        out.push_str(&format!("| {} |\n", row.join(" | ")));
+        if i == 0 {
+            out.push_str(&format!("|{}\n", "---|".repeat(row.len())));
+        }
+    }
+    out
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or_default().trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| format!("{:.0} GiB", kb / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores ({cpu}), {memory} memory, Linux {}", kernel.trim())
+}
+
+fn write_benchmarks(root: &Path, reports: &[Report], seconds: f64) -> Result<()> {
+    let template = std::fs::read_to_string(root.join("xtask/bench/BENCHMARKS.head.md")).unwrap_or_default();
+    let mut out = template.replace("{machine}", &machine()).replace("{seconds}", &format!("{seconds:.0}"));
+    for report in reports {
+        out.push('\n');
+        out.push_str(&markdown(report));
+    }
+    std::fs::write(root.join("BENCHMARKS.md"), out)?;
+    eprintln!("wrote BENCHMARKS.md");
+    Ok(())
+}
