@@ -16,12 +16,21 @@ use crate::plugin::rfc3339;
 use crate::registry::{Delivery, GroupKey};
 use crate::server::{Shared, text};
 
+/// The demo page: embedded, so the broker serves it with no file and no network.
+const DEMO_PAGE: &str = include_str!("../web/index.html");
+
 /// The sender stamped on frames published through the API.
 const API_SENDER: &str = "api";
 
 /// An HTTP endpoint that is not a WebSocket route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `GET /`: the demo page.
+    Demo,
+    /// `GET /healthz`: the process is up.
+    Health,
+    /// `GET /readyz`: plugins are loaded and serving.
+    Ready,
     Metrics,
     Publish,
     /// `GET /api/plugins`: each plugin's generation and reload history, and the configuration's.
@@ -35,8 +44,12 @@ pub enum Endpoint {
 impl Endpoint {
     /// The endpoint a path names, if it is not a WebSocket route's.
     pub fn parse(path: &str) -> Option<Endpoint> {
-        if path == "/metrics" {
-            return Some(Endpoint::Metrics);
+        match path {
+            "/" | "/index.html" => return Some(Endpoint::Demo),
+            "/healthz" => return Some(Endpoint::Health),
+            "/readyz" => return Some(Endpoint::Ready),
+            "/metrics" => return Some(Endpoint::Metrics),
+            _ => {}
         }
         let rest = path.strip_prefix("/api/")?;
         if rest == "publish" {
@@ -59,12 +72,22 @@ type Reply = Response<Full<Bytes>>;
 pub(crate) async fn serve(shared: &Shared, endpoint: Endpoint, request: Request<Incoming>) -> Reply {
     let method = request.method().clone();
     match (endpoint, method) {
+        (Endpoint::Demo, Method::GET) => {
+            let mut response = text(StatusCode::OK, DEMO_PAGE.to_owned());
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            response
+        }
+        (Endpoint::Health, Method::GET) => text(StatusCode::OK, "ok\n".into()),
+        (Endpoint::Ready, Method::GET) => ready(shared),
         (Endpoint::Metrics, Method::GET) => {
+            for slot in shared.live.load().slots.values() {
+                let (idle, busy) = slot.current().instances();
+                shared.metrics.plugin_instances(slot.name(), idle, busy);
+            }
             let mut response = text(StatusCode::OK, shared.metrics.render(&shared.registry));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            );
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             response
         }
         (Endpoint::Unknown, _) => error(StatusCode::NOT_FOUND, "no such API endpoint"),
@@ -140,6 +163,15 @@ fn members(shared: &Shared, group: &str) -> Reply {
         return error(StatusCode::BAD_REQUEST, "the group is `namespace:name`, for example `chat:room1`");
     };
     json_reply(StatusCode::OK, json!({"group": key.to_string(), "members": shared.registry.members(&key)}))
+}
+
+/// Ready when every configured plugin has a generation in service (a plugin that failed to load
+/// stops start-up, so this holds once serving; a cluster backend will add its check here).
+fn ready(shared: &Shared) -> Reply {
+    let live = shared.live.load();
+    let missing: Vec<&String> = live.config.plugins.keys().filter(|name| !live.slots.contains_key(*name)).collect();
+    let status = if missing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_reply(status, json!({"ready": missing.is_empty(), "plugins": live.slots.len(), "missing": missing}))
 }
 
 fn plugins(shared: &Shared) -> Reply {

@@ -13,14 +13,35 @@ use crate::server::Server;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
+    /// Log format on stderr: `text` for people, `json` for log collectors. Filter with RUST_LOG.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the routes of a broker.toml (the default command).
     Serve(ServeArgs),
+    /// Validate a broker.toml and load every plugin it names, without serving; print each problem
+    /// with its file and key, and exit non-zero if there is any.
+    Check(ConfigArg),
+    /// Print the route table of a broker.toml: pattern, plugin, parameters and their rules.
+    Routes(ConfigArg),
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The configuration file.
+    #[arg(long, short, default_value = "broker.toml")]
+    config: PathBuf,
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -37,31 +58,80 @@ struct ServeArgs {
 /// Runs the command line; the exit code is 0 on a clean shutdown.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Routes(args)) => return routes(&args.config),
+        Some(Command::Check(args)) => return block_on(check(args.config)),
         None => ServeArgs { config: PathBuf::from("broker.toml"), listen: None },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
+    block_on(async {
+        match serve(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn block_on(work: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(work),
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `broker check`: every problem, each on its own line; non-zero when there is one.
+async fn check(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::server::check_plugins(&config).await {
+        Ok(loaded) => {
+            for (name, version, accepts) in loaded {
+                println!("plugin {name} {version}: accepts {}", accepts.join(", "));
+            }
+            println!("{}: ok ({} routes)", path.display(), config.routes.len());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("error: {problem}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `broker routes`: the route table.
+fn routes(path: &std::path::Path) -> ExitCode {
+    let router = match Config::load(path).and_then(|config| config.router()) {
+        Ok(router) => router,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{:<32} {:<16} {:<9} params", "route", "plugin", "metadata");
+    for route in router.routes() {
+        println!("{:<32} {:<16} {:<9} {}", route.pattern, route.plugin, route.metadata, route.describe_params());
+    }
+    ExitCode::SUCCESS
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::router::Router;
 
@@ -24,7 +24,7 @@ pub enum ConfigError {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -50,7 +50,7 @@ pub struct Config {
 }
 
 /// `[server]`: the listener and per-connection limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
     /// Address to listen on. Default `127.0.0.1:8080`; `--listen` overrides it.
@@ -94,7 +94,7 @@ impl Server {
 }
 
 /// `[engine]`: the wasmtime engine shared by all plugins.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Engine {
     /// Plugin instances alive at once across all plugins (the pooling allocator's size). Default 1000.
@@ -116,7 +116,7 @@ impl Default for Engine {
 }
 
 /// `[state]`: what plugins may keep in the host.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct State {
     /// Bytes (keys and values) one connection's session may hold. Default 64 KiB.
@@ -134,7 +134,7 @@ impl Default for State {
 }
 
 /// `[plugins.<name>]`: one plugin.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plugin {
     /// The component file, relative to broker.toml's folder.
@@ -176,7 +176,7 @@ impl Plugin {
 }
 
 /// `[[routes]]`: a WebSocket path served by a plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// The path pattern, e.g. `/ws/system` or `/ws/chat/{room}`.
@@ -193,7 +193,7 @@ pub struct Route {
 }
 
 /// `[routes.params.<name>]`: what a path parameter may be.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParamRule {
     /// A regular expression the whole value must match (`^...$` is implied).
@@ -203,7 +203,7 @@ pub struct ParamRule {
 }
 
 /// `[api]`: the HTTP API (`/api/publish`, `/api/groups/{group}/members`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Api {
     /// The key clients send as `Authorization: Bearer <key>`. Without a key (here or in `key_env`)
@@ -367,6 +367,49 @@ mod tests {
         assert!(error.contains("`routes[1].params.rom`"), "{error}");
         let error = parse(&format!("{ECHO}{route}[routes.params.room]\npattern = \"(\"\n")).unwrap_err().to_string();
         assert!(error.contains("`routes[1].params.room.pattern`"), "{error}");
+    }
+
+    /// Every key `Config` serializes to, with map keys as placeholders (`plugins.<name>.path`).
+    fn keys(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    match path.as_str() {
+                        "plugins" => table_of(value, "plugins.<name>", out),
+                        "routes.params" => table_of(value, "routes.params.<param>", out),
+                        p if p.ends_with(".settings") => out.push(path),
+                        _ if value.is_table() || value.is_array() && path == "routes" => keys(&path, value, out),
+                        _ => out.push(path),
+                    }
+                }
+            }
+            toml::Value::Array(items) => items.iter().for_each(|item| keys(prefix, item, out)),
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+
+    fn table_of(value: &toml::Value, placeholder: &str, out: &mut Vec<String>) {
+        for entry in value.as_table().into_iter().flat_map(|t| t.values()) {
+            keys(placeholder, entry, out);
+        }
+    }
+
+    #[test]
+    fn every_key_is_in_docs_configuration_md() {
+        let doc = include_str!("../../docs/configuration.md");
+        // Every optional key set, so that each one serializes.
+        let full = "[plugins.echo]\npath = \"echo.wasm\"\nnamespace = \"ns\"\n\
+                    [[routes]]\npath = \"/ws/{room}\"\nplugin = \"echo\"\n\
+                    [routes.params.room]\npattern = \"x\"\nmax_length = 1\n\
+                    [api]\nkey = \"k\"\nkey_env = \"K\"\n";
+        let config = parse(full).unwrap();
+        let mut found = Vec::new();
+        keys("", &toml::Value::try_from(&config).unwrap(), &mut found);
+        assert!(found.len() > 20, "{found:?}");
+        for key in found {
+            assert!(doc.contains(&format!("`{key}`")), "`{key}` is not documented in docs/configuration.md");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::ConnectionMetrics;
 use crate::outbound::{self, Bounds, CloseReason, Delivery, Handle, Outbound, Queue};
 use crate::plugin::host::{Context, HandlerError, LocItem};
 use crate::plugin::{CallError, Slot};
@@ -33,6 +34,9 @@ pub const INTERNAL_ERROR: u16 = 1011;
 
 /// What a connection needs from the broker.
 pub struct Setup {
+    pub metrics: ConnectionMetrics,
+    /// The client's address, for the log.
+    pub peer: std::net::SocketAddr,
     /// The plugin; each call goes to its generation of the moment.
     pub slot: Arc<Slot>,
     pub registry: Arc<Registry>,
@@ -54,16 +58,19 @@ where
     let (handle, queue) = outbound::queue(&setup.bounds, setup.route.metadata);
     let control = handle.control.clone();
     let id = setup.registry.register(handle.clone(), Arc::from(setup.route.pattern.as_str()));
-    let writer = tokio::spawn(write_loop(sink, queue, control.clone()));
+    let metrics = Arc::new(setup.metrics);
+    let writer = tokio::spawn(write_loop(sink, queue, control.clone(), metrics.clone()));
     let route = setup.route.pattern.clone();
+    let peer = setup.peer;
     let connection = Connection {
         id,
         ctx: Context { connection: id, route, path: setup.path, params: setup.params, user: None },
         slot: setup.slot,
         handle,
+        metrics,
     };
     let started = std::time::Instant::now();
-    tracing::debug!(connection = id, route = %connection.ctx.route, path = %connection.ctx.path, "connection opened");
+    tracing::info!(connection = id, route = %connection.ctx.route, path = %connection.ctx.path, %peer, "connection opened");
 
     let ended = if connection.accept().await {
         connection.read_loop(&mut stream, &setup.shutdown).await
@@ -90,10 +97,13 @@ where
     let Connection { handle, ctx, .. } = connection;
     drop(handle);
     let _ = tokio::time::timeout(setup.close_grace, writer).await;
-    tracing::debug!(
+    // The close code we sent, or none when the client closed first.
+    let close = control.reason().map(|r| r.code);
+    tracing::info!(
         connection = id,
         route = %ctx.route,
-        close = ?control.reason().map(|r| r.code),
+        %peer,
+        close,
         duration_ms = started.elapsed().as_millis() as u64,
         "connection closed"
     );
@@ -113,6 +123,7 @@ struct Connection {
     ctx: Context,
     slot: Arc<Slot>,
     handle: Handle,
+    metrics: Arc<ConnectionMetrics>,
 }
 
 impl Connection {
@@ -154,7 +165,8 @@ impl Connection {
             };
             match message {
                 Some(Ok(Message::Text(text))) => self.dispatch(&text).await,
-                Some(Ok(Message::Binary(_))) => {
+                Some(Ok(Message::Binary(bytes))) => {
+                    self.metrics.frame_in(None, bytes.len());
                     let msg = "Invalid JSON: binary frames are not supported, send JSON as text frames";
                     self.reply(protocol::error_frame(&[Problem::new("json_invalid", vec![], msg)], None)).await;
                 }
@@ -162,6 +174,7 @@ impl Connection {
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => return Ended::Peer,
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                    self.metrics.shared().limit_hit("server.max_message_bytes");
                     let reason = format!("message of {size} bytes is over the limit of {max_size} bytes");
                     self.handle.control.close_now(CloseReason::new(MESSAGE_TOO_BIG, reason));
                     return Ended::WeClosed;
@@ -184,9 +197,11 @@ impl Connection {
         let Request { action, payload, reference } = match protocol::parse(text, plugin.accepts()) {
             Ok(request) => request,
             Err(refusal) => {
+                self.metrics.frame_in(None, text.len());
                 return self.reply(protocol::error_frame(&refusal.problems, refusal.reference.as_deref())).await;
             }
         };
+        self.metrics.frame_in(Some(&action), text.len());
         let reference = reference.as_deref();
         if action == PING {
             let frame = match payload {
@@ -203,28 +218,40 @@ impl Connection {
             Ok(Ok(None)) => return,
             Ok(Ok(Some(frame))) => match protocol::plugin_frame(frame, reference) {
                 Ok(frame) => return self.reply(frame).await,
-                Err(why) => vec![Problem::at_action("plugin_error", &action, format!("the plugin replied with {why}"))],
+                Err(why) => {
+                    self.metrics.shared().plugin_error(self.slot.name(), "error");
+                    vec![Problem::at_action("plugin_error", &action, format!("the plugin replied with {why}"))]
+                }
             },
-            Ok(Err(HandlerError::Invalid(issues))) => issues
-                .into_iter()
-                .map(|issue| {
-                    let loc = issue
-                        .loc
-                        .into_iter()
-                        .map(|item| match item {
-                            LocItem::Key(key) => key.into(),
-                            LocItem::Index(index) => index.into(),
-                        })
-                        .collect();
-                    Problem::new(issue.kind, loc, issue.msg)
-                })
-                .collect(),
-            Ok(Err(HandlerError::Failed(message))) => vec![Problem::at_action("plugin_error", &action, message)],
+            Ok(Err(HandlerError::Invalid(issues))) => {
+                self.metrics.shared().plugin_error(self.slot.name(), "invalid");
+                issues
+                    .into_iter()
+                    .map(|issue| {
+                        let loc = issue
+                            .loc
+                            .into_iter()
+                            .map(|item| match item {
+                                LocItem::Key(key) => key.into(),
+                                LocItem::Index(index) => index.into(),
+                            })
+                            .collect();
+                        Problem::new(issue.kind, loc, issue.msg)
+                    })
+                    .collect()
+            }
+            Ok(Err(HandlerError::Failed(message))) => {
+                self.metrics.shared().plugin_error(self.slot.name(), "error");
+                vec![Problem::at_action("plugin_error", &action, message)]
+            }
             Err(error) => {
-                let kind = match error {
-                    CallError::Timeout(_) => "plugin_timeout",
-                    CallError::Trap(_) | CallError::Instantiate(_) | CallError::BackedOff(_) => "plugin_crashed",
+                let (kind, counted) = match error {
+                    CallError::Timeout(_) => ("plugin_timeout", "timeout"),
+                    CallError::Trap(_) | CallError::Instantiate(_) | CallError::BackedOff(_) => {
+                        ("plugin_crashed", "crashed")
+                    }
                 };
+                self.metrics.shared().plugin_error(self.slot.name(), counted);
                 tracing::warn!(connection = self.id, plugin = self.slot.name(), %action, %error, "call failed");
                 vec![Problem::at_action(kind, &action, error.to_string())]
             }
@@ -253,6 +280,7 @@ async fn write_loop<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     mut queue: Queue,
     control: Arc<outbound::Control>,
+    metrics: Arc<ConnectionMetrics>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -270,6 +298,8 @@ async fn write_loop<S>(
         let result = match item {
             // The permit (the frame's share of the byte bound) is released once the frame is written.
             Outbound::Frame(text, _permit) => {
+                metrics.frames_out.inc();
+                metrics.bytes_out.inc_by(text.len() as u64);
                 // Batch: flush only when nothing else is waiting.
                 if queue.is_empty() {
                     sink.send(Message::Text(text)).await

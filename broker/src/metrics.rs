@@ -1,40 +1,86 @@
-//! Prometheus metrics, served at `/metrics`. No global registry: the server owns one `Metrics`.
+//! Prometheus metrics, served at `/metrics`. No global registry: the server owns one `Metrics`,
+//! and whoever counts holds a clone of the counter it needs (clones share one value), resolved once
+//! per connection or plugin so the per-frame path does no label lookup.
+
+use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry as PromRegistry;
 
 use crate::registry::Registry;
 
-/// The broker's metrics. Counters are cheap clones sharing one value, handed to whoever counts.
+type Labels = Vec<(&'static str, String)>;
+
+fn call_seconds() -> Histogram {
+    // 10 µs to ~40 s: a wasm echo and an LLM round trip on one scale.
+    Histogram::new(exponential_buckets(0.000_01, 4.0, 12))
+}
+
+/// The broker's metrics.
 pub struct Metrics {
     registry: PromRegistry,
     connections: Gauge,
     groups: Gauge,
     group_members: Gauge,
+    connections_by_route: Family<Labels, Gauge>,
+    frames_in: Family<Labels, Counter>,
+    frames_out: Family<Labels, Counter>,
+    bytes_in: Family<Labels, Counter>,
+    bytes_out: Family<Labels, Counter>,
+    plugin_calls: Family<Labels, Histogram, fn() -> Histogram>,
+    plugin_errors: Family<Labels, Counter>,
+    plugin_instances: Family<Labels, Gauge>,
+    limit_hits: Family<Labels, Counter>,
     /// Clients closed because their outbound queue was full (`server.outbound_queue*`).
     pub slow_consumer_closes: Counter,
     /// Frames delivered through `POST /api/publish`.
     pub api_published: Counter,
-    /// Reloads by kind (`plugin`, `config`) and result (`ok`, `failed`).
-    reloads: Family<Vec<(&'static str, &'static str)>, Counter>,
+    reloads: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = PromRegistry::with_prefix("broker");
         let metrics = Metrics {
+            registry: PromRegistry::default(),
             connections: Gauge::default(),
             groups: Gauge::default(),
             group_members: Gauge::default(),
+            connections_by_route: Family::default(),
+            frames_in: Family::default(),
+            frames_out: Family::default(),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            plugin_calls: Family::new_with_constructor(call_seconds),
+            plugin_errors: Family::default(),
+            plugin_instances: Family::default(),
+            limit_hits: Family::default(),
             slow_consumer_closes: Counter::default(),
             api_published: Counter::default(),
             reloads: Family::default(),
-            registry: PromRegistry::default(),
         };
         registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
+        registry.register(
+            "route_connections",
+            "Open WebSocket connections by route",
+            metrics.connections_by_route.clone(),
+        );
+        registry.register("frames_in", "Client frames by route and action", metrics.frames_in.clone());
+        registry.register("frames_out", "Frames written to clients by route", metrics.frames_out.clone());
+        registry.register("bytes_in", "Bytes of client frames by route", metrics.bytes_in.clone());
+        registry.register("bytes_out", "Bytes written to clients by route", metrics.bytes_out.clone());
+        registry.register("plugin_call_seconds", "Plugin call durations by plugin", metrics.plugin_calls.clone());
+        registry.register("plugin_errors", "Failed plugin calls by plugin and kind", metrics.plugin_errors.clone());
+        registry.register("plugin_instances", "Plugin instances by plugin and state", metrics.plugin_instances.clone());
+        registry.register(
+            "limit_hits",
+            "Times a limit of broker.toml refused something, by key",
+            metrics.limit_hits.clone(),
+        );
         registry.register("groups", "Groups with at least one member", metrics.groups.clone());
         registry.register("group_members", "Memberships over all groups", metrics.group_members.clone());
         registry.register(
@@ -48,10 +94,89 @@ impl Default for Metrics {
     }
 }
 
+/// The counters of one connection, resolved once when it opens.
+pub struct ConnectionMetrics {
+    metrics: Arc<Metrics>,
+    route: String,
+    pub open: Gauge,
+    pub frames_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    /// `frames_in` by action, found by a short scan rather than a hashed label per frame.
+    frames_in: std::sync::Mutex<Vec<(String, Counter)>>,
+}
+
+impl ConnectionMetrics {
+    /// The broker's metrics, for what is not per connection.
+    pub fn shared(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts a client frame of `action` (`None`: the frame had no valid action).
+    pub fn frame_in(&self, action: Option<&str>, bytes: usize) {
+        self.bytes_in.inc_by(bytes as u64);
+        let action = action.unwrap_or("(invalid)");
+        let mut known = self.frames_in.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, counter)) = known.iter().find(|(a, _)| a == action) {
+            counter.inc();
+            return;
+        }
+        let counter = self
+            .metrics
+            .frames_in
+            .get_or_create(&vec![("route", self.route.clone()), ("action", action.into())])
+            .clone();
+        counter.inc();
+        known.push((action.to_owned(), counter));
+    }
+}
+
 impl Metrics {
+    /// The counters of a new connection on `route`; it counts as open until dropped.
+    pub fn connection(self: &Arc<Self>, route: &str) -> ConnectionMetrics {
+        let by_route =
+            |family: &Family<Labels, Counter>| family.get_or_create(&vec![("route", route.to_owned())]).clone();
+        let open = self.connections_by_route.get_or_create(&vec![("route", route.to_owned())]).clone();
+        open.inc();
+        ConnectionMetrics {
+            metrics: self.clone(),
+            route: route.to_owned(),
+            open,
+            frames_out: by_route(&self.frames_out),
+            bytes_in: by_route(&self.bytes_in),
+            bytes_out: by_route(&self.bytes_out),
+            frames_in: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The call-duration histogram of a plugin.
+    pub fn plugin_calls(&self, plugin: &str) -> Histogram {
+        self.plugin_calls.get_or_create(&vec![("plugin", plugin.to_owned())]).clone()
+    }
+
+    /// Counts a failed call of `plugin`: `kind` is `error`, `invalid`, `crashed` or `timeout`.
+    pub fn plugin_error(&self, plugin: &str, kind: &'static str) {
+        self.plugin_errors.get_or_create(&vec![("plugin", plugin.to_owned()), ("kind", kind.to_owned())]).inc();
+    }
+
+    /// Sets a plugin's instance counts (`idle`: pooled, `busy`: in a call).
+    pub fn plugin_instances(&self, plugin: &str, idle: usize, busy: usize) {
+        for (state, count) in [("idle", idle), ("busy", busy)] {
+            self.plugin_instances
+                .get_or_create(&vec![("plugin", plugin.to_owned()), ("state", state.to_owned())])
+                .set(count as i64);
+        }
+    }
+
+    /// Counts a refusal by the limit `key` of broker.toml.
+    pub fn limit_hit(&self, key: &str) {
+        self.limit_hits.get_or_create(&vec![("limit", key.to_owned())]).inc();
+    }
+
     /// Counts a reload of `kind` (`plugin` or `config`).
     pub fn reloaded(&self, kind: &'static str, ok: bool) {
-        self.reloads.get_or_create(&vec![("kind", kind), ("result", if ok { "ok" } else { "failed" })]).inc();
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&vec![("kind", kind.to_owned()), ("result", result.to_owned())]).inc();
     }
 
     /// The Prometheus text exposition, with gauges read from the live registry.
@@ -62,6 +187,48 @@ impl Metrics {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
-        text
+        prometheus_text(&text)
+    }
+}
+
+impl Drop for ConnectionMetrics {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// OpenMetrics text (what prometheus-client writes) as the classic Prometheus text format, which
+/// every scraper and `promtool` read: a counter family is named with its `_total`, and there is no
+/// `# EOF`.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_with_total_in_the_classic_format() {
+        let text = "# HELP x_frames Frames.\n# TYPE x_frames counter\nx_frames_total 3\n# HELP y Y.\n# TYPE y gauge\ny 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(text),
+            "# HELP x_frames_total Frames.\n# TYPE x_frames_total counter\nx_frames_total 3\n# HELP y Y.\n# TYPE y gauge\ny 1\n"
+        );
     }
 }

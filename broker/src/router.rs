@@ -39,6 +39,23 @@ struct Rule {
     max_length: Option<usize>,
 }
 
+impl Route {
+    /// The parameters' rules, for `broker routes`: `room: ^(?:[a-z]+)$, at most 64`.
+    pub fn describe_params(&self) -> String {
+        let describe = |(name, rule): &(String, Rule)| {
+            let mut parts = Vec::new();
+            if let Some(pattern) = &rule.pattern {
+                parts.push(pattern.as_str().to_owned());
+            }
+            if let Some(max) = rule.max_length {
+                parts.push(format!("at most {max}"));
+            }
+            format!("{name}: {}", parts.join(", "))
+        };
+        self.rules.iter().map(describe).collect::<Vec<_>>().join("; ")
+    }
+}
+
 /// Path patterns (`/ws/chat/{room}`) to routes.
 #[derive(Debug, Clone, Default)]
 pub struct Router {

@@ -58,7 +58,7 @@ pub(crate) struct Shared {
     pub(crate) live: ArcSwap<Live>,
     pub(crate) services: Services,
     pub(crate) registry: Arc<Registry>,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) runtime: Arc<Runtime>,
     /// The last configuration reload that failed, if the latest one did.
     pub(crate) config_error: Mutex<Option<(SystemTime, String)>>,
@@ -66,6 +66,25 @@ pub(crate) struct Shared {
     pub(crate) reloading: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// Loads every plugin of `config` as start-up would, without serving: (name, version, actions)
+/// of each, or every problem found.
+pub async fn check_plugins(config: &Config) -> Result<Vec<(String, String, Vec<String>)>, Vec<String>> {
+    let runtime = Arc::new(Runtime::new(&config.engine).map_err(|e| vec![e.to_string()])?);
+    let services = Services {
+        registry: Arc::new(Registry::new(registry::Limits { max_groups_per_connection: 1, session_bytes: 1 })),
+        kv: Arc::new(Kv::new(state::Limits { value_bytes: 1, keys_per_namespace: 1 })),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let (mut loaded, mut problems) = (Vec::new(), Vec::new());
+    for (name, plugin) in &config.plugins {
+        match LoadedPlugin::load(&runtime, name, plugin, &services, 1).await {
+            Ok(p) => loaded.push((name.clone(), p.manifest().version.clone(), p.accepts().to_vec())),
+            Err(error) => problems.push(format!("{}: `plugins.{name}.path`: {error}", config.source.display())),
+        }
+    }
+    if problems.is_empty() { Ok(loaded) } else { Err(problems) }
 }
 
 /// A broker with its plugins loaded and its socket bound, not yet serving.
@@ -86,7 +105,8 @@ impl Server {
             value_bytes: config.state.kv_value_bytes,
             keys_per_namespace: config.state.kv_keys_per_namespace,
         }));
-        let services = Services { registry: registry.clone(), kv };
+        let metrics = Arc::new(Metrics::default());
+        let services = Services { registry: registry.clone(), kv, metrics: metrics.clone() };
         let mut slots = HashMap::new();
         for (name, plugin) in &config.plugins {
             let loaded = LoadedPlugin::load(&runtime, name, plugin, &services, 1).await?;
@@ -107,7 +127,7 @@ impl Server {
             live: ArcSwap::from_pointee(Live { config, router, slots, loaded_at: SystemTime::now() }),
             services,
             registry,
-            metrics: Metrics::default(),
+            metrics,
             runtime,
             config_error: Mutex::new(None),
             reloading: tokio::sync::Mutex::new(()),
@@ -199,6 +219,8 @@ async fn handle(
     };
     let limits = &live.config.server;
     let setup = Setup {
+        metrics: shared.metrics.connection(&matched.route.pattern),
+        peer,
         slot,
         registry: shared.registry.clone(),
         route: matched.route,

@@ -13,8 +13,8 @@ use dashmap::DashMap;
 pub enum StateError {
     #[error("the connection is closed")]
     Closed,
-    #[error("{0}")]
-    TooLarge(String),
+    #[error("{message}")]
+    TooLarge { limit: &'static str, message: String },
 }
 
 /// The limits of `[state]`.
@@ -102,11 +102,14 @@ impl Kv {
 
     fn check_value(&self, value: &str) -> Result<(), StateError> {
         if value.len() > self.limits.value_bytes {
-            return Err(StateError::TooLarge(format!(
-                "a value of {} bytes is over state.kv_value_bytes ({})",
-                value.len(),
-                self.limits.value_bytes
-            )));
+            return Err(StateError::TooLarge {
+                limit: "state.kv_value_bytes",
+                message: format!(
+                    "a value of {} bytes is over state.kv_value_bytes ({})",
+                    value.len(),
+                    self.limits.value_bytes
+                ),
+            });
         }
         Ok(())
     }
@@ -122,10 +125,13 @@ impl Kv {
         if !map.contains_key(key) && map.len() >= self.limits.keys_per_namespace {
             map.retain(|_, stored| stored.live(now));
             if map.len() >= self.limits.keys_per_namespace {
-                return Err(StateError::TooLarge(format!(
-                    "the namespace holds state.kv_keys_per_namespace ({}) keys",
-                    self.limits.keys_per_namespace
-                )));
+                return Err(StateError::TooLarge {
+                    limit: "state.kv_keys_per_namespace",
+                    message: format!(
+                        "the namespace holds state.kv_keys_per_namespace ({}) keys",
+                        self.limits.keys_per_namespace
+                    ),
+                });
             }
         }
         map.insert(key.to_owned(), Stored { value, expires: ttl.map(|ttl| now + ttl) });
@@ -172,9 +178,10 @@ impl Session {
         let old = self.values.get(key).map_or(0, |v| key.len() + v.len());
         let bytes = self.bytes - old + key.len() + value.len();
         if bytes > limit {
-            return Err(StateError::TooLarge(format!(
-                "the session would hold {bytes} bytes, over state.session_bytes ({limit})"
-            )));
+            return Err(StateError::TooLarge {
+                limit: "state.session_bytes",
+                message: format!("the session would hold {bytes} bytes, over state.session_bytes ({limit})"),
+            });
         }
         self.values.insert(key.to_owned(), value);
         self.bytes = bytes;

@@ -8,6 +8,7 @@ mod errors;
 mod handshake;
 mod harness;
 mod lifecycle;
+mod ops;
 mod plugins;
 mod reload;
 mod rooms;

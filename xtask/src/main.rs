@@ -36,6 +36,7 @@ fn main() -> Result<()> {
         "plugins" => build_plugins(&root).map(drop),
         "test" => {
             ensure_wasm_target()?;
+            ensure_test_tools(&root)?;
             run(cargo(&root).arg("test").args(&rest))
         }
         "lint" => {
@@ -88,6 +89,32 @@ fn ensure_wasm_target() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// What the tests drive besides Rust: Chromium and promtool (Debian packages) and playwright-core
+/// (npm). Installed when missing, so the test command works on a fresh machine.
+fn ensure_test_tools(root: &Path) -> Result<()> {
+    let missing: Vec<&str> = [("chromium", "/usr/bin/chromium"), ("prometheus", "/usr/bin/promtool")]
+        .into_iter()
+        .filter(|(_, binary)| !Path::new(binary).exists())
+        .map(|(package, _)| package)
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("installing {} with apt-get", missing.join(", "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let browser = root.join("tests/browser");
+    if !browser.join("node_modules/playwright-core").is_dir() {
+        eprintln!("installing playwright-core with npm");
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&browser))?;
+    }
+    Ok(())
 }
 
 /// The plugin crates in `dir`: every folder with a Cargo.toml (folder and package names agree).

@@ -33,6 +33,7 @@ pub struct PluginEnv {
     pub settings: Arc<str>,
     pub registry: Arc<Registry>,
     pub kv: Arc<Kv>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The hosts it may reach over HTTP.
     pub allow_hosts: AllowList,
     /// The environment variables broker.toml passes to it (`env`), with their values.
@@ -118,7 +119,10 @@ impl self::broker::plugin::groups::Host for HostState {
         Ok(self.env.registry.join(connection, self.group(&group)).map_err(|error| match error {
             JoinError::Closed => GroupError::Closed,
             JoinError::InvalidName => GroupError::InvalidName,
-            JoinError::TooManyGroups(_) => GroupError::TooManyGroups(error.to_string()),
+            JoinError::TooManyGroups(_) => {
+                self.env.metrics.limit_hit("server.max_groups_per_connection");
+                GroupError::TooManyGroups(error.to_string())
+            }
         }))
     }
 
@@ -146,10 +150,16 @@ impl self::broker::plugin::groups::Host for HostState {
     }
 }
 
-fn state_error(error: HostStateError) -> StateError {
-    match error {
-        HostStateError::Closed => StateError::Closed,
-        HostStateError::TooLarge(why) => StateError::TooLarge(why),
+impl HostState {
+    /// The WIT error for a state failure; a limit that bit is counted.
+    fn state_error(&self, error: HostStateError) -> StateError {
+        match error {
+            HostStateError::Closed => StateError::Closed,
+            HostStateError::TooLarge { limit, message } => {
+                self.env.metrics.limit_hit(limit);
+                StateError::TooLarge(message)
+            }
+        }
     }
 }
 
@@ -163,7 +173,7 @@ impl self::broker::plugin::session::Host for HostState {
     }
 
     async fn set(&mut self, connection: u64, key: String, value: String) -> wasmtime::Result<Result<(), StateError>> {
-        Ok(self.env.registry.session_set(connection, &key, value).map_err(state_error))
+        Ok(self.env.registry.session_set(connection, &key, value).map_err(|e| self.state_error(e)))
     }
 
     async fn delete(&mut self, connection: u64, key: String) -> wasmtime::Result<()> {
@@ -183,7 +193,7 @@ impl self::broker::plugin::kv::Host for HostState {
         value: String,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), StateError>> {
-        Ok(self.env.kv.set(&self.env.namespace, &key, value, ttl(ttl_ms)).map_err(state_error))
+        Ok(self.env.kv.set(&self.env.namespace, &key, value, ttl(ttl_ms)).map_err(|e| self.state_error(e)))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, StateError>> {
@@ -198,6 +208,6 @@ impl self::broker::plugin::kv::Host for HostState {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<bool, StateError>> {
         let swapped = self.env.kv.compare_and_swap(&self.env.namespace, &key, expected.as_deref(), new, ttl(ttl_ms));
-        Ok(swapped.map_err(state_error))
+        Ok(swapped.map_err(|e| self.state_error(e)))
     }
 }

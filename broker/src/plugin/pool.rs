@@ -14,8 +14,10 @@ use super::cache::Source;
 use super::host::{Context, HandlerError, HostState, Plugin, PluginEnv, PluginManifest, PluginPre, Rejection};
 use super::{CallError, PluginError, Runtime};
 use crate::config;
+use crate::metrics::Metrics;
 use crate::registry::{ConnectionId, Registry};
 use crate::state::Kv;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// Idle instances kept per plugin; more are created under load and dropped after.
 const MAX_IDLE: usize = 16;
@@ -42,6 +44,7 @@ struct Instance {
 pub struct Services {
     pub registry: Arc<Registry>,
     pub kv: Arc<Kv>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Calls failing in a row (traps or timeouts) before a plugin is backed off.
@@ -87,6 +90,8 @@ pub struct LoadedPlugin {
     running: Semaphore,
     timeout: Duration,
     crashes: Mutex<Crashes>,
+    calls: Histogram,
+    max_instances: usize,
     /// 1 for the first load, one more for each reload.
     pub generation: u64,
     pub loaded_at: SystemTime,
@@ -131,6 +136,7 @@ impl LoadedPlugin {
             settings: Arc::from(settings),
             registry: services.registry.clone(),
             kv: services.kv.clone(),
+            metrics: services.metrics.clone(),
             allow_hosts: super::AllowList::new(&config.allow_hosts),
             env: config.env.iter().filter_map(|name| std::env::var(name).ok().map(|v| (name.clone(), v))).collect(),
         };
@@ -150,6 +156,8 @@ impl LoadedPlugin {
             running: Semaphore::new(config.max_instances),
             timeout: config.timeout(),
             crashes: Mutex::new(Crashes::default()),
+            calls: services.metrics.plugin_calls(name),
+            max_instances: config.max_instances,
             generation,
             loaded_at: SystemTime::now(),
             hash,
@@ -213,7 +221,14 @@ impl LoadedPlugin {
         if let Some(remaining) = self.lock_crashes().backed_off(Instant::now()) {
             return Err(CallError::BackedOff(remaining));
         }
-        let _permit = self.running.acquire().await.map_err(|_| CallError::Instantiate("plugin unloaded".into()))?;
+        let _permit = match self.running.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.env.metrics.limit_hit("plugins.max_instances");
+                self.running.acquire().await.map_err(|_| CallError::Instantiate("plugin unloaded".into()))?
+            }
+        };
+        let started = Instant::now();
         let deadline = Instant::now() + self.timeout;
         let mut instance = match self.take_idle() {
             Some(instance) => instance,
@@ -234,8 +249,15 @@ impl LoadedPlugin {
             Ok(Err(error)) => Err(CallError::Trap(trap_message(&error))),
             Err(_) => Err(CallError::Timeout(self.timeout)),
         };
+        self.calls.observe(started.elapsed().as_secs_f64());
         self.lock_crashes().record(result.is_err(), Instant::now());
         result
+    }
+
+    /// (idle, busy) instances, for the metrics.
+    pub fn instances(&self) -> (usize, usize) {
+        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len();
+        (idle, self.max_instances - self.running.available_permits())
     }
 
     fn lock_crashes(&self) -> std::sync::MutexGuard<'_, Crashes> {

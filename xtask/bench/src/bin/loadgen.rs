@@ -10,6 +10,7 @@
 //! Connections are spread over 16 source addresses (127.0.0.1-16), so 100,000 of them do not run
 //! out of ephemeral ports.
 
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,7 +56,8 @@ async fn main() -> Result<()> {
         }
         other => bail!("unknown scenario {other:?}"),
     };
-    println!("{result}");
+    // The caller may have stopped reading (it reads `hold`'s first line only).
+    let _ = writeln!(std::io::stdout(), "{result}");
     Ok(())
 }
 
