@@ -33,6 +33,14 @@ fn main() {
     for plugin in PLUGINS {
         assert!(out.join(format!("{plugin}.wasm")).is_file(), "{plugin}.wasm was not built in {}", out.display());
     }
+    // The shipped plugins also go where the repository's broker.toml expects them, as
+    // `cargo xtask plugins` puts them, so a test can check that file as it is.
+    let shipped = root.join("target").join("plugins");
+    std::fs::create_dir_all(&shipped).expect("create target/plugins");
+    for plugin in ["echo", "chat", "assistant"] {
+        let file = format!("{plugin}.wasm");
+        std::fs::copy(out.join(&file), shipped.join(&file)).expect("copy a shipped plugin to target/plugins");
+    }
     println!("cargo:rustc-env=PLUGINS_DIR={}", out.display());
 }
 

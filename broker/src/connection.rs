@@ -298,8 +298,7 @@ async fn write_loop<S>(
         let result = match item {
             // The permit (the frame's share of the byte bound) is released once the frame is written.
             Outbound::Frame(text, _permit) => {
-                metrics.frames_out.inc();
-                metrics.bytes_out.inc_by(text.len() as u64);
+                metrics.frame_out(text.as_str());
                 // Batch: flush only when nothing else is waiting.
                 if queue.is_empty() {
                     sink.send(Message::Text(text)).await

@@ -40,7 +40,12 @@ pub struct Metrics {
     /// Frames delivered through `POST /api/publish`.
     pub api_published: Counter,
     reloads: Family<Labels, Counter>,
+    /// The (route, action) series of `frames_out` so far.
+    out_actions: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
+
+/// The most (route, action) series `frames_out` creates: plugins choose what they send.
+const MAX_OUT_ACTIONS: usize = 256;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -62,6 +67,7 @@ impl Default for Metrics {
             slow_consumer_closes: Counter::default(),
             api_published: Counter::default(),
             reloads: Family::default(),
+            out_actions: Default::default(),
         };
         registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
         registry.register(
@@ -70,7 +76,7 @@ impl Default for Metrics {
             metrics.connections_by_route.clone(),
         );
         registry.register("frames_in", "Client frames by route and action", metrics.frames_in.clone());
-        registry.register("frames_out", "Frames written to clients by route", metrics.frames_out.clone());
+        registry.register("frames_out", "Frames written to clients by route and action", metrics.frames_out.clone());
         registry.register("bytes_in", "Bytes of client frames by route", metrics.bytes_in.clone());
         registry.register("bytes_out", "Bytes written to clients by route", metrics.bytes_out.clone());
         registry.register("plugin_call_seconds", "Plugin call durations by plugin", metrics.plugin_calls.clone());
@@ -99,12 +105,15 @@ pub struct ConnectionMetrics {
     metrics: Arc<Metrics>,
     route: String,
     pub open: Gauge,
-    pub frames_out: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
-    /// `frames_in` by action, found by a short scan rather than a hashed label per frame.
-    frames_in: std::sync::Mutex<Vec<(String, Counter)>>,
+    /// `frames_in` and `frames_out` by action, found by a short scan rather than a hashed label
+    /// per frame.
+    frames_in: ActionCounters,
+    frames_out: ActionCounters,
 }
+
+type ActionCounters = std::sync::Mutex<Vec<(String, Counter)>>;
 
 impl ConnectionMetrics {
     /// The broker's metrics, for what is not per connection.
@@ -116,18 +125,32 @@ impl ConnectionMetrics {
     pub fn frame_in(&self, action: Option<&str>, bytes: usize) {
         self.bytes_in.inc_by(bytes as u64);
         let action = action.unwrap_or("(invalid)");
-        let mut known = self.frames_in.lock().unwrap_or_else(|p| p.into_inner());
+        self.counter(&self.frames_in, &self.metrics.frames_in, action, action).inc();
+    }
+
+    /// Counts a frame written to the client. Its action is read from the text, where the broker
+    /// and the SDK put it first; frames without one (the assistant's) count as `(none)`.
+    pub fn frame_out(&self, text: &str) {
+        self.bytes_out.inc_by(text.len() as u64);
+        let action = text
+            .strip_prefix("{\"action\":\"")
+            .and_then(|rest| rest.split_once('"'))
+            .map(|(action, _)| action)
+            .filter(|action| !action.contains('\\'))
+            .unwrap_or("(none)");
+        // Plugins choose what they send: past a bound, new actions share one series.
+        let label = if self.metrics.admit_out_action(&self.route, action) { action } else { "(other)" };
+        self.counter(&self.frames_out, &self.metrics.frames_out, action, label).inc();
+    }
+
+    fn counter(&self, cache: &ActionCounters, family: &Family<Labels, Counter>, action: &str, label: &str) -> Counter {
+        let mut known = cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, counter)) = known.iter().find(|(a, _)| a == action) {
-            counter.inc();
-            return;
+            return counter.clone();
         }
-        let counter = self
-            .metrics
-            .frames_in
-            .get_or_create(&vec![("route", self.route.clone()), ("action", action.into())])
-            .clone();
-        counter.inc();
-        known.push((action.to_owned(), counter));
+        let counter = family.get_or_create(&vec![("route", self.route.clone()), ("action", label.into())]).clone();
+        known.push((action.to_owned(), counter.clone()));
+        counter
     }
 }
 
@@ -142,11 +165,25 @@ impl Metrics {
             metrics: self.clone(),
             route: route.to_owned(),
             open,
-            frames_out: by_route(&self.frames_out),
             bytes_in: by_route(&self.bytes_in),
             bytes_out: by_route(&self.bytes_out),
-            frames_in: std::sync::Mutex::new(Vec::new()),
+            frames_in: ActionCounters::default(),
+            frames_out: ActionCounters::default(),
         }
+    }
+
+    /// Whether `frames_out` may have a series for (route, action): those it has, and new ones
+    /// while there are fewer than `MAX_OUT_ACTIONS`.
+    fn admit_out_action(&self, route: &str, action: &str) -> bool {
+        let mut seen = self.out_actions.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&(route.to_owned(), action.to_owned())) {
+            return true;
+        }
+        if seen.len() >= MAX_OUT_ACTIONS {
+            return false;
+        }
+        seen.insert((route.to_owned(), action.to_owned()));
+        true
     }
 
     /// The call-duration histogram of a plugin.

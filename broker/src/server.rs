@@ -206,7 +206,10 @@ async fn handle(
     let matched = match live.router.lookup(&path) {
         Ok(matched) => matched,
         Err(Miss::NotFound) => return Ok(text(StatusCode::NOT_FOUND, format!("no route for {path}\n"))),
-        Err(Miss::BadParam(why)) => return Ok(text(StatusCode::BAD_REQUEST, format!("{path}: {why}\n"))),
+        Err(Miss::BadParam(why)) => {
+            shared.metrics.limit_hit("routes.params");
+            return Ok(text(StatusCode::BAD_REQUEST, format!("{path}: {why}\n")));
+        }
     };
     let Some(key) = websocket_key(&request) else {
         return Ok(text(

@@ -50,13 +50,17 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
     let route = "route=\"/ws/system\"";
     assert_eq!(value(&broker, &format!("broker_frames_in_total{{{route},action=\"user_message\"}}")).await, 5.0);
     assert_eq!(value(&broker, &format!("broker_frames_in_total{{{route},action=\"(invalid)\"}}")).await, 1.0);
-    // The welcome, 5 replies and the error frame.
-    assert!(value(&broker, &format!("broker_frames_out_total{{{route}}}")).await >= 7.0);
+
     assert_eq!(value(&broker, &format!("broker_route_connections{{{route}}}")).await, 1.0);
     assert!(value(&broker, "broker_plugin_call_seconds_count{plugin=\"echo\"}").await >= 6.0);
     assert_eq!(value(&broker, "broker_plugin_errors_total{plugin=\"testbed\",kind=\"error\"}").await, 1.0);
     assert_eq!(value(&broker, "broker_plugin_errors_total{plugin=\"testbed\",kind=\"crashed\"}").await, 1.0);
     assert_eq!(value(&broker, "broker_limit_hits_total{limit=\"server.max_message_bytes\"}").await, 1.0);
+    assert_eq!(value(&broker, &format!("broker_frames_out_total{{{route},action=\"system_echo\"}}")).await, 7.0);
+    assert_eq!(value(&broker, &format!("broker_frames_out_total{{{route},action=\"error\"}}")).await, 1.0);
+    let refused = tokio_tungstenite::connect_async(broker.url("/ws/chat/bad%20room")).await;
+    assert!(refused.is_err());
+    assert_eq!(value(&broker, "broker_limit_hits_total{limit=\"routes.params\"}").await, 1.0);
 
     let (status, exposition) = broker.http("GET", "/metrics", None, "").await;
     assert_eq!(status, 200);
@@ -131,6 +135,18 @@ fn broker_check_names_the_key_of_each_problem() {
         let (ok, _, stderr) = broker_command(&["check"], &config);
         assert!(!ok, "{key}: accepted");
         assert!(stderr.contains(key) && stderr.contains("broker.toml"), "{key}: {stderr}");
+    }
+}
+
+#[test]
+fn broker_check_accepts_the_repository_broker_toml() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("broker.toml");
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_broker-under-test")).args(["check", "--config"]).arg(&repo).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    for plugin in ["echo", "chat", "assistant"] {
+        assert!(stdout.contains(&format!("plugin {plugin} ")), "{stdout}");
     }
 }
 

@@ -6,15 +6,19 @@ use std::sync::Arc;
 
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::metrics::Metrics;
+
 /// The hosts one plugin may reach: `host` (any port), `host:port`, or `*` (anywhere).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct AllowList {
     rules: Arc<[String]>,
+    /// Counts denials, when given.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl AllowList {
-    pub fn new(rules: &[String]) -> AllowList {
-        AllowList { rules: rules.iter().map(|r| r.to_ascii_lowercase()).collect() }
+    pub fn new(rules: &[String], metrics: Option<Arc<Metrics>>) -> AllowList {
+        AllowList { rules: rules.iter().map(|r| r.to_ascii_lowercase()).collect(), metrics }
     }
 
     /// Whether a request to `host` on `port` may go out.
@@ -52,6 +56,9 @@ impl WasiHttpHooks for AllowList {
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
         if !self.allows(&host, port) {
             tracing::warn!(%host, port, "a plugin's HTTP request was denied: the host is not in its allow_hosts");
+            if let Some(metrics) = &self.metrics {
+                metrics.limit_hit("plugins.allow_hosts");
+            }
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         Box::new(async move {
@@ -68,7 +75,7 @@ mod tests {
 
     #[test]
     fn rules_match_hosts_and_ports() {
-        let list = AllowList::new(&["api.example.com".into(), "127.0.0.1:8099".into(), "[::1]:80".into()]);
+        let list = AllowList::new(&["api.example.com".into(), "127.0.0.1:8099".into(), "[::1]:80".into()], None);
         assert!(list.allows("api.example.com", 443));
         assert!(list.allows("API.example.com", 80));
         assert!(list.allows("127.0.0.1", 8099));
@@ -76,6 +83,6 @@ mod tests {
         assert!(list.allows("[::1]", 80));
         assert!(!list.allows("evil.example.com", 443));
         assert!(!AllowList::default().allows("localhost", 80));
-        assert!(AllowList::new(&["*".into()]).allows("anything", 1));
+        assert!(AllowList::new(&["*".into()], None).allows("anything", 1));
     }
 }

@@ -137,7 +137,7 @@ impl LoadedPlugin {
             registry: services.registry.clone(),
             kv: services.kv.clone(),
             metrics: services.metrics.clone(),
-            allow_hosts: super::AllowList::new(&config.allow_hosts),
+            allow_hosts: super::AllowList::new(&config.allow_hosts, Some(services.metrics.clone())),
             env: config.env.iter().filter_map(|name| std::env::var(name).ok().map(|v| (name.clone(), v))).collect(),
         };
         let mut plugin = LoadedPlugin {
