@@ -285,6 +285,22 @@ impl Broker {
     }
 }
 
+/// Runs the broker's command line with `args` and `--config FILE`, FILE holding `toml`, to its end:
+/// (success, stdout, stderr).
+pub fn run_cli(args: &[&str], toml: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, toml).expect("write broker.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_broker-under-test"))
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run the broker");
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).to_string();
+    (output.status.success(), text(output.stdout), text(output.stderr))
+}
+
 /// Polls `check` until it holds, failing the test after the wait: for what the broker does in the
 /// background (reloads, clean-up), where there is no event to wait on.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)

@@ -1,8 +1,6 @@
 //! Start-up, limits that close a connection, and shutdown.
 
-use std::process::Command;
-
-use crate::harness::{Broker, ROUTES, default_config, plugin_path};
+use crate::harness::{Broker, ROUTES, default_config, plugin_path, run_cli};
 use serde_json::json;
 
 #[tokio::test]
@@ -37,16 +35,10 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// `broker serve` with this broker.toml, which must fail before serving: (success, stderr).
 fn check_config(toml: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("broker.toml");
-    std::fs::write(&path, toml).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_broker-under-test"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).to_string())
+    let (ok, _, stderr) = run_cli(&["serve", "--listen", "127.0.0.1:0"], toml);
+    (ok, stderr)
 }
 
 #[test]

@@ -6,17 +6,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Broker, default_config};
-
-fn broker_command(args: &[&str], config: &str) -> (bool, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("broker.toml");
-    std::fs::write(&path, config).unwrap();
-    let output =
-        Command::new(env!("CARGO_BIN_EXE_broker-under-test")).args(args).arg("--config").arg(&path).output().unwrap();
-    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).to_string();
-    (output.status.success(), text(output.stdout), text(output.stderr))
-}
+use crate::harness::{Broker, default_config, run_cli};
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -117,7 +107,7 @@ async fn json_logs_have_a_line_per_connection_with_route_peer_duration_and_code(
 
 #[test]
 fn broker_check_names_the_key_of_each_problem() {
-    let (ok, stdout, stderr) = broker_command(&["check"], &default_config(""));
+    let (ok, stdout, stderr) = run_cli(&["check"], &default_config(""));
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("plugin echo") && stdout.contains(": ok"), "{stdout}");
 
@@ -132,7 +122,7 @@ fn broker_check_names_the_key_of_each_problem() {
         (default_config(&format!("[plugins.bogus]\npath = \"{}\"\n", bogus.display())), "plugins.bogus.path"),
     ];
     for (config, key) in broken {
-        let (ok, _, stderr) = broker_command(&["check"], &config);
+        let (ok, _, stderr) = run_cli(&["check"], &config);
         assert!(!ok, "{key}: accepted");
         assert!(stderr.contains(key) && stderr.contains("broker.toml"), "{key}: {stderr}");
     }
@@ -152,7 +142,7 @@ fn broker_check_accepts_the_repository_broker_toml() {
 
 #[test]
 fn broker_routes_prints_the_table() {
-    let (ok, stdout, stderr) = broker_command(&["routes"], &default_config(""));
+    let (ok, stdout, stderr) = run_cli(&["routes"], &default_config(""));
     assert!(ok, "{stderr}");
     assert!(stdout.lines().any(|l| l.starts_with("/ws/system") && l.contains("echo")), "{stdout}");
     assert!(
