@@ -50,11 +50,23 @@ pub struct Setup {
 }
 
 /// Serves one upgraded connection until it closes.
-pub async fn run<S>(ws: WebSocketStream<S>, setup: Setup)
+pub fn run<S>(ws: WebSocketStream<S>, setup: Setup) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sink, mut stream) = ws.split();
+    // Split before the async part: an async fn keeps its arguments for its whole life, and the
+    // whole WebSocketStream is far bigger than its two halves.
+    let (sink, stream) = ws.split();
+    serve(sink, stream, setup)
+}
+
+async fn serve<S>(
+    sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    setup: Setup,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (handle, queue) = outbound::queue(&setup.bounds, setup.route.metadata);
     let control = handle.control.clone();
     let id = setup.registry.register(handle.clone(), Arc::from(setup.route.pattern.as_str()));
@@ -72,7 +84,10 @@ where
     let started = std::time::Instant::now();
     tracing::info!(connection = id, route = %connection.ctx.route, path = %connection.ctx.path, %peer, "connection opened");
 
-    let ended = if connection.accept().await {
+    // Plugin calls are boxed: their futures are large (wasmtime's call, the deadline timer) and,
+    // inline, would size every connection's task for the rare moment it is in a call. Idle
+    // connections are most connections.
+    let ended = if Box::pin(connection.accept()).await {
         connection.read_loop(&mut stream, &setup.shutdown).await
     } else {
         Ended::WeClosed
@@ -80,23 +95,23 @@ where
     // When we closed, wait (briefly) for our close frame to go out and for the client's answer, so
     // the client sees a clean close handshake rather than a reset.
     if ended == Ended::WeClosed {
-        let _ = tokio::time::timeout(setup.close_grace, async {
+        let _ = Box::pin(tokio::time::timeout(setup.close_grace, async {
             control.closed().await;
             while let Some(Ok(message)) = stream.next().await {
                 if message.is_close() {
                     break;
                 }
             }
-        })
+        }))
         .await;
     }
     setup.registry.remove(id);
-    if let Err(error) = connection.slot.current().on_disconnect(&connection.ctx).await {
+    if let Err(error) = Box::pin(connection.slot.current().on_disconnect(&connection.ctx)).await {
         tracing::warn!(connection = id, plugin = connection.slot.name(), %error, "on-disconnect failed");
     }
     let Connection { handle, ctx, .. } = connection;
     drop(handle);
-    let _ = tokio::time::timeout(setup.close_grace, writer).await;
+    let _ = Box::pin(tokio::time::timeout(setup.close_grace, writer)).await;
     // The close code we sent, or none when the client closed first.
     let close = control.reason().map(|r| r.code);
     tracing::info!(
@@ -157,18 +172,19 @@ impl Connection {
         loop {
             let message = tokio::select! {
                 _ = &mut shutting_down => {
-                    self.queue_close(CloseReason::new(GOING_AWAY, "server shutting down")).await;
+                    Box::pin(self.queue_close(CloseReason::new(GOING_AWAY, "server shutting down"))).await;
                     return Ended::WeClosed;
                 }
                 _ = &mut closed => return Ended::WeClosed,
                 message = stream.next() => message,
             };
             match message {
-                Some(Ok(Message::Text(text))) => self.dispatch(&text).await,
+                Some(Ok(Message::Text(text))) => Box::pin(self.dispatch(&text)).await,
                 Some(Ok(Message::Binary(bytes))) => {
                     self.metrics.frame_in(None, bytes.len());
                     let msg = "Invalid JSON: binary frames are not supported, send JSON as text frames";
-                    self.reply(protocol::error_frame(&[Problem::new("json_invalid", vec![], msg)], None)).await;
+                    Box::pin(self.reply(protocol::error_frame(&[Problem::new("json_invalid", vec![], msg)], None)))
+                        .await;
                 }
                 // tungstenite answers pings itself; pongs and raw frames need nothing.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
