@@ -94,7 +94,7 @@ impl Server {
 }
 
 /// `[engine]`: the wasmtime engine shared by all plugins.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Engine {
     /// Plugin instances alive at once across all plugins (the pooling allocator's size). Default 1000.
@@ -116,7 +116,7 @@ impl Default for Engine {
 }
 
 /// `[state]`: what plugins may keep in the host.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct State {
     /// Bytes (keys and values) one connection's session may hold. Default 64 KiB.

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::outbound::CloseReason;
-use crate::plugin::{LoadedPlugin, Slot};
+use crate::plugin::{LoadedPlugin, PluginFile, Slot};
 use crate::server::{Live, Shared};
 
 /// Writes closer together than this are one change: an editor or `cargo build` writing a file in
@@ -123,16 +123,24 @@ pub(crate) async fn reload_plugin(shared: &Shared, name: &str) {
     let live = shared.live.load_full();
     let (Some(slot), Some(config)) = (live.slots.get(name), live.config.plugins.get(name)) else { return };
     let current = slot.current();
-    if let Ok(bytes) = tokio::fs::read(&config.path).await {
-        // Editors touch files and builds rewrite identical outputs: same bytes, same plugin, and
-        // the same bytes that failed a moment ago fail again.
-        let hash = crate::plugin::content_hash(&bytes);
-        if hash == current.hash || slot.failed_with(&hash) {
+    let started = Instant::now();
+    let file = match PluginFile::read(&config.path).await {
+        Ok(file) => file,
+        Err(error) => {
+            let error = format!("plugin {name:?} ({}): cannot read the file: {error}", config.path.display());
+            tracing::error!(plugin = name, %error, "plugin reload failed; the running generation stays");
+            slot.failed(error, None);
+            shared.metrics.reloaded("plugin", false);
             return;
         }
+    };
+    // Editors touch files and builds rewrite identical outputs: same bytes, same plugin, and the
+    // same bytes that failed a moment ago fail again.
+    if file.hash == current.hash || slot.failed_with(&file.hash) {
+        return;
     }
-    let started = Instant::now();
-    match LoadedPlugin::load(&shared.runtime, name, config, &shared.services, current.generation + 1).await {
+    let hash = file.hash.clone();
+    match LoadedPlugin::load_file(&shared.runtime, name, config, file, &shared.services, current.generation + 1).await {
         Ok(next) => {
             tracing::info!(
                 plugin = name,
@@ -147,15 +155,10 @@ pub(crate) async fn reload_plugin(shared: &Shared, name: &str) {
         }
         Err(error) => {
             tracing::error!(plugin = name, %error, "plugin reload failed; the running generation stays");
-            slot.failed(error.to_string(), error_hash(&config.path).await);
+            slot.failed(error.to_string(), Some(hash));
             shared.metrics.reloaded("plugin", false);
         }
     }
-}
-
-/// The hash of what is at `path` now, to recognize the same bad file next time.
-async fn error_hash(path: &Path) -> Option<String> {
-    tokio::fs::read(path).await.ok().map(|bytes| crate::plugin::content_hash(&bytes))
 }
 
 /// Reads broker.toml again and applies it whole, or not at all.
@@ -233,12 +236,12 @@ fn removed_routes(old: &Live, new: &Live) -> HashSet<String> {
 fn warn_restart_only(old: &Config, new: &Config) {
     let changed = [
         ("server.listen", old.server.listen != new.server.listen),
-        ("engine", format!("{:?}", old.engine) != format!("{:?}", new.engine)),
+        ("engine", old.engine != new.engine),
         (
             "server.max_groups_per_connection",
             old.server.max_groups_per_connection != new.server.max_groups_per_connection,
         ),
-        ("state", format!("{:?}", old.state) != format!("{:?}", new.state)),
+        ("state", old.state != new.state),
     ];
     for (key, _) in changed.iter().filter(|(_, changed)| *changed) {
         tracing::warn!(key, "this setting changed in broker.toml but takes effect only after a restart");

@@ -12,13 +12,9 @@ use std::time::Duration;
 
 pub use cache::Source;
 
-/// The SHA-256 of a component file, as recorded by [`LoadedPlugin::hash`].
-pub fn content_hash(bytes: &[u8]) -> String {
-    cache::Cache::key(bytes)
-}
 pub use engine::Runtime;
 pub use outbound_http::AllowList;
-pub use pool::{LoadedPlugin, Services};
+pub use pool::{LoadedPlugin, PluginFile, Services};
 pub use slot::{Slot, rfc3339};
 
 /// Why a plugin could not be loaded, or the engine not built.

@@ -103,9 +103,27 @@ pub struct LoadedPlugin {
     pub config: config::Plugin,
 }
 
+/// A component file read once: its bytes and their content hash.
+pub struct PluginFile {
+    bytes: Vec<u8>,
+    pub hash: String,
+}
+
+impl PluginFile {
+    pub async fn read(path: &std::path::Path) -> std::io::Result<PluginFile> {
+        let bytes = tokio::fs::read(path).await?;
+        // Hashing a multi-megabyte component is CPU work: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            let hash = super::cache::Cache::key(&bytes);
+            PluginFile { bytes, hash }
+        })
+        .await
+        .map_err(std::io::Error::other)
+    }
+}
+
 impl LoadedPlugin {
-    /// Compiles `config.path` (or takes it from the cache), links it, and asks a first instance
-    /// for its manifest: a plugin that cannot answer that is refused.
+    /// Reads `config.path` and loads it (see [`LoadedPlugin::load_file`]).
     pub async fn load(
         runtime: &Arc<Runtime>,
         name: &str,
@@ -113,11 +131,28 @@ impl LoadedPlugin {
         services: &Services,
         generation: u64,
     ) -> Result<LoadedPlugin, PluginError> {
+        let file = PluginFile::read(&config.path).await.map_err(|e| PluginError::Load {
+            plugin: name.to_owned(),
+            path: config.path.clone(),
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        LoadedPlugin::load_file(runtime, name, config, file, services, generation).await
+    }
+
+    /// Compiles `file` (or takes it from the cache), links it, and asks a first instance for its
+    /// manifest: a plugin that cannot answer that is refused.
+    pub async fn load_file(
+        runtime: &Arc<Runtime>,
+        name: &str,
+        config: &config::Plugin,
+        file: PluginFile,
+        services: &Services,
+        generation: u64,
+    ) -> Result<LoadedPlugin, PluginError> {
         let failed = |reason: String| PluginError::Load { plugin: name.to_owned(), path: config.path.clone(), reason };
-        let bytes = tokio::fs::read(&config.path).await.map_err(|e| failed(format!("cannot read the file: {e}")))?;
         let compiler = runtime.clone();
+        let PluginFile { bytes, hash } = file;
         let (component, source, hash) = tokio::task::spawn_blocking(move || {
-            let hash = super::cache::Cache::key(&bytes);
             compiler.compile(&bytes, &hash).map(|(component, source)| (component, source, hash))
         })
         .await
