@@ -1,4 +1,5 @@
-//! The HTTP endpoints beside the WebSocket routes: the publish and presence API, and metrics.
+//! The HTTP endpoints beside the WebSocket routes: the publish and presence API, metrics, and the
+//! AsyncAPI document.
 //!
 //! `POST /api/publish` and `GET /api/groups/{group}/members` need `Authorization: Bearer <api.key>`.
 //! Groups are named `namespace:name` here (`chat:room1`), since each plugin has its own namespace.
@@ -32,6 +33,8 @@ pub enum Endpoint {
     /// `GET /readyz`: plugins are loaded and serving.
     Ready,
     Metrics,
+    /// `GET /asyncapi.json`, `/asyncapi.yaml`, `/asyncapi`: the AsyncAPI 3.0 document of the routes.
+    AsyncApi(DocFormat),
     Publish,
     /// `GET /api/plugins`: each plugin's generation and reload history, and the configuration's.
     Plugins,
@@ -49,6 +52,9 @@ impl Endpoint {
             "/healthz" => return Some(Endpoint::Health),
             "/readyz" => return Some(Endpoint::Ready),
             "/metrics" => return Some(Endpoint::Metrics),
+            "/asyncapi.json" => return Some(Endpoint::AsyncApi(DocFormat::Json)),
+            "/asyncapi.yaml" | "/asyncapi.yml" => return Some(Endpoint::AsyncApi(DocFormat::Yaml)),
+            "/asyncapi" | "/asyncapi.html" => return Some(Endpoint::AsyncApi(DocFormat::Html)),
             _ => {}
         }
         let rest = path.strip_prefix("/api/")?;
@@ -64,6 +70,14 @@ impl Endpoint {
             None => Endpoint::Unknown,
         })
     }
+}
+
+/// How the AsyncAPI document is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocFormat {
+    Json,
+    Yaml,
+    Html,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -90,6 +104,7 @@ pub(crate) async fn serve(shared: &Shared, endpoint: Endpoint, request: Request<
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             response
         }
+        (Endpoint::AsyncApi(format), Method::GET) => asyncapi(shared, format),
         (Endpoint::Unknown, _) => error(StatusCode::NOT_FOUND, "no such API endpoint"),
         (endpoint, method) => {
             if let Some(refusal) = refuse(shared, request.headers()) {
@@ -192,6 +207,22 @@ fn plugins(shared: &Shared) -> Reply {
     )
 }
 
+/// Built on each request from the configuration and plugin generations in service, so it follows
+/// every reload.
+fn asyncapi(shared: &Shared, format: DocFormat) -> Reply {
+    let live = shared.live.load();
+    let plugins = live.slots.iter().map(|(name, slot)| (name.clone(), slot.current())).collect();
+    let document = crate::asyncapi::document(&live.config, &plugins);
+    let (body, content_type) = match format {
+        DocFormat::Json => (document.to_string(), "application/json"),
+        DocFormat::Yaml => (crate::asyncapi::to_yaml(&document), "application/yaml"),
+        DocFormat::Html => (crate::asyncapi::html::render(&document), "text/html; charset=utf-8"),
+    };
+    let mut response = text(StatusCode::OK, body);
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
 fn error(status: StatusCode, message: &str) -> Reply {
     json_reply(status, json!({"error": message}))
 }
@@ -229,6 +260,8 @@ mod tests {
     fn endpoints_by_path() {
         assert_eq!(Endpoint::parse("/metrics"), Some(Endpoint::Metrics));
         assert_eq!(Endpoint::parse("/api/publish"), Some(Endpoint::Publish));
+        assert_eq!(Endpoint::parse("/asyncapi.yaml"), Some(Endpoint::AsyncApi(DocFormat::Yaml)));
+        assert_eq!(Endpoint::parse("/asyncapi"), Some(Endpoint::AsyncApi(DocFormat::Html)));
         assert_eq!(Endpoint::parse("/api/groups/chat:room%201/members"), Some(Endpoint::Members("chat:room 1".into())));
         assert_eq!(Endpoint::parse("/api/nothing"), Some(Endpoint::Unknown));
         assert_eq!(Endpoint::parse("/ws/chat/room1"), None);

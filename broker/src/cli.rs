@@ -35,6 +35,39 @@ enum Command {
     Check(ConfigArg),
     /// Print the route table of a broker.toml: pattern, plugin, parameters and their rules.
     Routes(ConfigArg),
+    /// Load the plugins of a broker.toml and print its AsyncAPI 3.0 document (as served at
+    /// /asyncapi.json and /asyncapi.yaml).
+    Asyncapi(AsyncapiArgs),
+    /// Generate a typed client (TypeScript or Python) from the AsyncAPI document of a broker.toml.
+    Client(ClientArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AsyncapiArgs {
+    /// The configuration file.
+    #[arg(long, short, default_value = "broker.toml")]
+    config: PathBuf,
+    #[arg(long, value_enum, default_value_t = DocFormat::Yaml)]
+    format: DocFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DocFormat {
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// The configuration file.
+    #[arg(long, short, default_value = "broker.toml")]
+    config: PathBuf,
+    /// The client's language.
+    #[arg(long, value_enum)]
+    lang: crate::codegen::Lang,
+    /// Write the client to this file instead of stdout.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +102,20 @@ pub fn main() -> ExitCode {
         Some(Command::Serve(args)) => args,
         Some(Command::Routes(args)) => return routes(&args.config),
         Some(Command::Check(args)) => return block_on(check(args.config)),
+        Some(Command::Asyncapi(args)) => {
+            return block_on(print_document(
+                args.config,
+                |doc| match args.format {
+                    DocFormat::Json => serde_json::to_string_pretty(doc).unwrap_or_default() + "\n",
+                    DocFormat::Yaml => crate::asyncapi::to_yaml(doc),
+                },
+                None,
+            ));
+        }
+        Some(Command::Client(args)) => {
+            let lang = args.lang;
+            return block_on(print_document(args.config, move |doc| crate::codegen::generate(doc, lang), args.out));
+        }
         None => ServeArgs { config: PathBuf::from("broker.toml"), listen: None },
     };
     block_on(async {
@@ -103,8 +150,8 @@ async fn check(path: PathBuf) -> ExitCode {
     };
     match crate::server::check_plugins(&config).await {
         Ok(loaded) => {
-            for (name, version, accepts) in loaded {
-                println!("plugin {name} {version}: accepts {}", accepts.join(", "));
+            for (name, plugin) in loaded {
+                println!("plugin {name} {}: accepts {}", plugin.manifest().version, plugin.accepts().join(", "));
             }
             println!("{}: ok ({} routes)", path.display(), config.routes.len());
             ExitCode::SUCCESS
@@ -115,6 +162,45 @@ async fn check(path: PathBuf) -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `broker asyncapi` and `broker client`: loads the plugins, builds the AsyncAPI document and
+/// prints what `render` makes of it (to `out` when given).
+async fn print_document(
+    path: PathBuf,
+    render: impl Fn(&serde_json::Value) -> String,
+    out: Option<PathBuf>,
+) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let plugins = match crate::server::check_plugins(&config).await {
+        Ok(plugins) => plugins,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("error: {problem}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = render(&crate::asyncapi::document(&config, &plugins));
+    match out {
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Some(file) => match std::fs::write(&file, text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: cannot write {}: {error}", file.display());
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

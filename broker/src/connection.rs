@@ -229,6 +229,10 @@ impl Connection {
             };
             return self.reply(frame).await;
         }
+        if let Err(problems) = plugin.validate(&action, payload) {
+            self.metrics.shared().payload_refused(self.slot.name());
+            return self.reply(protocol::error_frame(&problems, reference)).await;
+        }
         let answer = plugin.on_message(&self.ctx, &action, payload.map(|p| p.get())).await;
         let problems = match answer {
             Ok(Ok(None)) => return,

@@ -3,7 +3,9 @@
 //! See ARCHITECTURE.md for the codemap and the way of one frame through these modules.
 
 pub mod api;
+pub mod asyncapi;
 pub mod cli;
+pub mod codegen;
 pub mod config;
 pub mod connection;
 pub mod metrics;
@@ -13,5 +15,6 @@ pub mod protocol;
 pub mod registry;
 pub mod reload;
 pub mod router;
+pub mod schema;
 pub mod server;
 pub mod state;

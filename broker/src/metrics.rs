@@ -33,6 +33,7 @@ pub struct Metrics {
     bytes_out: Family<Labels, Counter>,
     plugin_calls: Family<Labels, Histogram, fn() -> Histogram>,
     plugin_errors: Family<Labels, Counter>,
+    payloads_refused: Family<Labels, Counter>,
     plugin_instances: Family<Labels, Gauge>,
     limit_hits: Family<Labels, Counter>,
     /// Clients closed because their outbound queue was full (`server.outbound_queue*`).
@@ -62,6 +63,7 @@ impl Default for Metrics {
             bytes_out: Family::default(),
             plugin_calls: Family::new_with_constructor(call_seconds),
             plugin_errors: Family::default(),
+            payloads_refused: Family::default(),
             plugin_instances: Family::default(),
             limit_hits: Family::default(),
             slow_consumer_closes: Counter::default(),
@@ -81,6 +83,11 @@ impl Default for Metrics {
         registry.register("bytes_out", "Bytes written to clients by route", metrics.bytes_out.clone());
         registry.register("plugin_call_seconds", "Plugin call durations by plugin", metrics.plugin_calls.clone());
         registry.register("plugin_errors", "Failed plugin calls by plugin and kind", metrics.plugin_errors.clone());
+        registry.register(
+            "payloads_refused",
+            "Payloads refused by the plugin's published schema before it ran, by plugin",
+            metrics.payloads_refused.clone(),
+        );
         registry.register("plugin_instances", "Plugin instances by plugin and state", metrics.plugin_instances.clone());
         registry.register(
             "limit_hits",
@@ -194,6 +201,11 @@ impl Metrics {
     /// Counts a failed call of `plugin`: `kind` is `error`, `invalid`, `crashed` or `timeout`.
     pub fn plugin_error(&self, plugin: &str, kind: &'static str) {
         self.plugin_errors.get_or_create(&vec![("plugin", plugin.to_owned()), ("kind", kind.to_owned())]).inc();
+    }
+
+    /// Counts a payload refused at the edge by `plugin`'s schema.
+    pub fn payload_refused(&self, plugin: &str) {
+        self.payloads_refused.get_or_create(&vec![("plugin", plugin.to_owned())]).inc();
     }
 
     /// Sets a plugin's instance counts (`idle`: pooled, `busy`: in a call).

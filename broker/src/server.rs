@@ -68,19 +68,21 @@ pub(crate) struct Shared {
     tracker: TaskTracker,
 }
 
-/// Loads every plugin of `config` as start-up would, without serving: (name, version, actions)
-/// of each, or every problem found.
-pub async fn check_plugins(config: &Config) -> Result<Vec<(String, String, Vec<String>)>, Vec<String>> {
+/// Loads every plugin of `config` as start-up would, without serving: each by name, or every
+/// problem found.
+pub async fn check_plugins(config: &Config) -> Result<crate::asyncapi::Plugins, Vec<String>> {
     let runtime = Arc::new(Runtime::new(&config.engine).map_err(|e| vec![e.to_string()])?);
     let services = Services {
         registry: Arc::new(Registry::new(registry::Limits { max_groups_per_connection: 1, session_bytes: 1 })),
         kv: Arc::new(Kv::new(state::Limits { value_bytes: 1, keys_per_namespace: 1 })),
         metrics: Arc::new(Metrics::default()),
     };
-    let (mut loaded, mut problems) = (Vec::new(), Vec::new());
+    let (mut loaded, mut problems) = (crate::asyncapi::Plugins::new(), Vec::new());
     for (name, plugin) in &config.plugins {
         match LoadedPlugin::load(&runtime, name, plugin, &services, 1).await {
-            Ok(p) => loaded.push((name.clone(), p.manifest().version.clone(), p.accepts().to_vec())),
+            Ok(p) => {
+                loaded.insert(name.clone(), Arc::new(p));
+            }
             Err(error) => problems.push(format!("{}: `plugins.{name}.path`: {error}", config.source.display())),
         }
     }

@@ -4,6 +4,7 @@ use std::cell::OnceCell;
 use std::marker::PhantomData;
 
 use crate::bindings::broker::plugin::{host, types};
+use crate::bindings::exports::broker::plugin::describe::{self, HandlerReplies};
 use crate::bindings::exports::broker::plugin::handler::Guest;
 use crate::context::Context;
 use crate::error::{Error, Loc};
@@ -75,5 +76,13 @@ impl<B: Builder> Guest for Exports<B> {
     fn on_disconnect(ctx: types::Context) {
         let ctx = Context::new(ctx);
         with_plugin::<B, _>(|plugin| plugin.disconnect(&ctx));
+    }
+}
+
+impl<B: Builder> describe::Guest for Exports<B> {
+    fn replies() -> Vec<HandlerReplies> {
+        with_plugin::<B, _>(|plugin| {
+            plugin.replies().into_iter().map(|(action, replies)| HandlerReplies { action, replies }).collect()
+        })
     }
 }

@@ -4,18 +4,30 @@
 //! handler per action. Returning a value from a handler replies to the sender; returning an error
 //! sends the client an `error` frame. Build with `--target wasm32-wasip2`.
 //!
+//! Payload types derive `JsonSchema` as well as serde's traits: the broker validates payloads
+//! against their schemas before the plugin runs and documents them (AsyncAPI), with the types' doc
+//! comments as summaries.
+//!
 //! ```ignore
-//! use plugin_sdk::{Frame, Plugin};
+//! use plugin_sdk::{Message, Plugin};
+//! use schemars::JsonSchema;
 //! use serde::{Deserialize, Serialize};
 //!
-//! #[derive(Serialize, Deserialize)]
-//! struct MessagePayload { message: String }
+//! /// A message from the user.
+//! #[derive(Deserialize, JsonSchema)]
+//! struct UserMessage { message: String }
+//!
+//! /// The echo of a user's message.
+//! #[derive(Serialize, JsonSchema)]
+//! struct SystemEcho { message: String }
+//!
+//! impl Message for SystemEcho {
+//!     const ACTION: &'static str = "system_echo";
+//! }
 //!
 //! fn plugin() -> Plugin {
 //!     Plugin::new("echo", env!("CARGO_PKG_VERSION"))
-//!         .handle("user_message", |_ctx, msg: MessagePayload| {
-//!             Ok(Frame::new("system_echo", MessagePayload { message: format!("Echo: {}", msg.message) }))
-//!         })
+//!         .handle("user_message", |_ctx, msg: UserMessage| Ok(SystemEcho { message: format!("Echo: {}", msg.message) }))
 //! }
 //!
 //! plugin_sdk::export_plugin!(plugin);
@@ -26,6 +38,7 @@ mod error;
 mod exports;
 mod frame;
 pub mod http;
+mod message;
 mod payload;
 mod plugin;
 mod state;
@@ -33,6 +46,7 @@ mod state;
 pub use context::{Context, Level, broadcast, members, send_to};
 pub use error::{Error, Issue, Loc, Result};
 pub use frame::Frame;
+pub use message::Message;
 pub use plugin::{Plugin, Reject, Reply};
 pub use state::kv;
 

@@ -1,11 +1,13 @@
 //! A plugin's description and its handlers, dispatched by action.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bindings::broker::plugin::types;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::message::{self, Message};
 use crate::payload;
 
 type MessageHandler = Box<dyn Fn(&Context, Option<&str>) -> Result<Option<String>>>;
@@ -37,6 +39,23 @@ impl From<Error> for Reject {
 pub trait Reply {
     /// The frame as JSON text, or `None` to send nothing.
     fn into_frame(self) -> Result<Option<String>>;
+
+    /// The messages this reply can be, for the manifest; empty when its action is only known at
+    /// run time (a [`Frame`](crate::Frame), a JSON value).
+    fn replies() -> Vec<types::ActionSpec> {
+        Vec::new()
+    }
+}
+
+/// A typed message replies as `{"action": M::ACTION, "payload": ...}`.
+impl<M: Message> Reply for M {
+    fn into_frame(self) -> Result<Option<String>> {
+        crate::Frame::of(self).into_frame()
+    }
+
+    fn replies() -> Vec<types::ActionSpec> {
+        vec![message::spec_of::<M>(M::ACTION)]
+    }
 }
 
 impl<T: Serialize> Reply for crate::Frame<T> {
@@ -61,6 +80,16 @@ impl<R: Reply> Reply for Option<R> {
     fn into_frame(self) -> Result<Option<String>> {
         self.map_or(Ok(None), Reply::into_frame)
     }
+
+    fn replies() -> Vec<types::ActionSpec> {
+        R::replies()
+    }
+}
+
+struct Handler {
+    spec: types::ActionSpec,
+    replies: Vec<String>,
+    run: MessageHandler,
 }
 
 /// A plugin: its identity, what it accepts and sends, and its handlers.
@@ -69,8 +98,8 @@ pub struct Plugin {
     version: String,
     description: Option<String>,
     tags: Vec<String>,
-    handlers: Vec<(String, MessageHandler)>,
-    sends: Vec<String>,
+    handlers: Vec<Handler>,
+    sends: Vec<types::ActionSpec>,
     on_connect: Option<ConnectHandler>,
     on_disconnect: Option<DisconnectHandler>,
 }
@@ -102,9 +131,19 @@ impl Plugin {
         self
     }
 
-    /// Declares an action this plugin sends (replies, pushes).
-    pub fn sends(mut self, action: impl Into<String>) -> Self {
-        self.sends.push(action.into());
+    /// Declares a message this plugin sends besides its handlers' replies (pushes, broadcasts).
+    pub fn sends<M: Message>(self) -> Self {
+        self.declare_sent(message::spec_of::<M>(M::ACTION))
+    }
+
+    /// Declares an action this plugin sends whose payload has no published schema.
+    pub fn sends_untyped(self, action: &str) -> Self {
+        self.declare_sent(message::untyped(action))
+    }
+
+    fn declare_sent(mut self, spec: types::ActionSpec) -> Self {
+        self.sends.retain(|existing| existing.name != spec.name);
+        self.sends.push(spec);
         self
     }
 
@@ -122,40 +161,57 @@ impl Plugin {
 
     /// Handles `action`: the payload is decoded into `P`, and what `f` returns is sent to the sender.
     ///
-    /// A payload that does not decode never reaches `f`: the client gets an `error` frame that
-    /// names the field, as pydantic would.
-    pub fn handle<P, R, F>(mut self, action: impl Into<String>, f: F) -> Self
+    /// `P`'s JSON Schema is published in the manifest, so the broker refuses a payload that does
+    /// not fit before the plugin runs, and documents the action with `P`'s doc comment. A typed
+    /// reply ([`Message`]) is documented as the handler's answer. An action without a payload
+    /// takes `()`.
+    pub fn handle<P, R, F>(mut self, action: &str, f: F) -> Self
     where
-        P: DeserializeOwned,
+        P: DeserializeOwned + JsonSchema,
         R: Reply,
         F: Fn(&Context, P) -> Result<R> + 'static,
     {
-        let action = action.into();
-        let name = action.clone();
-        let handler: MessageHandler = Box::new(move |ctx, payload| {
+        let name = action.to_owned();
+        let run: MessageHandler = Box::new(move |ctx, payload| {
+            // The broker validated the payload; decoding can still fail where serde is stricter
+            // than the schema (or on a broker that publishes no schema), and says so the same way.
             let message = payload::decode::<P>(&name, payload).map_err(|issue| Error::Invalid(vec![issue]))?;
             f(ctx, message)?.into_frame()
         });
-        self.handlers.retain(|(existing, _)| *existing != action);
-        self.handlers.push((action, handler));
+        let replies = R::replies();
+        let handler = Handler {
+            spec: message::spec_of::<P>(action),
+            replies: replies.iter().map(|spec| spec.name.clone()).collect(),
+            run,
+        };
+        for reply in replies {
+            if !self.sends.iter().any(|sent| sent.name == reply.name) {
+                self.sends.push(reply);
+            }
+        }
+        self.handlers.retain(|existing| existing.spec.name != action);
+        self.handlers.push(handler);
         self
     }
 
     pub(crate) fn manifest(&self) -> types::PluginManifest {
-        let spec = |name: &String| types::ActionSpec {
-            name: name.clone(),
-            summary: None,
-            description: None,
-            payload_schema: None,
-        };
         types::PluginManifest {
             name: self.name.clone(),
             version: self.version.clone(),
             description: self.description.clone(),
             tags: self.tags.clone(),
-            accepts: self.handlers.iter().map(|(name, _)| spec(name)).collect(),
-            sends: self.sends.iter().map(spec).collect(),
+            accepts: self.handlers.iter().map(|handler| handler.spec.clone()).collect(),
+            sends: self.sends.clone(),
         }
+    }
+
+    /// For each handler with typed replies, their actions.
+    pub(crate) fn replies(&self) -> Vec<(String, Vec<String>)> {
+        self.handlers
+            .iter()
+            .filter(|handler| !handler.replies.is_empty())
+            .map(|handler| (handler.spec.name.clone(), handler.replies.clone()))
+            .collect()
     }
 
     pub(crate) fn connect(&self, ctx: &Context) -> Result<(), Reject> {
@@ -163,8 +219,8 @@ impl Plugin {
     }
 
     pub(crate) fn message(&self, ctx: &Context, action: &str, payload: Option<&str>) -> Result<Option<String>> {
-        match self.handlers.iter().find(|(name, _)| name == action) {
-            Some((_, handler)) => handler(ctx, payload),
+        match self.handlers.iter().find(|handler| handler.spec.name == action) {
+            Some(handler) => (handler.run)(ctx, payload),
             // The broker only dispatches actions from the manifest, so this is a broker/plugin mismatch.
             None => Err(Error::msg(format!("plugin {} has no handler for {action:?}", self.name))),
         }

@@ -2,6 +2,7 @@
 
 mod api;
 mod assistant;
+mod asyncapi;
 mod deadlines;
 mod echo;
 mod errors;
@@ -12,3 +13,4 @@ mod ops;
 mod plugins;
 mod reload;
 mod rooms;
+mod typed;

@@ -212,3 +212,29 @@ async fn broker_toml_edits_add_and_remove_routes_and_bad_edits_change_nothing() 
         other => panic!("expected 404 for a removed route, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_reloaded_plugin_validates_against_its_new_schema() {
+    let broker = Broker::with_files(&config(""), &[("versioned.wasm", &version(1))]);
+    let mut client = broker.connect("/ws/versioned").await;
+    let bounded = |n: u64| json!({"action": "bounded", "payload": {"n": n}});
+    let over = |limit: u64| {
+        json!({"action": "error", "payload": [{
+            "type": "less_than_equal",
+            "loc": ["bounded", "payload", "n"],
+            "msg": format!("Input should be less than or equal to {limit}"),
+        }]})
+    };
+    assert_eq!(client.request(bounded(1)).await, json!({"action": "bounded", "payload": "GENERATION-001"}));
+    assert_eq!(client.request(bounded(2)).await, over(1));
+    let documented = |doc: Value| doc["components"]["schemas"]["versioned.client.bounded"]["properties"]["n"].clone();
+    let (_, doc) = broker.http("GET", "/asyncapi.json", None, "").await;
+    assert_eq!(documented(serde_json::from_str(&doc).unwrap())["maximum"], 1);
+
+    broker.replace_file("versioned.wasm", &version(5));
+    eventually("generation 5 serves", || async { serving_generation(&broker).await == 5 }).await;
+    assert_eq!(client.request(bounded(5)).await, json!({"action": "bounded", "payload": "GENERATION-005"}));
+    assert_eq!(client.request(bounded(6)).await, over(5));
+    let (_, doc) = broker.http("GET", "/asyncapi.json", None, "").await;
+    assert_eq!(documented(serde_json::from_str(&doc).unwrap())["maximum"], 5, "the document follows the reload");
+}

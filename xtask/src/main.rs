@@ -91,8 +91,8 @@ fn ensure_wasm_target() -> Result<()> {
     }
 }
 
-/// What the tests drive besides Rust: Chromium and promtool (Debian packages) and playwright-core
-/// (npm). Installed when missing, so the test command works on a fresh machine.
+/// What the tests drive besides Rust: Chromium and promtool (Debian packages), playwright-core,
+/// the AsyncAPI parser and TypeScript (npm). Installed when missing, so the test command works on a fresh machine.
 fn ensure_test_tools(root: &Path) -> Result<()> {
     let missing: Vec<&str> = [("chromium", "/usr/bin/chromium"), ("prometheus", "/usr/bin/promtool")]
         .into_iter()
@@ -107,12 +107,13 @@ fn ensure_test_tools(root: &Path) -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    let browser = root.join("tests/browser");
-    if !browser.join("node_modules/playwright-core").is_dir() {
-        eprintln!("installing playwright-core with npm");
-        run(Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&browser))?;
+    // Each folder's package.json and lock file say what it needs; `npm ci` installs exactly that.
+    for (folder, marker) in [("tests/browser", "playwright-core"), ("tests/node", "@asyncapi/parser")] {
+        let folder = root.join(folder);
+        if !folder.join("node_modules").join(marker).is_dir() {
+            eprintln!("installing the npm packages of {}", folder.display());
+            run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&folder))?;
+        }
     }
     Ok(())
 }

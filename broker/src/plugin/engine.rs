@@ -10,7 +10,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::PluginError;
 use super::cache::{Cache, Source};
-use super::host::{HostState, Plugin};
+use super::host::{HostState, PluginCore};
 use crate::config;
 
 /// Compiles plugins and links them against the host interfaces.
@@ -45,7 +45,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(format!("{e:?}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(format!("{e:?}")))?;
-        Plugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
+        PluginCore::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(format!("{e:?}")))?;
 
         let ticker = Ticker::start(engine.clone(), Duration::from_millis(limits.epoch_tick_ms))

@@ -14,10 +14,19 @@ use crate::state::{Kv, StateError as HostStateError};
 
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",
-    world: "plugin",
+    world: "plugin-core",
     imports: { default: async | trappable },
     exports: { default: async },
 });
+
+/// The optional `describe` export (0.1.3): bound apart from the core, since older plugins lack it.
+pub mod documented {
+    wasmtime::component::bindgen!({
+        path: "../plugin-sdk/wit",
+        world: "documented",
+        exports: { default: async },
+    });
+}
 
 pub use self::broker::plugin::types::{
     Context, GroupError, HandlerError, Level, LocItem, PluginManifest, Rejection, SendError, StateError,

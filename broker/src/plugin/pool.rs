@@ -7,15 +7,22 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
+use wasmtime::component::InstancePre;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::cache::Source;
-use super::host::{Context, HandlerError, HostState, Plugin, PluginEnv, PluginManifest, PluginPre, Rejection};
+use super::host::documented::DocumentedIndices;
+use super::host::{
+    Context, HandlerError, HostState, PluginCore, PluginCoreIndices, PluginEnv, PluginManifest, Rejection,
+};
 use super::{CallError, PluginError, Runtime};
 use crate::config;
 use crate::metrics::Metrics;
+use crate::protocol::Problem;
 use crate::registry::{ConnectionId, Registry};
+use crate::schema::Validators;
 use crate::state::Kv;
 use prometheus_client::metrics::histogram::Histogram;
 
@@ -36,7 +43,8 @@ impl std::error::Error for DeadlineExceeded {}
 
 struct Instance {
     store: Store<HostState>,
-    bindings: Plugin,
+    instance: wasmtime::component::Instance,
+    bindings: PluginCore,
 }
 
 /// What a plugin's calls reach besides the plugin: shared by all its generations.
@@ -85,7 +93,11 @@ pub struct LoadedPlugin {
     env: Arc<PluginEnv>,
     manifest: PluginManifest,
     accepts: Vec<String>,
-    pre: PluginPre<HostState>,
+    /// For each accepted action, what its handler replies with (empty for plugins before 0.1.3).
+    replies: Vec<(String, Vec<String>)>,
+    validators: Validators,
+    pre: InstancePre<HostState>,
+    indices: PluginCoreIndices,
     idle: Mutex<Vec<Instance>>,
     running: Semaphore,
     timeout: Duration,
@@ -162,7 +174,9 @@ impl LoadedPlugin {
             .linker()
             .instantiate_pre(&component)
             .map_err(|e| failed(format!("does not fit the broker:plugin world: {e:?}")))?;
-        let pre = PluginPre::new(instance_pre).map_err(|e| failed(format!("does not export the handler: {e:?}")))?;
+        let indices =
+            PluginCoreIndices::new(&instance_pre).map_err(|e| failed(format!("does not export the handler: {e:?}")))?;
+        let documented = DocumentedIndices::new(&instance_pre).ok();
         let settings = serde_json::to_string(&config.settings).map_err(|e| failed(format!("settings: {e}")))?;
 
         let env = PluginEnv {
@@ -186,7 +200,10 @@ impl LoadedPlugin {
                 sends: Vec::new(),
             },
             accepts: Vec::new(),
-            pre,
+            replies: Vec::new(),
+            validators: Validators::default(),
+            pre: instance_pre,
+            indices,
             idle: Mutex::new(Vec::new()),
             running: Semaphore::new(config.max_instances),
             timeout: config.timeout(),
@@ -203,6 +220,17 @@ impl LoadedPlugin {
             .call(0, async |i| i.bindings.broker_plugin_handler().call_manifest(&mut i.store).await)
             .await
             .map_err(|e| failed(format!("asking for its manifest failed: {e}")))?;
+        if let Some(documented) = documented {
+            let replies = plugin
+                .call(0, async |i| {
+                    let describe = documented.load(&mut i.store, &i.instance)?;
+                    describe.broker_plugin_describe().call_replies(&mut i.store).await
+                })
+                .await
+                .map_err(|e| failed(format!("asking for its replies failed: {e}")))?;
+            plugin.replies = replies.into_iter().map(|r| (r.action, r.replies)).collect();
+        }
+        plugin.validators = Validators::compile(&manifest).map_err(failed)?;
         plugin.accepts = manifest.accepts.iter().map(|a| a.name.clone()).collect();
         plugin.manifest = manifest;
         Ok(plugin)
@@ -220,6 +248,21 @@ impl LoadedPlugin {
     /// The actions clients may send it.
     pub fn accepts(&self) -> &[String] {
         &self.accepts
+    }
+
+    /// Checks a payload of `action` against the schema this generation published.
+    pub fn validate(&self, action: &str, payload: Option<&RawValue>) -> Result<(), Vec<Problem>> {
+        self.validators.check(action, payload)
+    }
+
+    /// Whether a frame of `action` must carry a payload (its schema refuses `null`).
+    pub fn payload_required(&self, action: &str) -> bool {
+        self.validators.requires_payload(action)
+    }
+
+    /// What the handler of `action` replies with, as the plugin documents it.
+    pub fn replies(&self, action: &str) -> &[String] {
+        self.replies.iter().find(|(name, _)| name == action).map_or(&[], |(_, replies)| replies)
     }
 
     pub async fn on_connect(&self, ctx: &Context) -> Result<Result<(), Rejection>, CallError> {
@@ -302,7 +345,7 @@ impl LoadedPlugin {
     /// A fresh instance; its start-up counts against the deadline of the call it is made for.
     async fn instantiate(&self, deadline: Instant) -> Result<Instance, CallError> {
         let state = HostState::new(self.env.clone(), deadline);
-        let mut store = Store::new(self.pre.engine(), state);
+        let mut store = Store::new(self.pre.component().engine(), state);
         store.epoch_deadline_callback(|store| {
             if Instant::now() >= store.data().deadline {
                 Err(wasmtime::Error::new(DeadlineExceeded))
@@ -312,9 +355,11 @@ impl LoadedPlugin {
             }
         });
         store.set_epoch_deadline(1);
-        let bindings =
+        let instance =
             self.pre.instantiate_async(&mut store).await.map_err(|e| CallError::Instantiate(format!("{e:?}")))?;
-        Ok(Instance { store, bindings })
+        let bindings =
+            self.indices.load(&mut store, &instance).map_err(|e| CallError::Instantiate(format!("{e:?}")))?;
+        Ok(Instance { store, instance, bindings })
     }
 
     fn take_idle(&self) -> Option<Instance> {

@@ -8,12 +8,14 @@ mod planner;
 mod shop;
 
 use plugin_sdk::{Context, Plugin, Result};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use shop::ToolError;
 
-#[derive(Deserialize)]
+/// A question or request for the pizza shop, in plain words.
+#[derive(Deserialize, JsonSchema)]
 struct UserMessage {
     message: String,
 }

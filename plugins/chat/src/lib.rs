@@ -1,12 +1,20 @@
 //! The room chat of the Chanx tutorial: join the room of the path, relay messages to the others.
 
-use plugin_sdk::{Error, Frame, Plugin};
+use plugin_sdk::{Error, Frame, Message, Plugin};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize)]
-struct ChatMessagePayload {
+/// A chat message: sent by a member, relayed to every other member of the room.
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct NewChatMessage {
+    /// The text.
     message: String,
+    /// Who wrote it, as the writer calls themselves.
     name: String,
+}
+
+impl Message for NewChatMessage {
+    const ACTION: &'static str = "new_chat_message";
 }
 
 /// The room of the route `/ws/chat/{room}`.
@@ -18,10 +26,10 @@ fn plugin() -> Plugin {
     Plugin::new("chat", env!("CARGO_PKG_VERSION"))
         .description("Room chat: messages reach every other member of the room")
         .tags(["chat", "groups"])
-        .sends("new_chat_message")
+        .sends::<NewChatMessage>()
         .on_connect(|ctx| Ok(ctx.join(room(ctx)?)?))
-        .handle("new_chat_message", |ctx, payload: ChatMessagePayload| {
-            ctx.broadcast_to_others(room(ctx)?, &Frame::new("new_chat_message", payload))?;
+        .handle("new_chat_message", |ctx, message: NewChatMessage| {
+            ctx.broadcast_to_others(room(ctx)?, &Frame::of(message))?;
             Ok(())
         })
 }

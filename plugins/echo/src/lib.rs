@@ -1,24 +1,36 @@
 //! The system echo of the Chanx tutorial: a welcome on connect, each message echoed to its sender.
 
-use plugin_sdk::{Frame, Plugin};
+use plugin_sdk::{Frame, Message, Plugin};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize)]
-struct MessagePayload {
+/// A message from the user, to be echoed.
+#[derive(Deserialize, JsonSchema)]
+struct UserMessage {
+    /// The text to echo.
     message: String,
 }
 
-fn system_echo(message: String) -> Frame<MessagePayload> {
-    Frame::new("system_echo", MessagePayload { message })
+/// A message from the system: the welcome, or the echo of a user's message.
+#[derive(Serialize, JsonSchema)]
+struct SystemEcho {
+    message: String,
+}
+
+impl Message for SystemEcho {
+    const ACTION: &'static str = "system_echo";
 }
 
 fn plugin() -> Plugin {
     Plugin::new("echo", env!("CARGO_PKG_VERSION"))
         .description("System Messages Consumer - Direct WebSocket without channel layers")
         .tags(["system", "direct"])
-        .sends("system_echo")
-        .on_connect(|ctx| Ok(ctx.send(&system_echo("🔧 System: Connection established!".into()))?))
-        .handle("user_message", |_ctx, msg: MessagePayload| Ok(system_echo(format!("🔧 System Echo: {}", msg.message))))
+        .on_connect(
+            |ctx| Ok(ctx.send(&Frame::of(SystemEcho { message: "🔧 System: Connection established!".into() }))?),
+        )
+        .handle("user_message", |_ctx, msg: UserMessage| {
+            Ok(SystemEcho { message: format!("🔧 System Echo: {}", msg.message) })
+        })
 }
 
 plugin_sdk::export_plugin!(plugin);

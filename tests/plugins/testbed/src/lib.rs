@@ -2,30 +2,63 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use plugin_sdk::{Error, Frame, Plugin, Reject};
-use serde::Deserialize;
+use plugin_sdk::{Error, Frame, Message, Plugin, Reject};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct Push {
     count: u32,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct Group {
     group: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct Broadcast {
     group: String,
     frame: Value,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct Close {
     code: u16,
     reason: String,
+}
+
+/// A payload whose schema is stricter than its `Deserialize`: serde takes an empty name or a count
+/// of 99, the schema does not. The handler panics on what the schema refuses, so a payload the
+/// broker failed to validate shows as a crash.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Strict {
+    #[schemars(length(min = 1, max = 8))]
+    name: String,
+    #[schemars(range(min = 1, max = 10))]
+    count: u32,
+    kind: Kind,
+    tags: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Plain,
+    Fancy,
+}
+
+/// The answer to `strict`: what was accepted.
+#[derive(Serialize, JsonSchema)]
+struct Accepted {
+    name: String,
+    count: u32,
+}
+
+impl Message for Accepted {
+    const ACTION: &'static str = "accepted";
 }
 
 /// Lives as long as the instance: shows whether calls share one.
@@ -33,8 +66,8 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 
 fn plugin() -> Plugin {
     Plugin::new("testbed", env!("CARGO_PKG_VERSION"))
-        .sends("spinning")
-        .sends("pushed")
+        .sends_untyped("spinning")
+        .sends_untyped("pushed")
         .on_connect(|ctx| {
             if ctx.path().starts_with("/ws/reject") {
                 return Err(Reject::new(4403, "this route refuses everyone"));
@@ -69,6 +102,12 @@ fn plugin() -> Plugin {
         .handle("broadcast", |ctx, b: Broadcast| Ok(Frame::new("broadcast", ctx.broadcast(&b.group, &b.frame)?)))
         .handle("members", |_ctx, group: Group| Ok(Frame::new("members", plugin_sdk::members(&group.group))))
         .handle("count", |_ctx, _: ()| Ok(Frame::new("count", CALLS.fetch_add(1, Ordering::Relaxed) + 1)))
+        .handle("strict", |_ctx, strict: Strict| {
+            let valid = (1..=8).contains(&strict.name.chars().count()) && (1..=10).contains(&strict.count);
+            assert!(valid, "the broker let through a payload its schema refuses");
+            let _ = (strict.kind, strict.tags);
+            Ok(Accepted { name: strict.name, count: strict.count })
+        })
         .handle("settings", |ctx, _: ()| Ok(Frame::new("settings", ctx.settings::<Value>()?)))
 }
 
