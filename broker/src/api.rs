@@ -235,7 +235,7 @@ fn json_reply(status: StatusCode, body: serde_json::Value) -> Reply {
 }
 
 /// Decodes `%XX` escapes; `None` when they do not make UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -40,6 +40,8 @@ pub struct Config {
     #[serde(default)]
     pub api: Api,
     #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
     pub state: State,
     /// The file this was read from, for error messages.
     #[serde(skip)]
@@ -71,6 +73,10 @@ pub struct Server {
     pub read_buffer_bytes: usize,
     /// How long shutdown waits for clients to receive their close frames. Default 5000 ms.
     pub shutdown_grace_ms: u64,
+    /// Browser origins (`https://app.example`) allowed to open WebSocket connections; a handshake
+    /// from another origin gets HTTP 403. Requests without `Origin` (not from a browser) are not
+    /// concerned. Default: empty, any origin.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Server {
@@ -83,6 +89,7 @@ impl Default for Server {
             max_groups_per_connection: 100,
             read_buffer_bytes: 4096,
             shutdown_grace_ms: 5000,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -190,6 +197,72 @@ pub struct Route {
     /// Constraints on path parameters, by name; a request breaking one gets HTTP 400.
     #[serde(default)]
     pub params: BTreeMap<String, ParamRule>,
+    /// Whether clients must present a token (see `[auth]`). Default `none`.
+    #[serde(default)]
+    pub auth: AuthMode,
+}
+
+/// `routes.auth`: what a route asks of a client's token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Tokens are not looked at; connections are anonymous.
+    #[default]
+    None,
+    /// A valid token identifies the connection, no token leaves it anonymous, a bad token is
+    /// refused with HTTP 401.
+    Optional,
+    /// Without a valid token the handshake is refused with HTTP 401 and the reason.
+    Required,
+}
+
+/// `[auth]`: how tokens (JWT) are checked, for routes with `auth = "optional"` or `"required"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// The HS256 secret. Prefer `hs256_secret_env`, so broker.toml holds no secret.
+    pub hs256_secret: Option<String>,
+    /// The environment variable holding the HS256 secret; it wins over `hs256_secret`.
+    pub hs256_secret_env: Option<String>,
+    /// A PEM file with the RSA public key RS256 tokens are checked with, relative to broker.toml.
+    pub rs256_public_key: Option<PathBuf>,
+    /// Accepted `aud` values; a token must carry one of them. Default: empty, `aud` not checked.
+    pub audience: Vec<String>,
+    /// Accepted `iss` values. Default: empty, `iss` not checked.
+    pub issuer: Vec<String>,
+    /// Clock skew allowed when checking `exp` and `nbf`, in seconds. Default 30.
+    pub leeway_s: u64,
+    /// Token claims handed to plugins (the `identity` interface), beside `sub`, which is the user.
+    /// Default: none.
+    pub claims: Vec<String>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            hs256_secret: None,
+            hs256_secret_env: None,
+            rs256_public_key: None,
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            leeway_s: 30,
+            claims: Vec::new(),
+        }
+    }
+}
+
+impl Auth {
+    /// The HS256 secret in force: `hs256_secret_env`'s variable (which must then be set), else
+    /// `hs256_secret`.
+    pub fn hs256_secret(&self) -> Result<Option<String>, String> {
+        match &self.hs256_secret_env {
+            Some(var) => match std::env::var(var) {
+                Ok(secret) if !secret.is_empty() => Ok(Some(secret)),
+                _ => Err(format!("the environment variable {var} is not set")),
+            },
+            None => Ok(self.hs256_secret.clone().filter(|s| !s.is_empty())),
+        }
+    }
 }
 
 /// `[routes.params.<name>]`: what a path parameter may be.
@@ -253,6 +326,9 @@ impl Config {
                 plugin.path = base.join(&plugin.path);
             }
         }
+        if let Some(key) = config.auth.rs256_public_key.as_mut().filter(|k| k.is_relative()) {
+            *key = base.join(&*key);
+        }
         if config.engine.cache_dir.is_relative() && !config.engine.cache_dir.as_os_str().is_empty() {
             config.engine.cache_dir = base.join(&config.engine.cache_dir);
         }
@@ -295,6 +371,16 @@ impl Config {
             if namespace.is_empty() || namespace.contains(':') {
                 return Err(invalid(format!("plugins.{name}.namespace"), "must be non-empty and without ':'".into()));
             }
+        }
+        let verifier = crate::auth::Verifier::from_config(&self.auth).map_err(|(key, why)| invalid(key, why))?;
+        if verifier.is_none()
+            && let Some(i) = self.routes.iter().position(|r| r.auth != AuthMode::None)
+        {
+            return Err(invalid(
+                format!("routes[{i}].auth"),
+                "needs a key to check tokens with: `auth.hs256_secret_env`, `auth.hs256_secret` or `auth.rs256_public_key`"
+                    .into(),
+            ));
         }
         self.router().map(drop)
     }
@@ -401,8 +487,10 @@ mod tests {
         // Every optional key set, so that each one serializes.
         let full = "[plugins.echo]\npath = \"echo.wasm\"\nnamespace = \"ns\"\n\
                     [[routes]]\npath = \"/ws/{room}\"\nplugin = \"echo\"\n\
+                    auth = \"required\"\n\
                     [routes.params.room]\npattern = \"x\"\nmax_length = 1\n\
-                    [api]\nkey = \"k\"\nkey_env = \"K\"\n";
+                    [api]\nkey = \"k\"\nkey_env = \"K\"\n\
+                    [auth]\nhs256_secret = \"s\"\naudience = [\"a\"]\nissuer = [\"i\"]\nclaims = [\"role\"]\n";
         let config = parse(full).unwrap();
         let mut found = Vec::new();
         keys("", &toml::Value::try_from(&config).unwrap(), &mut found);

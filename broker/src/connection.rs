@@ -43,6 +43,8 @@ pub struct Setup {
     pub route: Arc<Route>,
     pub path: String,
     pub params: Vec<(String, String)>,
+    /// Who the client authenticated as, when the route checks tokens and it presented one.
+    pub identity: Option<crate::auth::Identity>,
     pub bounds: Bounds,
     /// How long to wait for the client's half of a close handshake.
     pub close_grace: Duration,
@@ -69,14 +71,18 @@ async fn serve<S>(
 {
     let (handle, queue) = outbound::queue(&setup.bounds, setup.route.metadata);
     let control = handle.control.clone();
-    let id = setup.registry.register(handle.clone(), Arc::from(setup.route.pattern.as_str()));
+    let (user, claims) = match setup.identity {
+        Some(identity) => (Some(identity.user), Some(identity.claims.into_boxed_str())),
+        None => (None, None),
+    };
+    let id = setup.registry.register(handle.clone(), Arc::from(setup.route.pattern.as_str()), claims);
     let metrics = Arc::new(setup.metrics);
     let writer = tokio::spawn(write_loop(sink, queue, control.clone(), metrics.clone()));
     let route = setup.route.pattern.clone();
     let peer = setup.peer;
     let connection = Connection {
         id,
-        ctx: Context { connection: id, route, path: setup.path, params: setup.params, user: None },
+        ctx: Context { connection: id, route, path: setup.path, params: setup.params, user },
         slot: setup.slot,
         handle,
         metrics,

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod asyncapi;
+pub mod auth;
 pub mod cli;
 pub mod codegen;
 pub mod config;

@@ -67,6 +67,8 @@ struct Entry {
     route: Arc<str>,
     groups: HashSet<GroupKey>,
     session: Session,
+    /// The token claims handed to plugins, as a JSON object text; `None` when anonymous.
+    claims: Option<Box<str>>,
 }
 
 /// Per-connection limits.
@@ -90,10 +92,16 @@ impl Registry {
     }
 
     /// Adds a connection of `route` and returns its new id.
-    pub fn register(&self, handle: Handle, route: Arc<str>) -> ConnectionId {
+    pub fn register(&self, handle: Handle, route: Arc<str>, claims: Option<Box<str>>) -> ConnectionId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.connections.insert(id, Entry { handle, route, groups: HashSet::new(), session: Session::default() });
+        self.connections
+            .insert(id, Entry { handle, route, groups: HashSet::new(), session: Session::default(), claims });
         id
+    }
+
+    /// The token claims of a connection, as broker.toml hands them to plugins.
+    pub fn claims(&self, id: ConnectionId) -> Option<String> {
+        self.connections.get(&id).and_then(|entry| entry.claims.as_deref().map(str::to_owned))
     }
 
     /// Closes every connection whose route is in `routes`; returns how many.
@@ -231,7 +239,7 @@ mod tests {
     fn connect(registry: &Registry) -> (ConnectionId, outbound::Queue) {
         let bounds = outbound::Bounds { max_frames: 8, max_bytes: 1 << 20, slow_closes: Default::default() };
         let (handle, queue) = outbound::queue(&bounds, false);
-        (registry.register(handle, Arc::from("/ws")), queue)
+        (registry.register(handle, Arc::from("/ws"), None), queue)
     }
 
     fn registry(max_groups_per_connection: usize) -> Registry {

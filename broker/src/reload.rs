@@ -192,6 +192,7 @@ async fn prepare(shared: &Shared, live: &Live) -> Result<Live, String> {
         config.override_listen(addr);
     }
     let router = config.router().map_err(|e| e.to_string())?;
+    let verifier = Live::verifier(&config).map_err(|e| e.to_string())?;
     let mut slots = HashMap::new();
     let mut swaps = Vec::new();
     for (name, plugin) in &config.plugins {
@@ -219,7 +220,7 @@ async fn prepare(shared: &Shared, live: &Live) -> Result<Live, String> {
     for (slot, next) in swaps {
         slot.swap(next);
     }
-    Ok(Live { config, router, slots, loaded_at: SystemTime::now() })
+    Ok(Live { config, router, slots, verifier, loaded_at: SystemTime::now() })
 }
 
 /// Routes of `old` that `new` no longer has, or has for another plugin: their connections close.

@@ -30,6 +30,7 @@ pub struct Route {
     pub pattern: String,
     pub plugin: String,
     pub metadata: bool,
+    pub auth: config::AuthMode,
     rules: Vec<(String, Rule)>,
 }
 
@@ -96,6 +97,7 @@ impl Router {
             pattern: pattern.clone(),
             plugin: route.plugin.clone(),
             metadata: route.metadata,
+            auth: route.auth,
             rules,
         }));
         Ok(())
@@ -137,7 +139,13 @@ mod tests {
     use super::*;
 
     fn route(path: &str, plugin: &str) -> config::Route {
-        config::Route { path: path.into(), plugin: plugin.into(), metadata: false, params: Default::default() }
+        config::Route {
+            path: path.into(),
+            plugin: plugin.into(),
+            metadata: false,
+            params: Default::default(),
+            auth: Default::default(),
+        }
     }
 
     #[test]

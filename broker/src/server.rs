@@ -23,7 +23,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigError};
+use crate::auth::{self, Verifier};
+use crate::config::{AuthMode, Config, ConfigError};
 use crate::connection::{self, Setup};
 use crate::metrics::Metrics;
 use crate::outbound::Bounds;
@@ -50,7 +51,18 @@ pub(crate) struct Live {
     pub(crate) config: Config,
     pub(crate) router: Router,
     pub(crate) slots: HashMap<String, Arc<Slot>>,
+    /// Checks the tokens of routes with `auth`; `None` when `[auth]` has no key.
+    pub(crate) verifier: Option<Arc<Verifier>>,
     pub(crate) loaded_at: SystemTime,
+}
+
+impl Live {
+    /// The token verifier `config` describes; its errors name their key.
+    pub(crate) fn verifier(config: &Config) -> Result<Option<Arc<Verifier>>, ConfigError> {
+        Verifier::from_config(&config.auth)
+            .map(|verifier| verifier.map(Arc::new))
+            .map_err(|(key, message)| ConfigError::Invalid { path: config.source.clone(), key, message })
+    }
 }
 
 /// Everything request handlers and reloads share.
@@ -123,10 +135,11 @@ impl Server {
             slots.insert(name.clone(), Arc::new(Slot::new(name, loaded)));
         }
         let router = config.router()?;
+        let verifier = Live::verifier(&config)?;
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
         let shared = Arc::new(Shared {
-            live: ArcSwap::from_pointee(Live { config, router, slots, loaded_at: SystemTime::now() }),
+            live: ArcSwap::from_pointee(Live { config, router, slots, verifier, loaded_at: SystemTime::now() }),
             services,
             registry,
             metrics,
@@ -223,6 +236,30 @@ async fn handle(
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, format!("plugin {} is not loaded\n", matched.route.plugin)));
     };
     let limits = &live.config.server;
+    if !auth::origin_allowed(&limits.allowed_origins, request.headers().get(header::ORIGIN)) {
+        shared.metrics.limit_hit("server.allowed_origins");
+        let origin = request.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or_default();
+        return Ok(text(StatusCode::FORBIDDEN, format!("the origin {origin} may not connect here\n")));
+    }
+    let presented = auth::presented(request.headers(), request.uri().query());
+    let identity = match (matched.route.auth, &live.verifier, presented.token) {
+        (AuthMode::None, _, _) | (AuthMode::Optional, _, None) => None,
+        (AuthMode::Required, _, None) => {
+            shared.metrics.limit_hit("routes.auth");
+            return Ok(unauthorized(
+                "a token is required: `Authorization: Bearer <token>`, `?token=<token>` or the subprotocols `bearer, <token>`",
+            ));
+        }
+        (_, Some(verifier), Some(token)) => match verifier.verify(&token) {
+            Ok(identity) => Some(identity),
+            Err(why) => {
+                shared.metrics.limit_hit("routes.auth");
+                return Ok(unauthorized(&why));
+            }
+        },
+        // Configuration validation refuses auth routes without a key; refuse rather than let in.
+        (_, None, Some(_)) => return Ok(unauthorized("tokens cannot be checked: `[auth]` has no key")),
+    };
     let setup = Setup {
         metrics: shared.metrics.connection(&matched.route.pattern),
         peer,
@@ -231,6 +268,7 @@ async fn handle(
         route: matched.route,
         path,
         params: matched.params,
+        identity,
         bounds: Bounds {
             max_frames: limits.outbound_queue,
             max_bytes: limits.outbound_queue_bytes,
@@ -264,7 +302,21 @@ async fn handle(
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
+    // A browser fails the connection unless one of the subprotocols it offered is chosen.
+    if presented.via_protocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(auth::BEARER_PROTOCOL));
+    }
     Ok(response)
+}
+
+/// HTTP 401 with the reason, in the body and in `WWW-Authenticate` (RFC 6750).
+fn unauthorized(reason: &str) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::UNAUTHORIZED, format!("{reason}\n"));
+    let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", reason.replace('"', "'"));
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request (RFC 6455 §4.2.1), or `None`.

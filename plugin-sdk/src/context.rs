@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bindings::broker::plugin::{groups, host, session, types};
+use crate::bindings::broker::plugin::{groups, host, identity, session, types};
 use crate::error::{Error, Result};
 
 /// A log level for [`Context::log`].
@@ -43,6 +43,12 @@ impl Context {
     /// The authenticated user, when the route authenticates.
     pub fn user(&self) -> Option<&str> {
         self.raw.user.as_deref()
+    }
+
+    /// The claims of this connection's token that broker.toml hands to plugins (`auth.claims`),
+    /// decoded; `None` when the connection is anonymous.
+    pub fn claims<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        crate::state::decode("claims", identity::claims(self.connection()))
     }
 
     /// Sends a frame to this connection.

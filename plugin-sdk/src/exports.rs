@@ -85,4 +85,8 @@ impl<B: Builder> describe::Guest for Exports<B> {
             plugin.replies().into_iter().map(|(action, replies)| HandlerReplies { action, replies }).collect()
         })
     }
+
+    fn raw_frames() -> Vec<types::ActionSpec> {
+        with_plugin::<B, _>(|plugin| plugin.raw_frames())
+    }
 }

@@ -100,6 +100,7 @@ pub struct Plugin {
     tags: Vec<String>,
     handlers: Vec<Handler>,
     sends: Vec<types::ActionSpec>,
+    raw_frames: Vec<types::ActionSpec>,
     on_connect: Option<ConnectHandler>,
     on_disconnect: Option<DisconnectHandler>,
 }
@@ -114,6 +115,7 @@ impl Plugin {
             tags: Vec::new(),
             handlers: Vec::new(),
             sends: Vec::new(),
+            raw_frames: Vec::new(),
             on_connect: None,
             on_disconnect: None,
         }
@@ -139,6 +141,14 @@ impl Plugin {
     /// Declares an action this plugin sends whose payload has no published schema.
     pub fn sends_untyped(self, action: &str) -> Self {
         self.declare_sent(message::untyped(action))
+    }
+
+    /// Declares a kind of frame this plugin sends as it is, outside the `{"action", "payload"}`
+    /// envelope (the pizza assistant's `{"status", "stage", ...}`); `T` is the whole frame.
+    pub fn sends_raw<T: JsonSchema>(mut self, name: &str) -> Self {
+        self.raw_frames.retain(|existing| existing.name != name);
+        self.raw_frames.push(message::spec_of::<T>(name));
+        self
     }
 
     fn declare_sent(mut self, spec: types::ActionSpec) -> Self {
@@ -203,6 +213,10 @@ impl Plugin {
             accepts: self.handlers.iter().map(|handler| handler.spec.clone()).collect(),
             sends: self.sends.clone(),
         }
+    }
+
+    pub(crate) fn raw_frames(&self) -> Vec<types::ActionSpec> {
+        self.raw_frames.clone()
     }
 
     /// For each handler with typed replies, their actions.

@@ -146,6 +146,7 @@ async fn a_generated_typescript_client_compiles_and_talks_to_the_broker() {
         "ping: pong",
         "refused: missing at user_message.payload.message",
         "chat: alice: hi bob",
+        "assistant: welcome, initial_response, tool_result, final_response",
         "done",
     ] {
         assert!(report.contains(line), "{line:?} not in:\n{report}");

@@ -3,6 +3,7 @@
 mod api;
 mod assistant;
 mod asyncapi;
+mod auth;
 mod deadlines;
 mod echo;
 mod errors;

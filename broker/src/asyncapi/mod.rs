@@ -5,7 +5,8 @@
 //! The document describes the broker as the application: it *receives* what clients send and
 //! *sends* what clients receive. A channel's messages are keyed by who sends them:
 //! `client.<action>` and `server.<action>`. Payload schemas are the plugins' own (draft-07), kept
-//! once in `components.schemas`; the messages are whole frames (`action`, `payload`, `ref`).
+//! once in `components.schemas`; the messages are whole frames (`action`, `payload`, `ref`), but
+//! for the frames a plugin sends outside that envelope (`raw-frames`), whose schema is the frame.
 
 pub mod html;
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::config::{Config, Route};
+use crate::config::{AuthMode, Config, Route};
 use crate::plugin::LoadedPlugin;
 use crate::plugin::host::broker::plugin::types::ActionSpec;
 
@@ -31,6 +32,10 @@ pub fn document(config: &Config, plugins: &Plugins) -> Value {
     for route in &config.routes {
         let id = unique(channel_id(&route.path), &mut channel_ids);
         doc.channel(&id, route, plugins.get(&route.plugin).map(Arc::as_ref));
+    }
+    let mut components = json!({"schemas": doc.schemas});
+    if config.routes.iter().any(|route| route.auth != AuthMode::None) {
+        components["securitySchemes"] = security_schemes(config);
     }
     let listen = config.server.listen;
     let plugin_list: Vec<String> =
@@ -54,7 +59,7 @@ pub fn document(config: &Config, plugins: &Plugins) -> Value {
         },
         "channels": doc.channels,
         "operations": doc.operations,
-        "components": {"schemas": doc.schemas},
+        "components": components,
     })
 }
 
@@ -96,6 +101,14 @@ impl Builder {
             }),
         ));
         let mut description = format!("Handled by the plugin `{}`.", route.plugin);
+        let auth_note = match route.auth {
+            AuthMode::None => "",
+            AuthMode::Optional => {
+                " A token is optional: with a valid one the connection is the token's subject; a bad one \
+                 is refused with HTTP 401."
+            }
+            AuthMode::Required => " A valid token is required; without one the handshake is refused with HTTP 401.",
+        };
         let mut tags = Vec::new();
         if let Some(plugin) = plugin {
             let manifest = plugin.manifest();
@@ -107,6 +120,15 @@ impl Builder {
                 let key = format!("server.{}", spec.name);
                 let schema = self.payload_schema(&route.plugin, "server", spec);
                 messages.insert(key.clone(), frame_message(spec, schema, Direction::Send { stamped: route.metadata }));
+                operations.push((
+                    format!("{id}.send.{}", spec.name),
+                    operation("send", &channel_ref, spec, vec![message_ref(&key)], None),
+                ));
+            }
+            for spec in plugin.raw_frames() {
+                let key = format!("server.{}", spec.name);
+                let schema = self.payload_schema(&route.plugin, "server", spec);
+                messages.insert(key.clone(), raw_message(spec, schema));
                 operations.push((
                     format!("{id}.send.{}", spec.name),
                     operation("send", &channel_ref, spec, vec![message_ref(&key)], None),
@@ -135,6 +157,16 @@ impl Builder {
             }
         } else {
             description.push_str(" The plugin is not loaded, so its messages are unknown.");
+        }
+        description.push_str(auth_note);
+        if route.auth == AuthMode::Required {
+            let security = json!([
+                {"$ref": "#/components/securitySchemes/bearer"},
+                {"$ref": "#/components/securitySchemes/token_query"},
+            ]);
+            for (_, op) in &mut operations {
+                op["security"] = security.clone();
+            }
         }
         let parameters: Map<String, Value> = route_parameters(&route.path)
             .into_iter()
@@ -183,6 +215,38 @@ impl Builder {
         }
         Some(json!({"$ref": format!("#/components/schemas/{key}")}))
     }
+}
+
+/// How a client presents its token (see `auth`): a header, or the query for browsers.
+fn security_schemes(config: &Config) -> Value {
+    let mut algorithms = Vec::new();
+    if config.auth.hs256_secret.is_some() || config.auth.hs256_secret_env.is_some() {
+        algorithms.push("HS256");
+    }
+    if config.auth.rs256_public_key.is_some() {
+        algorithms.push("RS256");
+    }
+    let mut checks = format!("A JWT signed with {}; `exp` and `sub` are required", algorithms.join(" or "));
+    if !config.auth.audience.is_empty() {
+        checks.push_str(&format!(", `aud` must be one of {}", config.auth.audience.join(", ")));
+    }
+    if !config.auth.issuer.is_empty() {
+        checks.push_str(&format!(", `iss` one of {}", config.auth.issuer.join(", ")));
+    }
+    json!({
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": format!("{checks}. Sent on the handshake as `Authorization: Bearer <token>`, or by browsers as the subprotocols `bearer, <token>`."),
+        },
+        "token_query": {
+            "type": "httpApiKey",
+            "name": "token",
+            "in": "query",
+            "description": format!("{checks}. Sent as the `token` query parameter of the handshake."),
+        },
+    })
 }
 
 enum Direction {
@@ -234,6 +298,22 @@ fn frame_message(spec: &ActionSpec, payload: Option<Value>, direction: Direction
         "name": spec.name,
         "title": spec.name,
         "payload": {"type": "object", "properties": properties, "required": required},
+    });
+    if let Some(summary) = &spec.summary {
+        message["summary"] = summary.clone().into();
+    }
+    if let Some(description) = &spec.description {
+        message["description"] = description.clone().into();
+    }
+    message
+}
+
+/// A frame a plugin sends as it is: the schema is the whole frame's.
+fn raw_message(spec: &ActionSpec, schema: Option<Value>) -> Value {
+    let mut message = json!({
+        "name": spec.name,
+        "title": spec.name,
+        "payload": schema.unwrap_or_else(|| json!({"type": "object"})),
     });
     if let Some(summary) = &spec.summary {
         message["summary"] = summary.clone().into();

@@ -185,7 +185,7 @@ export type ErrorFrame = { action: "error"; payload: BrokerProblems; ref?: strin
 export type FrameHandler<In> = (frame: In) => void;
 
 /** A WebSocket speaking one route's frames: `Out` are the client's, `In` the broker's. */
-export class BrokerSocket<Out extends { action: string; ref?: string }, In extends { action?: string }> {
+export class BrokerSocket<Out extends { action: string; ref?: string }, In extends object> {
   readonly socket: WebSocket;
   /** Resolves once connected; rejects if the connection fails. */
   readonly opened: Promise<void>;

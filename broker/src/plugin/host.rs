@@ -25,6 +25,7 @@ pub mod documented {
         path: "../plugin-sdk/wit",
         world: "documented",
         exports: { default: async },
+        with: { "broker:plugin/types": super::broker::plugin::types },
     });
 }
 
@@ -188,6 +189,12 @@ impl self::broker::plugin::session::Host for HostState {
     async fn delete(&mut self, connection: u64, key: String) -> wasmtime::Result<()> {
         self.env.registry.session_delete(connection, &key);
         Ok(())
+    }
+}
+
+impl self::broker::plugin::identity::Host for HostState {
+    async fn claims(&mut self, connection: u64) -> wasmtime::Result<Option<String>> {
+        Ok(self.env.registry.claims(connection))
     }
 }
 

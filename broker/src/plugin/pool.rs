@@ -13,6 +13,7 @@ use wasmtime::component::InstancePre;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::cache::Source;
+use super::host::broker::plugin::types::ActionSpec;
 use super::host::documented::DocumentedIndices;
 use super::host::{
     Context, HandlerError, HostState, PluginCore, PluginCoreIndices, PluginEnv, PluginManifest, Rejection,
@@ -95,6 +96,8 @@ pub struct LoadedPlugin {
     accepts: Vec<String>,
     /// For each accepted action, what its handler replies with (empty for plugins before 0.1.3).
     replies: Vec<(String, Vec<String>)>,
+    /// Frames it sends outside the action envelope, each schema the whole frame's.
+    raw_frames: Vec<ActionSpec>,
     validators: Validators,
     pre: InstancePre<HostState>,
     indices: PluginCoreIndices,
@@ -201,6 +204,7 @@ impl LoadedPlugin {
             },
             accepts: Vec::new(),
             replies: Vec::new(),
+            raw_frames: Vec::new(),
             validators: Validators::default(),
             pre: instance_pre,
             indices,
@@ -221,14 +225,17 @@ impl LoadedPlugin {
             .await
             .map_err(|e| failed(format!("asking for its manifest failed: {e}")))?;
         if let Some(documented) = documented {
-            let replies = plugin
+            let (replies, raw_frames) = plugin
                 .call(0, async |i| {
                     let describe = documented.load(&mut i.store, &i.instance)?;
-                    describe.broker_plugin_describe().call_replies(&mut i.store).await
+                    let replies = describe.broker_plugin_describe().call_replies(&mut i.store).await?;
+                    let raw_frames = describe.broker_plugin_describe().call_raw_frames(&mut i.store).await?;
+                    Ok((replies, raw_frames))
                 })
                 .await
-                .map_err(|e| failed(format!("asking for its replies failed: {e}")))?;
+                .map_err(|e| failed(format!("asking for its description failed: {e}")))?;
             plugin.replies = replies.into_iter().map(|r| (r.action, r.replies)).collect();
+            plugin.raw_frames = raw_frames;
         }
         plugin.validators = Validators::compile(&manifest).map_err(failed)?;
         plugin.accepts = manifest.accepts.iter().map(|a| a.name.clone()).collect();
@@ -253,6 +260,11 @@ impl LoadedPlugin {
     /// Checks a payload of `action` against the schema this generation published.
     pub fn validate(&self, action: &str, payload: Option<&RawValue>) -> Result<(), Vec<Problem>> {
         self.validators.check(action, payload)
+    }
+
+    /// The frames it sends outside the action envelope.
+    pub fn raw_frames(&self) -> &[ActionSpec] {
+        &self.raw_frames
     }
 
     /// Whether a frame of `action` must carry a payload (its schema refuses `null`).

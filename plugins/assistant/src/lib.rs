@@ -3,14 +3,17 @@
 //! With an LLM configured (an OpenAI-compatible chat-completions API) the model picks the tools;
 //! without one, a deterministic planner does, so the shop works with no external service.
 
+mod frames;
 mod llm;
 mod planner;
 mod shop;
 
 use plugin_sdk::{Context, Plugin, Result};
 use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use frames::{Exception, Notice, Response, ToolFailure, ToolResult};
 
 use shop::ToolError;
 
@@ -26,20 +29,20 @@ pub struct Out<'a> {
 }
 
 impl Out<'_> {
-    fn send(&self, frame: Value) -> Result<()> {
-        self.ctx.send(&frame)
+    fn send(&self, frame: &impl Serialize) -> Result<()> {
+        self.ctx.send(frame)
     }
 
     pub fn initial(&self, content: &str) -> Result<()> {
-        self.send(json!({"status": "success", "stage": "initial_response", "content": content}))
+        self.send(&Response { status: "success", stage: "initial_response", content })
     }
 
     pub fn final_response(&self, content: &str) -> Result<()> {
-        self.send(json!({"status": "success", "stage": "final_response", "content": content}))
+        self.send(&Response { status: "success", stage: "final_response", content })
     }
 
     pub fn exception(&self, message: &str) -> Result<()> {
-        self.send(json!({"status": "error", "type": "exception", "message": message}))
+        self.send(&Exception { status: "error", kind: "exception", message })
     }
 
     /// Runs a tool and reports it: `tool_result`, or the error stage that fits. Returns the text to
@@ -47,7 +50,7 @@ impl Out<'_> {
     pub fn tool(&self, name: &str, arguments: &str) -> Result<String> {
         match shop::call(name, arguments) {
             Ok(response) => {
-                self.send(json!({"status": "success", "stage": "tool_result", "tool": name, "response": response}))?;
+                self.send(&ToolResult { status: "success", stage: "tool_result", tool: name, response: &response })?;
                 Ok(response)
             }
             Err(error) => {
@@ -56,7 +59,7 @@ impl Out<'_> {
                     ToolError::Args(why) => ("tool_args", format!("bad arguments for {name}: {why}")),
                     ToolError::Exec(why) => ("tool_exec", why),
                 };
-                self.send(json!({"status": "error", "stage": stage, "tool": name, "error": message}))?;
+                self.send(&ToolFailure { status: "error", stage, tool: name, error: &message })?;
                 Ok(format!("error: {message}"))
             }
         }
@@ -67,9 +70,14 @@ fn plugin() -> Plugin {
     Plugin::new("assistant", env!("CARGO_PKG_VERSION"))
         .description("Pizza-shop assistant: menu, prices, orders and order status, with staged replies")
         .tags(["assistant", "ai"])
+        .sends_raw::<Notice>("notice")
+        .sends_raw::<Response>("response")
+        .sends_raw::<ToolResult>("tool_result")
+        .sends_raw::<ToolFailure>("tool_failure")
+        .sends_raw::<Exception>("exception")
         .on_connect(|ctx| {
             let welcome = "Welcome to the pizza shop! Ask for the menu, a price, an order or an order's status.";
-            Ok(ctx.send(&json!({"status": "success", "type": "welcome", "message": welcome}))?)
+            Ok(ctx.send(&Notice { status: "success", kind: "welcome", message: welcome })?)
         })
         .handle("user_message", |ctx, message: UserMessage| {
             let out = Out { ctx };
@@ -80,7 +88,7 @@ fn plugin() -> Plugin {
         })
         .handle("exit", |ctx, _: Option<Value>| {
             let goodbye = "Thank you for visiting the pizza shop. Goodbye!";
-            ctx.send(&json!({"status": "success", "type": "goodbye", "message": goodbye}))?;
+            ctx.send(&Notice { status: "success", kind: "goodbye", message: goodbye })?;
             ctx.close(1000, "goodbye");
             Ok(())
         })

@@ -1,9 +1,11 @@
 // Talks to a running broker through the client `broker client --lang typescript` generated
 // (./broker.ts, written next to this file by the test). Usage: node talk.js ws://HOST:PORT
 import {
+  connectWsAssistant,
   connectWsChatRoom,
   connectWsSystem,
   type EchoClientUserMessage,
+  type WsAssistantServerFrame,
   type WsChatRoomServerFrame,
   type WsSystemServerFrame,
 } from "./broker.js";
@@ -47,8 +49,22 @@ const frame = await heard;
 if (frame.action !== "new_chat_message") fail(`expected a chat message, got ${JSON.stringify(frame)}`);
 console.log(`chat: ${frame.payload.name}: ${frame.payload.message}`);
 
-for (const socket of [echo, alice, bob]) socket.close();
-await Promise.all([echo.closed, alice.closed, bob.closed]);
+// The assistant's frames have no action envelope; their types still tell them apart.
+const assistant = connectWsAssistant(base, {});
+const seen: string[] = [];
+const answered = new Promise<void>((resolve) =>
+  assistant.onFrame((f: WsAssistantServerFrame) => {
+    seen.push("stage" in f ? f.stage : "type" in f ? f.type : f.action);
+    if ("stage" in f && f.stage === "final_response") resolve();
+  }),
+);
+await assistant.opened;
+assistant.send({ action: "user_message", payload: { message: "What is on the menu?" } });
+await answered;
+console.log(`assistant: ${seen.join(", ")}`);
+
+for (const socket of [echo, alice, bob, assistant]) socket.close();
+await Promise.all([echo.closed, alice.closed, bob.closed, assistant.closed]);
 console.log("done");
 
 // Never called: each line must fail to compile, or tsc reports the unused directive. This is what

@@ -108,6 +108,9 @@ fn plugin() -> Plugin {
             let _ = (strict.kind, strict.tags);
             Ok(Accepted { name: strict.name, count: strict.count })
         })
+        .handle("whoami", |ctx, _: ()| {
+            Ok(Frame::new("whoami", json!({ "user": ctx.user(), "claims": ctx.claims::<Value>()? })))
+        })
         .handle("settings", |ctx, _: ()| Ok(Frame::new("settings", ctx.settings::<Value>()?)))
 }
 
