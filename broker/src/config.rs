@@ -73,6 +73,27 @@ pub struct Server {
     pub read_buffer_bytes: usize,
     /// How long shutdown waits for clients to receive their close frames. Default 5000 ms.
     pub shutdown_grace_ms: u64,
+    /// Messages one connection may send per second, sustained (a token bucket); more are answered
+    /// with a `rate_limited` error frame. 0 turns the limit off. Default 1000.
+    pub messages_per_second: u32,
+    /// Messages one connection may send at once before the rate applies. Default 1000.
+    pub message_burst: u32,
+    /// Refused messages in a row after which the connection is closed with 1008. 0: never.
+    /// Default 100.
+    pub rate_limit_close_after: u32,
+    /// Open connections, all clients together; more are refused at the handshake with HTTP 503.
+    /// Default 100,000.
+    pub max_connections: usize,
+    /// Open connections from one IP address; more are refused with HTTP 429. Default 1000.
+    pub max_connections_per_ip: usize,
+    /// Longest a client may take to send its HTTP request head; slower ones are disconnected.
+    /// Default 10,000 ms.
+    pub handshake_timeout_ms: u64,
+    /// A connection that sent nothing for this long is sent a WebSocket ping. Default 25,000 ms.
+    pub ping_interval_ms: u64,
+    /// A connection that sent nothing (not even a pong) for this long is closed with 1001 and
+    /// cleaned up: a dead peer. Default 60,000 ms.
+    pub idle_timeout_ms: u64,
     /// Browser origins (`https://app.example`) allowed to open WebSocket connections; a handshake
     /// from another origin gets HTTP 403. Requests without `Origin` (not from a browser) are not
     /// concerned. Default: empty, any origin.
@@ -89,6 +110,14 @@ impl Default for Server {
             max_groups_per_connection: 100,
             read_buffer_bytes: 4096,
             shutdown_grace_ms: 5000,
+            messages_per_second: 1000,
+            message_burst: 1000,
+            rate_limit_close_after: 100,
+            max_connections: 100_000,
+            max_connections_per_ip: 1000,
+            handshake_timeout_ms: 10_000,
+            ping_interval_ms: 25_000,
+            idle_timeout_ms: 60_000,
             allowed_origins: Vec::new(),
         }
     }
@@ -97,6 +126,10 @@ impl Default for Server {
 impl Server {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
     }
 }
 
@@ -348,6 +381,10 @@ impl Config {
             ("server.outbound_queue_bytes", self.server.outbound_queue_bytes as u64),
             ("server.max_groups_per_connection", self.server.max_groups_per_connection as u64),
             ("server.read_buffer_bytes", self.server.read_buffer_bytes as u64),
+            ("server.max_connections", self.server.max_connections as u64),
+            ("server.max_connections_per_ip", self.server.max_connections_per_ip as u64),
+            ("server.handshake_timeout_ms", self.server.handshake_timeout_ms),
+            ("server.ping_interval_ms", self.server.ping_interval_ms),
             ("engine.max_instances", u64::from(self.engine.max_instances)),
             ("engine.max_memory_bytes", self.engine.max_memory_bytes as u64),
             ("engine.epoch_tick_ms", self.engine.epoch_tick_ms),
@@ -359,6 +396,16 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key.into(), "must be greater than 0".into()));
             }
+        }
+        if self.server.idle_timeout_ms <= self.server.ping_interval_ms {
+            return Err(invalid(
+                "server.idle_timeout_ms".into(),
+                format!(
+                    "must be longer than server.ping_interval_ms ({} ms), or live clients would be closed before \
+                     they are pinged",
+                    self.server.ping_interval_ms
+                ),
+            ));
         }
         for (name, plugin) in &self.plugins {
             if plugin.timeout_ms == 0 {

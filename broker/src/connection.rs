@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::{MessageRate, Verdict};
 use crate::metrics::ConnectionMetrics;
 use crate::outbound::{self, Bounds, CloseReason, Delivery, Handle, Outbound, Queue};
 use crate::plugin::host::{Context, HandlerError, LocItem};
@@ -27,6 +28,8 @@ use crate::router::Route;
 
 /// Close code when the server goes away (shutdown).
 pub const GOING_AWAY: u16 = 1001;
+/// Close code for a client that broke a policy (kept sending over its rate limit).
+pub const POLICY_VIOLATION: u16 = 1008;
 /// Close code for a message over `max_message_bytes`.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// Close code when a plugin failed while accepting the connection.
@@ -45,6 +48,10 @@ pub struct Setup {
     pub params: Vec<(String, String)>,
     /// Who the client authenticated as, when the route checks tokens and it presented one.
     pub identity: Option<crate::auth::Identity>,
+    /// Its place under the connection limits, given back when it closes.
+    pub admitted: crate::limits::Admitted,
+    /// How many messages it may send.
+    pub rate: MessageRate,
     pub bounds: Bounds,
     /// How long to wait for the client's half of a close handshake.
     pub close_grace: Duration,
@@ -69,6 +76,8 @@ async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Held until this function returns: the connection's place under the connection limits.
+    let _admitted = setup.admitted;
     let (handle, queue) = outbound::queue(&setup.bounds, setup.route.metadata);
     let control = handle.control.clone();
     let (user, claims) = match setup.identity {
@@ -93,8 +102,9 @@ async fn serve<S>(
     // Plugin calls are boxed: their futures are large (wasmtime's call, the deadline timer) and,
     // inline, would size every connection's task for the rare moment it is in a call. Idle
     // connections are most connections.
+    let mut rate = setup.rate;
     let ended = if Box::pin(connection.accept()).await {
-        connection.read_loop(&mut stream, &setup.shutdown).await
+        connection.read_loop(&mut stream, &setup.shutdown, &mut rate).await
     } else {
         Ended::WeClosed
     };
@@ -167,6 +177,7 @@ impl Connection {
         &self,
         stream: &mut futures_util::stream::SplitStream<WebSocketStream<S>>,
         shutdown: &CancellationToken,
+        rate: &mut MessageRate,
     ) -> Ended
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -184,6 +195,27 @@ impl Connection {
                 _ = &mut closed => return Ended::WeClosed,
                 message = stream.next() => message,
             };
+            if let Some(Ok(_)) = &message {
+                self.handle.control.seen();
+            }
+            if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &message {
+                match rate.check() {
+                    Verdict::Allowed => {}
+                    Verdict::Refused => {
+                        self.metrics.shared().limit_hit("server.messages_per_second");
+                        let msg = "Too many messages: over server.messages_per_second; this one was not handled";
+                        let frame = protocol::error_frame(&[Problem::new("rate_limited", vec![], msg)], None);
+                        Box::pin(self.reply(frame)).await;
+                        continue;
+                    }
+                    Verdict::Abusive => {
+                        self.metrics.shared().limit_hit("server.rate_limit_close_after");
+                        let reason = "rate limit exceeded persistently";
+                        Box::pin(self.queue_close(CloseReason::new(POLICY_VIOLATION, reason))).await;
+                        return Ended::WeClosed;
+                    }
+                }
+            }
             match message {
                 Some(Ok(Message::Text(text))) => Box::pin(self.dispatch(&text)).await,
                 Some(Ok(Message::Binary(bytes))) => {
@@ -337,6 +369,7 @@ async fn write_loop<S>(
                 let _ = sink.send(Message::Close(Some(close_frame(&reason)))).await;
                 break;
             }
+            Outbound::Ping => sink.send(Message::Ping(Default::default())).await,
         };
         if result.is_err() {
             break;

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod codegen;
 pub mod config;
 pub mod connection;
+pub mod limits;
 pub mod metrics;
 pub mod outbound;
 pub mod plugin;

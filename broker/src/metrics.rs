@@ -219,7 +219,12 @@ impl Metrics {
 
     /// Counts a refusal by the limit `key` of broker.toml.
     pub fn limit_hit(&self, key: &str) {
-        self.limit_hits.get_or_create(&vec![("limit", key.to_owned())]).inc();
+        self.limit_hit_by(key, 1);
+    }
+
+    /// Counts `n` refusals by the limit `key`.
+    pub fn limit_hit_by(&self, key: &str, n: u64) {
+        self.limit_hits.get_or_create(&vec![("limit", key.to_owned())]).inc_by(n);
     }
 
     /// Counts a reload of `kind` (`plugin` or `config`).

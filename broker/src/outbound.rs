@@ -5,8 +5,9 @@
 //! and shared (`Utf8Bytes` is reference-counted), so a broadcast costs one allocation, not one per
 //! member.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -22,6 +23,8 @@ pub enum Outbound {
     Frame(Utf8Bytes, OwnedSemaphorePermit),
     /// Write a close frame after everything queued before it.
     Close(CloseReason),
+    /// Write a ping: the idle sweep asks a quiet client whether it is still there.
+    Ping,
 }
 
 /// A WebSocket close code and reason.
@@ -38,15 +41,50 @@ impl CloseReason {
 }
 
 /// Closing out of band: skips the queue, for when the queue itself is the problem.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Control {
     /// Set with `close`: lets every send check "closing?" without taking the lock.
     closing: AtomicBool,
     close: Mutex<Option<CloseReason>>,
     notify: Notify,
+    /// When the client last sent anything (a frame, a ping, a pong), on [`clock_ms`].
+    last_seen_ms: AtomicU64,
+    /// When the idle sweep last pinged it.
+    last_ping_ms: AtomicU64,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        let now = clock_ms();
+        Control {
+            closing: AtomicBool::new(false),
+            close: Mutex::new(None),
+            notify: Notify::new(),
+            last_seen_ms: AtomicU64::new(now),
+            last_ping_ms: AtomicU64::new(now),
+        }
+    }
+}
+
+/// Milliseconds on a clock that starts with the process: cheap to store per connection.
+pub fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the idle sweep did with one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    Active,
+    Pinged,
+    Closed,
 }
 
 impl Control {
+    /// The client sent something: it is alive.
+    pub fn seen(&self) {
+        self.last_seen_ms.store(clock_ms(), Ordering::Relaxed);
+    }
     /// Asks the connection to close now; the first reason wins, and only its call returns true.
     pub fn close_now(&self, reason: CloseReason) -> bool {
         let mut slot = self.close.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -185,6 +223,25 @@ impl Handle {
         {
             self.control.close_now(reason);
         }
+    }
+
+    /// Pings the client after `ping_after` of silence (once per `ping_after`), and closes it with
+    /// 1001 after `close_after`: a peer that stopped answering is gone.
+    pub fn sweep_idle(&self, now_ms: u64, ping_after: u64, close_after: u64) -> Idle {
+        let quiet = now_ms.saturating_sub(self.control.last_seen_ms.load(Ordering::Relaxed));
+        if quiet >= close_after {
+            let reason =
+                CloseReason::new(crate::connection::GOING_AWAY, format!("idle: nothing received for {quiet} ms"));
+            return if self.control.close_now(reason) { Idle::Closed } else { Idle::Active };
+        }
+        let since_ping = now_ms.saturating_sub(self.control.last_ping_ms.load(Ordering::Relaxed));
+        if quiet < ping_after || since_ping < ping_after {
+            return Idle::Active;
+        }
+        self.control.last_ping_ms.store(now_ms, Ordering::Relaxed);
+        // A full queue is a client not reading: the frames ahead of the ping will say so.
+        let _ = self.outbound.try_send(Outbound::Ping);
+        Idle::Pinged
     }
 
     fn slow_consumer(&self, bound: &str) -> SendError {

@@ -146,6 +146,18 @@ impl Registry {
         self.connections.len()
     }
 
+    /// Pings the quiet connections and closes the silent ones (see [`Handle::sweep_idle`]);
+    /// returns how many were closed.
+    pub fn sweep_idle(&self, ping_after_ms: u64, close_after_ms: u64) -> usize {
+        let now = crate::outbound::clock_ms();
+        self.connections
+            .iter()
+            .filter(|entry| {
+                entry.handle.sweep_idle(now, ping_after_ms, close_after_ms) == crate::outbound::Idle::Closed
+            })
+            .count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.connections.is_empty()
     }

@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Verifier};
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::connection::{self, Setup};
+use crate::limits::{Admission, MessageRate, Refused};
 use crate::metrics::Metrics;
 use crate::outbound::Bounds;
 use crate::plugin::{LoadedPlugin, PluginError, Runtime, Services, Slot};
@@ -76,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) config_error: Mutex<Option<(SystemTime, String)>>,
     /// One reload at a time: they read and replace `live`.
     pub(crate) reloading: tokio::sync::Mutex<()>,
+    /// Open connections, in total and per address.
+    admission: Arc<Admission>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -146,6 +149,7 @@ impl Server {
             runtime,
             config_error: Mutex::new(None),
             reloading: tokio::sync::Mutex::new(()),
+            admission: Arc::new(Admission::default()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
@@ -164,6 +168,7 @@ impl Server {
         // Dropped on return, which stops watching.
         let _watcher = reload::watch(shared.clone());
         let sweeper = shared.tracker.spawn(sweep_state(shared.clone()));
+        let idle_sweeper = shared.tracker.spawn(sweep_idle(shared.clone()));
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -179,9 +184,15 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             let shared_for_conn = shared.clone();
+            // A client that does not finish its request head in time is dropped (slowloris).
+            let handshake_timeout = shared.live.load().config.server.handshake_timeout();
             shared.tracker.spawn(async move {
                 let service = service_fn(move |request| handle(shared_for_conn.clone(), request, peer));
-                let connection = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).with_upgrades();
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(handshake_timeout)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades();
                 if let Err(error) = connection.await {
                     tracing::debug!(%peer, %error, "http connection ended with an error");
                 }
@@ -191,10 +202,28 @@ impl Server {
         tracing::info!(connections = shared.registry.len(), "shutting down");
         shared.shutdown.cancel();
         sweeper.abort();
+        idle_sweeper.abort();
         shared.tracker.close();
         let grace = shared.live.load().config.server.shutdown_grace();
         if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
             tracing::warn!(?grace, "connections still open after the shutdown grace period");
+        }
+    }
+}
+
+/// Pings quiet connections and closes silent ones, at a pace that follows the configuration.
+async fn sweep_idle(shared: Arc<Shared>) {
+    loop {
+        let (ping, idle) = {
+            let live = shared.live.load();
+            (live.config.server.ping_interval_ms, live.config.server.idle_timeout_ms)
+        };
+        // Often enough that a ping or a close is at most a fraction of the interval late.
+        tokio::time::sleep(Duration::from_millis((ping / 4).clamp(10, 1000))).await;
+        let closed = shared.registry.sweep_idle(ping, idle);
+        if closed > 0 {
+            shared.metrics.limit_hit_by("server.idle_timeout_ms", closed as u64);
+            tracing::info!(closed, "closed idle connections");
         }
     }
 }
@@ -236,6 +265,18 @@ async fn handle(
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, format!("plugin {} is not loaded\n", matched.route.plugin)));
     };
     let limits = &live.config.server;
+    let admitted = match shared.admission.admit(peer.ip(), limits.max_connections, limits.max_connections_per_ip) {
+        Ok(admitted) => admitted,
+        Err(Refused::Total(max)) => {
+            shared.metrics.limit_hit("server.max_connections");
+            return Ok(text(StatusCode::SERVICE_UNAVAILABLE, format!("the broker holds its {max} connections\n")));
+        }
+        Err(Refused::PerIp(max)) => {
+            shared.metrics.limit_hit("server.max_connections_per_ip");
+            let ip = peer.ip();
+            return Ok(text(StatusCode::TOO_MANY_REQUESTS, format!("{ip} already has {max} connections open\n")));
+        }
+    };
     if !auth::origin_allowed(&limits.allowed_origins, request.headers().get(header::ORIGIN)) {
         shared.metrics.limit_hit("server.allowed_origins");
         let origin = request.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or_default();
@@ -269,6 +310,8 @@ async fn handle(
         path,
         params: matched.params,
         identity,
+        admitted,
+        rate: MessageRate::new(limits.messages_per_second, limits.message_burst, limits.rate_limit_close_after),
         bounds: Bounds {
             max_frames: limits.outbound_queue,
             max_bytes: limits.outbound_queue_bytes,

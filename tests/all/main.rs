@@ -10,6 +10,7 @@ mod errors;
 mod handshake;
 mod harness;
 mod lifecycle;
+mod limits;
 mod ops;
 mod plugins;
 mod reload;

@@ -73,7 +73,9 @@ async fn frames_of_one_sender_arrive_in_order() {
 async fn a_burst_reaches_a_thousand_members_complete_and_in_order() {
     const MEMBERS: usize = 1000;
     const BURST: usize = 1000;
-    let broker = Broker::start();
+    // A thousand and one clients on one address, one of them sending as fast as it can.
+    let broker =
+        Broker::with_config(&default_config("[server]\nmax_connections_per_ip = 2000\nmessages_per_second = 0\n"));
     let mut members = join_all((0..MEMBERS).map(|_| broker.connect("/ws/chat/big"))).await;
     join_all(members.iter_mut().map(|m| m.assert_alive())).await;
     let (status, body) = broker.http("GET", "/api/groups/chat:big/members", Some(crate::harness::API_KEY), "").await;
@@ -98,7 +100,10 @@ async fn a_burst_reaches_a_thousand_members_complete_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_and_the_room_goes_on() {
-    let broker = Broker::with_config(&default_config("[server]\noutbound_queue = 32\noutbound_queue_bytes = 262144\n"));
+    // The sender outruns the default message rate on purpose: the test is about the reader.
+    let broker = Broker::with_config(&default_config(
+        "[server]\noutbound_queue = 32\noutbound_queue_bytes = 262144\nmessages_per_second = 0\n",
+    ));
     let mut sender = broker.connect("/ws/chat/slow").await;
     let mut reader = broker.connect("/ws/chat/slow").await;
     let mut stalled = broker.connect("/ws/chat/slow").await;

@@ -182,6 +182,10 @@ fn write_config(bench: &Bench) -> Result<()> {
     let toml = format!(
         r#"[server]
 outbound_queue = 4096
+# The load generator is one client at full speed from a few addresses: no per-client limits.
+messages_per_second = 0
+max_connections = 1000000
+max_connections_per_ip = 1000000
 
 [plugins.echo]
 path = "{echo}"
