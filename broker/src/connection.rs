@@ -59,7 +59,7 @@ pub struct Setup {
 }
 
 /// Serves one upgraded connection until it closes.
-pub fn run<S>(ws: WebSocketStream<S>, setup: Setup) -> impl Future<Output = ()> + Send
+pub fn run<S>(ws: WebSocketStream<S>, setup: Box<Setup>) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -72,27 +72,41 @@ where
 async fn serve<S>(
     sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
-    setup: Setup,
+    setup: Box<Setup>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Held until this function returns: the connection's place under the connection limits.
-    let _admitted = setup.admitted;
-    let (handle, queue) = outbound::queue(&setup.bounds, setup.route.metadata);
+    // Taken apart at once: a field of `setup` still needed after an await would keep all of it in
+    // this task's state, and idle connections are most connections.
+    let Setup {
+        metrics,
+        peer,
+        slot,
+        registry,
+        route,
+        path,
+        params,
+        identity,
+        // Held until this function returns: the connection's place under the connection limits.
+        admitted: _admitted,
+        mut rate,
+        bounds,
+        close_grace,
+        shutdown,
+    } = *setup;
+    let (handle, queue) = outbound::queue(&bounds, route.metadata);
     let control = handle.control.clone();
-    let (user, claims) = match setup.identity {
+    let (user, claims) = match identity {
         Some(identity) => (Some(identity.user), Some(identity.claims.into_boxed_str())),
         None => (None, None),
     };
-    let id = setup.registry.register(handle.clone(), Arc::from(setup.route.pattern.as_str()), claims);
-    let metrics = Arc::new(setup.metrics);
+    let id = registry.register(handle.clone(), Arc::from(route.pattern.as_str()), claims);
+    let metrics = Arc::new(metrics);
     let writer = tokio::spawn(write_loop(sink, queue, control.clone(), metrics.clone()));
-    let route = setup.route.pattern.clone();
-    let peer = setup.peer;
     let connection = Connection {
         id,
-        ctx: Context { connection: id, route, path: setup.path, params: setup.params, user },
-        slot: setup.slot,
+        ctx: Context { connection: id, route: route.pattern.clone(), path, params, user },
+        slot,
         handle,
         metrics,
     };
@@ -102,16 +116,15 @@ async fn serve<S>(
     // Plugin calls are boxed: their futures are large (wasmtime's call, the deadline timer) and,
     // inline, would size every connection's task for the rare moment it is in a call. Idle
     // connections are most connections.
-    let mut rate = setup.rate;
     let ended = if Box::pin(connection.accept()).await {
-        connection.read_loop(&mut stream, &setup.shutdown, &mut rate).await
+        connection.read_loop(&mut stream, &shutdown, &mut rate).await
     } else {
         Ended::WeClosed
     };
     // When we closed, wait (briefly) for our close frame to go out and for the client's answer, so
     // the client sees a clean close handshake rather than a reset.
     if ended == Ended::WeClosed {
-        let _ = Box::pin(tokio::time::timeout(setup.close_grace, async {
+        let _ = Box::pin(tokio::time::timeout(close_grace, async {
             control.closed().await;
             while let Some(Ok(message)) = stream.next().await {
                 if message.is_close() {
@@ -121,13 +134,13 @@ async fn serve<S>(
         }))
         .await;
     }
-    setup.registry.remove(id);
+    registry.remove(id);
     if let Err(error) = Box::pin(connection.slot.current().on_disconnect(&connection.ctx)).await {
         tracing::warn!(connection = id, plugin = connection.slot.name(), %error, "on-disconnect failed");
     }
     let Connection { handle, ctx, .. } = connection;
     drop(handle);
-    let _ = Box::pin(tokio::time::timeout(setup.close_grace, writer)).await;
+    let _ = Box::pin(tokio::time::timeout(close_grace, writer)).await;
     // The close code we sent, or none when the client closed first.
     let close = control.reason().map(|r| r.code);
     tracing::info!(

@@ -77,7 +77,8 @@ pub enum Verdict {
 
 /// One connection's message rate: `per_second` sustained, `burst` at once.
 pub struct MessageRate {
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// Boxed: it lives in every connection's task, and is off in some deployments.
+    limiter: Option<Box<DefaultDirectRateLimiter>>,
     refused_in_a_row: u32,
     close_after: u32,
 }
@@ -87,7 +88,7 @@ impl MessageRate {
     pub fn new(per_second: u32, burst: u32, close_after: u32) -> MessageRate {
         let limiter = NonZeroU32::new(per_second).map(|rate| {
             let burst = NonZeroU32::new(burst).unwrap_or(rate);
-            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+            Box::new(RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)))
         });
         MessageRate { limiter, refused_in_a_row: 0, close_after }
     }

@@ -301,7 +301,9 @@ async fn handle(
         // Configuration validation refuses auth routes without a key; refuse rather than let in.
         (_, None, Some(_)) => return Ok(unauthorized("tokens cannot be checked: `[auth]` has no key")),
     };
-    let setup = Setup {
+    // Boxed: the upgrade task keeps what it captures for the connection's whole life, and the
+    // setup is only needed at its start.
+    let setup = Box::new(Setup {
         metrics: shared.metrics.connection(&matched.route.pattern),
         peer,
         slot,
@@ -319,7 +321,7 @@ async fn handle(
         },
         close_grace: limits.shutdown_grace(),
         shutdown: shared.shutdown.clone(),
-    };
+    });
     // tungstenite's default read buffer is 128 KiB, allocated up front: per idle connection, that is
     // most of the memory. Writes are batched by the write loop, so the write buffer need not be big.
     let ws_config = WebSocketConfig::default()
