@@ -199,6 +199,17 @@ pub struct Plugin {
     /// Free-form settings handed to the plugin as JSON (`settings()` in the WIT host interface).
     #[serde(default)]
     pub settings: toml::Table,
+    /// Linear memory one instance of this plugin may grow to, in bytes; at most
+    /// `engine.max_memory_bytes`. Default: `engine.max_memory_bytes`.
+    #[serde(default)]
+    pub max_memory_bytes: Option<usize>,
+    /// Frames (sends and broadcasts) one call may send; past it the call is stopped and the
+    /// client gets `plugin_crashed`. Default 10,000.
+    #[serde(default = "Plugin::default_max_sends_per_call")]
+    pub max_sends_per_call: u32,
+    /// Bytes of frames one call may send, likewise. Default 64 MiB.
+    #[serde(default = "Plugin::default_max_send_bytes_per_call")]
+    pub max_send_bytes_per_call: u64,
 }
 
 impl Plugin {
@@ -208,6 +219,14 @@ impl Plugin {
 
     fn default_max_instances() -> usize {
         64
+    }
+
+    fn default_max_sends_per_call() -> u32 {
+        10_000
+    }
+
+    fn default_max_send_bytes_per_call() -> u64 {
+        64 << 20
     }
 
     pub fn timeout(&self) -> Duration {
@@ -414,6 +433,18 @@ impl Config {
             if plugin.max_instances == 0 {
                 return Err(invalid(format!("plugins.{name}.max_instances"), "must be greater than 0".into()));
             }
+            if plugin.max_sends_per_call == 0 || plugin.max_send_bytes_per_call == 0 {
+                let key = if plugin.max_sends_per_call == 0 { "max_sends_per_call" } else { "max_send_bytes_per_call" };
+                return Err(invalid(format!("plugins.{name}.{key}"), "must be greater than 0".into()));
+            }
+            if let Some(memory) = plugin.max_memory_bytes
+                && (memory == 0 || memory > self.engine.max_memory_bytes)
+            {
+                return Err(invalid(
+                    format!("plugins.{name}.max_memory_bytes"),
+                    format!("must be between 1 and engine.max_memory_bytes ({})", self.engine.max_memory_bytes),
+                ));
+            }
             let namespace = plugin.namespace(name);
             if namespace.is_empty() || namespace.contains(':') {
                 return Err(invalid(format!("plugins.{name}.namespace"), "must be non-empty and without ':'".into()));
@@ -532,7 +563,7 @@ mod tests {
     fn every_key_is_in_docs_configuration_md() {
         let doc = include_str!("../../docs/configuration.md");
         // Every optional key set, so that each one serializes.
-        let full = "[plugins.echo]\npath = \"echo.wasm\"\nnamespace = \"ns\"\n\
+        let full = "[plugins.echo]\npath = \"echo.wasm\"\nnamespace = \"ns\"\nmax_memory_bytes = 1048576\n\
                     [[routes]]\npath = \"/ws/{room}\"\nplugin = \"echo\"\n\
                     auth = \"required\"\n\
                     [routes.params.room]\npattern = \"x\"\nmax_length = 1\n\

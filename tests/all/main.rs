@@ -9,6 +9,7 @@ mod echo;
 mod errors;
 mod handshake;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod ops;

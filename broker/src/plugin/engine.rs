@@ -19,6 +19,7 @@ pub struct Runtime {
     linker: Linker<HostState>,
     cache: Cache,
     ticker: Ticker,
+    max_memory_bytes: usize,
 }
 
 impl Runtime {
@@ -50,7 +51,18 @@ impl Runtime {
 
         let ticker = Ticker::start(engine.clone(), Duration::from_millis(limits.epoch_tick_ms))
             .map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Runtime { engine, linker, cache: Cache::new(&limits.cache_dir), ticker })
+        Ok(Runtime {
+            engine,
+            linker,
+            cache: Cache::new(&limits.cache_dir),
+            ticker,
+            max_memory_bytes: limits.max_memory_bytes,
+        })
+    }
+
+    /// The most linear memory any instance may have (`engine.max_memory_bytes`).
+    pub fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
     }
 
     pub fn engine(&self) -> &Engine {

@@ -48,7 +48,24 @@ pub struct PluginEnv {
     pub allow_hosts: AllowList,
     /// The environment variables broker.toml passes to it (`env`), with their values.
     pub env: Vec<(String, String)>,
+    /// What one call may send: frames and bytes.
+    pub max_sends_per_call: u32,
+    pub max_send_bytes_per_call: u64,
+    /// Linear memory one instance may grow to.
+    pub max_memory_bytes: usize,
 }
+
+/// A call sent more than its plugin's per-call limit; raised as a trap so the call stops there.
+#[derive(Debug)]
+pub struct SendLimitExceeded(pub String);
+
+impl std::fmt::Display for SendLimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SendLimitExceeded {}
 
 /// Everything one plugin instance's store holds.
 pub struct HostState {
@@ -61,6 +78,10 @@ pub struct HostState {
     pub(crate) deadline: Instant,
     /// The connection the running call is about (0 for none): the `sender` of what it sends.
     pub(crate) caller: ConnectionId,
+    /// Frames and bytes the running call has sent.
+    pub(crate) sent: (u32, u64),
+    /// The instance's memory limit.
+    pub(crate) limits: wasmtime::StoreLimits,
 }
 
 impl HostState {
@@ -69,7 +90,40 @@ impl HostState {
         let wasi =
             WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).envs(&env.env).build();
         let allow_hosts = env.allow_hosts.clone();
-        HostState { wasi, http: WasiHttpCtx::new(), allow_hosts, table: ResourceTable::new(), env, deadline, caller: 0 }
+        // A grow past the limit traps with wasmtime's message rather than returning -1 to an
+        // allocator that would abort with a vaguer one.
+        let limits =
+            wasmtime::StoreLimitsBuilder::new().memory_size(env.max_memory_bytes).trap_on_grow_failure(true).build();
+        HostState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            allow_hosts,
+            table: ResourceTable::new(),
+            env,
+            deadline,
+            caller: 0,
+            sent: (0, 0),
+            limits,
+        }
+    }
+
+    /// Counts a frame of `bytes` against the call's limits; past them, the call is stopped.
+    fn charge(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        let (frames, total) = &mut self.sent;
+        *frames += 1;
+        *total += bytes as u64;
+        let (key, over) = if *frames > self.env.max_sends_per_call {
+            ("max_sends_per_call", format!("{} frames", self.env.max_sends_per_call))
+        } else if *total > self.env.max_send_bytes_per_call {
+            ("max_send_bytes_per_call", format!("{} bytes", self.env.max_send_bytes_per_call))
+        } else {
+            return Ok(());
+        };
+        self.env.metrics.limit_hit(&format!("plugins.{key}"));
+        Err(wasmtime::Error::new(SendLimitExceeded(format!(
+            "the call sent more than {over} (plugins.{}.{key})",
+            self.env.name
+        ))))
     }
 
     fn delivery(&self, frame: String) -> Result<Delivery, SendError> {
@@ -98,6 +152,7 @@ impl self::broker::plugin::types::Host for HostState {}
 
 impl self::broker::plugin::host::Host for HostState {
     async fn send(&mut self, connection: u64, frame: String) -> wasmtime::Result<Result<(), SendError>> {
+        self.charge(frame.len())?;
         Ok(self.delivery(frame).and_then(|d| self.env.registry.send(connection, &d).map_err(|_| SendError::Closed)))
     }
 
@@ -147,6 +202,7 @@ impl self::broker::plugin::groups::Host for HostState {
         frame: String,
         exclude: Option<u64>,
     ) -> wasmtime::Result<Result<u32, SendError>> {
+        self.charge(frame.len())?;
         let delivery = match self.delivery(frame) {
             Ok(delivery) => delivery,
             Err(error) => return Ok(Err(error)),

@@ -191,6 +191,9 @@ impl LoadedPlugin {
             metrics: services.metrics.clone(),
             allow_hosts: super::AllowList::new(&config.allow_hosts, Some(services.metrics.clone())),
             env: config.env.iter().filter_map(|name| std::env::var(name).ok().map(|v| (name.clone(), v))).collect(),
+            max_sends_per_call: config.max_sends_per_call,
+            max_send_bytes_per_call: config.max_send_bytes_per_call,
+            max_memory_bytes: config.max_memory_bytes.unwrap_or(runtime.max_memory_bytes()),
         };
         let mut plugin = LoadedPlugin {
             env: Arc::new(env),
@@ -324,8 +327,10 @@ impl LoadedPlugin {
             Some(instance) => instance,
             None => self.instantiate(deadline).await?,
         };
-        instance.store.data_mut().deadline = deadline;
-        instance.store.data_mut().caller = caller;
+        let state = instance.store.data_mut();
+        state.deadline = deadline;
+        state.caller = caller;
+        state.sent = (0, 0);
         instance.store.set_epoch_deadline(1);
         // The epoch callback enforces the deadline while wasm runs; this one covers a call parked in
         // a host function, with a tick of slack so the callback's clearer error usually wins.
@@ -358,6 +363,7 @@ impl LoadedPlugin {
     async fn instantiate(&self, deadline: Instant) -> Result<Instance, CallError> {
         let state = HostState::new(self.env.clone(), deadline);
         let mut store = Store::new(self.pre.component().engine(), state);
+        store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|store| {
             if Instant::now() >= store.data().deadline {
                 Err(wasmtime::Error::new(DeadlineExceeded))

@@ -108,10 +108,42 @@ fn plugin() -> Plugin {
             let _ = (strict.kind, strict.tags);
             Ok(Accepted { name: strict.name, count: strict.count })
         })
+        // Hostile: grows its memory until the limit stops it.
+        .handle("allocate", |_ctx, _: ()| -> plugin_sdk::Result<()> {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        })
+        // Hostile: recurses until the wasm stack is exhausted.
+        .handle("recurse", |_ctx, _: ()| Ok(Frame::new("depth", deeper(0))))
+        // Hostile: tries to send a million frames in one call.
+        .handle("flood", |ctx, _: ()| {
+            for n in 0..1_000_000u32 {
+                ctx.send(&Frame::new("flood", n))?;
+            }
+            Ok(())
+        })
+        // Hostile: tries to read a file and open a socket through WASI; says what it got.
+        .handle("escape", |_ctx, _: ()| {
+            let file = std::fs::read_to_string("/etc/passwd").map(|_| "read".to_owned()).map_err(|e| e.to_string());
+            let socket =
+                std::net::TcpStream::connect("127.0.0.1:22").map(|_| "connected".to_owned()).map_err(|e| e.to_string());
+            let dir = std::fs::read_dir("/").map(|_| "listed".to_owned()).map_err(|e| e.to_string());
+            let env = std::env::vars().map(|(k, _)| k).collect::<Vec<_>>();
+            Ok(Frame::new("escape", json!({ "file": file, "socket": socket, "dir": dir, "env": env })))
+        })
         .handle("whoami", |ctx, _: ()| {
             Ok(Frame::new("whoami", json!({ "user": ctx.user(), "claims": ctx.claims::<Value>()? })))
         })
         .handle("settings", |ctx, _: ()| Ok(Frame::new("settings", ctx.settings::<Value>()?)))
+}
+
+/// Recursion the optimizer cannot turn into a loop.
+fn deeper(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    if std::hint::black_box(true) { deeper(depth + 1) + frame[0] } else { depth }
 }
 
 plugin_sdk::export_plugin!(plugin);
