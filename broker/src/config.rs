@@ -94,6 +94,8 @@ pub struct Server {
     /// A connection that sent nothing (not even a pong) for this long is closed with 1001 and
     /// cleaned up: a dead peer. Default 60,000 ms.
     pub idle_timeout_ms: u64,
+    /// TLS on the listener (`wss://`); none: plain `ws://`. Restart to change.
+    pub tls: Option<Tls>,
     /// Browser origins (`https://app.example`) allowed to open WebSocket connections; a handshake
     /// from another origin gets HTTP 403. Requests without `Origin` (not from a browser) are not
     /// concerned. Default: empty, any origin.
@@ -118,6 +120,7 @@ impl Default for Server {
             handshake_timeout_ms: 10_000,
             ping_interval_ms: 25_000,
             idle_timeout_ms: 60_000,
+            tls: None,
             allowed_origins: Vec::new(),
         }
     }
@@ -254,6 +257,16 @@ pub struct Route {
     pub auth: AuthMode,
 }
 
+/// `[server.tls]`: the listener's certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The certificate chain in PEM, leaf first, relative to broker.toml.
+    pub cert: PathBuf,
+    /// Its private key in PEM (PKCS#8, PKCS#1 or SEC1), relative to broker.toml.
+    pub key: PathBuf,
+}
+
 /// `routes.auth`: what a route asks of a client's token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -381,6 +394,13 @@ impl Config {
         if let Some(key) = config.auth.rs256_public_key.as_mut().filter(|k| k.is_relative()) {
             *key = base.join(&*key);
         }
+        if let Some(tls) = &mut config.server.tls {
+            for file in [&mut tls.cert, &mut tls.key] {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
+        }
         if config.engine.cache_dir.is_relative() && !config.engine.cache_dir.as_os_str().is_empty() {
             config.engine.cache_dir = base.join(&config.engine.cache_dir);
         }
@@ -451,6 +471,9 @@ impl Config {
             }
         }
         let verifier = crate::auth::Verifier::from_config(&self.auth).map_err(|(key, why)| invalid(key, why))?;
+        if let Some(tls) = &self.server.tls {
+            crate::tls::acceptor(tls).map_err(|(key, why)| invalid(key, why))?;
+        }
         if verifier.is_none()
             && let Some(i) = self.routes.iter().position(|r| r.auth != AuthMode::None)
         {

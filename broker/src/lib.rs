@@ -20,3 +20,4 @@ pub mod router;
 pub mod schema;
 pub mod server;
 pub mod state;
+pub mod tls;

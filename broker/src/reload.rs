@@ -237,6 +237,7 @@ fn removed_routes(old: &Live, new: &Live) -> HashSet<String> {
 fn warn_restart_only(old: &Config, new: &Config) {
     let changed = [
         ("server.listen", old.server.listen != new.server.listen),
+        ("server.tls", old.server.tls != new.server.tls),
         ("engine", old.engine != new.engine),
         (
             "server.max_groups_per_connection",

@@ -108,6 +108,8 @@ pub async fn check_plugins(config: &Config) -> Result<crate::asyncapi::Plugins, 
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    /// TLS on the listener, when `[server.tls]` is set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Server {
@@ -139,6 +141,14 @@ impl Server {
         }
         let router = config.router()?;
         let verifier = Live::verifier(&config)?;
+        let tls = match &config.server.tls {
+            Some(tls) => Some(crate::tls::acceptor(tls).map_err(|(key, message)| ConfigError::Invalid {
+                path: config.source.clone(),
+                key,
+                message,
+            })?),
+            None => None,
+        };
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
         let shared = Arc::new(Shared {
@@ -153,7 +163,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
-        Ok(Server { listener, shared })
+        Ok(Server { listener, shared, tls })
     }
 
     /// The address actually bound (the port is chosen by the OS for `:0`).
@@ -164,7 +174,7 @@ impl Server {
     /// Serves until `shutdown` resolves, then closes every connection with 1001 and returns once
     /// they are closed (or the grace period has passed).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, shared } = self;
+        let Server { listener, shared, tls } = self;
         // Dropped on return, which stops watching.
         let _watcher = reload::watch(shared.clone());
         let sweeper = shared.tracker.spawn(sweep_state(shared.clone()));
@@ -183,18 +193,21 @@ impl Server {
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let shared_for_conn = shared.clone();
-            // A client that does not finish its request head in time is dropped (slowloris).
+            // A client that does not finish its TLS handshake and request head in time is dropped
+            // (slowloris).
             let handshake_timeout = shared.live.load().config.server.handshake_timeout();
+            let shared_for_conn = shared.clone();
+            let tls = tls.clone();
             shared.tracker.spawn(async move {
-                let service = service_fn(move |request| handle(shared_for_conn.clone(), request, peer));
-                let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(handshake_timeout)
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .with_upgrades();
-                if let Err(error) = connection.await {
-                    tracing::debug!(%peer, %error, "http connection ended with an error");
+                match tls {
+                    None => serve_http(shared_for_conn, TokioIo::new(tcp), peer, handshake_timeout).await,
+                    Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_http(shared_for_conn, TokioIo::new(stream), peer, handshake_timeout).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    },
                 }
             });
         }
@@ -208,6 +221,22 @@ impl Server {
         if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
             tracing::warn!(?grace, "connections still open after the shutdown grace period");
         }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until it ends or is upgraded.
+async fn serve_http<I>(shared: Arc<Shared>, io: TokioIo<I>, peer: SocketAddr, handshake_timeout: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| handle(shared.clone(), request, peer));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .serve_connection(io, service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        tracing::debug!(%peer, %error, "http connection ended with an error");
     }
 }
 

@@ -16,4 +16,5 @@ mod ops;
 mod plugins;
 mod reload;
 mod rooms;
+mod tls;
 mod typed;
