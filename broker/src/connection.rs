@@ -28,6 +28,10 @@ use crate::router::Route;
 
 /// Close code when the server goes away (shutdown).
 pub const GOING_AWAY: u16 = 1001;
+/// Close code for a frame that breaks the WebSocket protocol.
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// Close code for a text frame that is not UTF-8.
+pub const INVALID_PAYLOAD: u16 = 1007;
 /// Close code for a client that broke a policy (kept sending over its rate limit).
 pub const POLICY_VIOLATION: u16 = 1008;
 /// Close code for a message over `max_message_bytes`.
@@ -244,6 +248,13 @@ impl Connection {
                     self.metrics.shared().limit_hit("server.max_message_bytes");
                     let reason = format!("message of {size} bytes is over the limit of {max_size} bytes");
                     self.handle.control.close_now(CloseReason::new(MESSAGE_TOO_BIG, reason));
+                    return Ended::WeClosed;
+                }
+                // RFC 6455 §7.4.1: 1002 for a protocol error, 1007 for text that is not UTF-8.
+                Some(Err(error @ (WsError::Protocol(_) | WsError::Utf8(_)))) => {
+                    let code = if matches!(error, WsError::Utf8(_)) { INVALID_PAYLOAD } else { PROTOCOL_ERROR };
+                    tracing::debug!(connection = self.id, %error, "closed for a protocol violation");
+                    self.handle.control.close_now(CloseReason::new(code, error.to_string()));
                     return Ended::WeClosed;
                 }
                 Some(Err(error)) => {

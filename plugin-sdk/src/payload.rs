@@ -83,6 +83,10 @@ fn classify(message: &str, payload_absent: bool, mut loc: Vec<Loc>) -> Issue {
         loc.push(Loc::from(field));
         return Issue::new("missing", loc, "Field required");
     }
+    if let Some(field) = between(message, "duplicate field `", "`") {
+        loc.push(Loc::from(field));
+        return Issue::new("value_error", loc, "Duplicate field: the key appears more than once");
+    }
     if let Some(field) = between(message, "unknown field `", "`") {
         loc.push(Loc::from(field));
         return Issue::new("extra_forbidden", loc, "Extra inputs are not permitted");
@@ -200,6 +204,12 @@ mod tests {
         let mut want = keys(&["new_chat_message", "payload", "tags"]);
         want.push(Loc::Index(1));
         assert_eq!(got.loc, want);
+    }
+
+    #[test]
+    fn a_key_given_twice_is_located_at_it() {
+        let got = issue(Some(r#"{"message":"a","message":"b","name":"n"}"#));
+        assert_eq!((got.kind.as_str(), got.loc), ("value_error", keys(&["new_chat_message", "payload", "message"])));
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod api;
 mod assistant;
 mod asyncapi;
 mod auth;
+mod badinput;
 mod deadlines;
 mod echo;
 mod errors;
