@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-const SCENARIOS: &[&str] = &["echo", "plugin-cost", "fanout", "connections", "reload"];
+const SCENARIOS: &[&str] = &["echo", "plugin-cost", "fanout", "connections", "reload", "hostile"];
 
 /// A server under test, killed when dropped.
 struct Server {
@@ -143,6 +143,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             "fanout" => fanout(&bench)?,
             "connections" => connections(&bench)?,
             "reload" => reload(&bench)?,
+            "hostile" => hostile(&bench)?,
             _ => unreachable!("checked above"),
         };
         println!("{}", markdown(&report));
@@ -168,6 +169,8 @@ fn prepare(root: &Path) -> Result<()> {
         "target/wasm",
         "--package",
         "versioned",
+        "--package",
+        "testbed",
     ])
 }
 
@@ -196,6 +199,13 @@ path = "{chat}"
 [plugins.versioned]
 path = "versioned.wasm"
 
+# The test plugin, whose handlers misbehave on request, for the hostile scenario.
+[plugins.hostile]
+path = "{testbed}"
+timeout_ms = 200
+max_memory_bytes = 33554432
+max_sends_per_call = 1000
+
 [[routes]]
 path = "/ws/system"
 plugin = "echo"
@@ -207,9 +217,14 @@ plugin = "chat"
 [[routes]]
 path = "/ws/versioned"
 plugin = "versioned"
+
+[[routes]]
+path = "/ws/hostile"
+plugin = "hostile"
 "#,
         echo = plugins.join("echo.wasm").display(),
         chat = plugins.join("chat.wasm").display(),
+        testbed = bench.root.join("target/wasm/wasm32-wasip2/release/testbed.wasm").display(),
     );
     Ok(std::fs::write(bench.dir.0.join("broker.toml"), toml)?)
 }
@@ -446,6 +461,58 @@ fn reload(bench: &Bench) -> Result<Report> {
     Ok(Report {
         title: "reload: 100 connections in closed-loop echo while the plugin file is replaced 20 times".into(),
         command: "cargo xtask bench reload".into(),
+        table,
+    })
+}
+
+/// Bystanders' echo latency (10 connections) with no attack, then while one client repeats each
+/// attack of the test plugin on another route.
+fn hostile(bench: &Bench) -> Result<Report> {
+    let broker = bench.broker()?;
+    let mut table = vec![
+        ["attack", "attacks/s", "bystander rt/s", "bystander p50/p99 µs", "p99 against no attack"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    let echo = || bench.loadgen(&args(&["echo", &broker.url("/ws/system"), "10", "3", "1"]));
+    let mut normal_p99 = None;
+    for action in ["none", "spin", "allocate", "recurse", "panic", "flood"] {
+        let mut runs = Vec::new();
+        let mut attacks = Vec::new();
+        for _ in 0..bench.runs {
+            if action == "none" {
+                runs.push(echo()?);
+                continue;
+            }
+            // The attacker outlasts the measurement (1 s warm-up, 3 s measured).
+            let attacker = Command::new(bench.bin("loadgen"))
+                .args(["attack", &broker.url("/ws/hostile"), action, "5"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?;
+            runs.push(echo()?);
+            let output = attacker.wait_with_output()?;
+            if !output.status.success() {
+                bail!("the {action} attacker failed");
+            }
+            let line = String::from_utf8(output.stdout)?;
+            let result: Value = serde_json::from_str(line.lines().last().unwrap_or_default())?;
+            attacks.push(result["attacks"].as_f64().unwrap_or(0.0) / 5.0);
+        }
+        let r = median_run(runs, "p99_us");
+        let p99 = r["p99_us"].as_f64().unwrap_or(0.0);
+        let normal = *normal_p99.get_or_insert(p99);
+        table.push(vec![
+            action.to_owned(),
+            if attacks.is_empty() { "-".into() } else { format!("{:.0}", median(attacks)) },
+            num(&r["per_second"]),
+            format!("{}/{}", r["p50_us"], r["p99_us"]),
+            format!("{:.2}", p99 / normal.max(1.0)),
+        ]);
+    }
+    Ok(Report {
+        title: "hostile: bystanders' echo latency while a plugin misbehaves on another route".into(),
+        command: "cargo xtask bench hostile".into(),
         table,
     })
 }

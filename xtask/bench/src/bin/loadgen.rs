@@ -6,6 +6,7 @@
 //! loadgen fanout  URL MEMBERS MESSAGES                              one sender, a room of MEMBERS
 //! loadgen hold    URL COUNT                                         COUNT idle connections until stdin closes
 //! loadgen reload  URL CONNECTIONS FILE MARKER=VERSION_FILE...       echo while FILE is replaced
+//! loadgen attack  URL ACTION SECONDS                                one client repeating a hostile action
 //! ```
 //! Connections are spread over 16 source addresses (127.0.0.1-16), so 100,000 of them do not run
 //! out of ephemeral ports.
@@ -54,6 +55,7 @@ async fn main() -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             reload(&arg(1)?, num(2)? as usize, &arg(3)?, &versions).await?
         }
+        "attack" => attack(&arg(1)?, &arg(2)?, Duration::from_secs(num(3)?)).await?,
         other => bail!("unknown scenario {other:?}"),
     };
     // The caller may have stopped reading (it reads `hold`'s first line only).
@@ -183,6 +185,23 @@ async fn echo(
         "p99_us": hist.value_at_quantile(0.99),
         "p999_us": hist.value_at_quantile(0.999),
     }))
+}
+
+/// Sends `action` (a misbehaving handler of the test plugin) again and again for `duration`, each
+/// time waiting for its error frame; a successful call in between keeps the plugin out of crash
+/// backoff, so every attack runs for real.
+async fn attack(url: &str, action: &str, duration: Duration) -> Result<serde_json::Value> {
+    let mut ws = connect(url, 0).await?;
+    let (attack, recover) = (json!({"action": action}).to_string(), r#"{"action":"count"}"#);
+    let (end, mut attacks) = (Instant::now() + duration, 0u64);
+    while Instant::now() < end {
+        ws.send(Message::text(attack.as_str())).await?;
+        while !next_text(&mut ws).await?.contains(r#""action":"error""#) {}
+        ws.send(Message::text(recover)).await?;
+        while !next_text(&mut ws).await?.contains(r#""action":"count""#) {}
+        attacks += 1;
+    }
+    Ok(json!({"action": action, "attacks": attacks}))
 }
 
 async fn fanout(url: &str, members: usize, messages: u64) -> Result<serde_json::Value> {
