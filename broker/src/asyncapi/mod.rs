@@ -249,6 +249,16 @@ fn security_schemes(config: &Config) -> Value {
     })
 }
 
+/// Adds the action's summary and description, where the plugin gave them.
+fn with_docs(value: &mut Value, spec: &ActionSpec) {
+    if let Some(summary) = &spec.summary {
+        value["summary"] = summary.clone().into();
+    }
+    if let Some(description) = &spec.description {
+        value["description"] = description.clone().into();
+    }
+}
+
 enum Direction {
     Receive { payload_required: bool },
     Send { stamped: bool },
@@ -256,12 +266,7 @@ enum Direction {
 
 fn operation(action: &str, channel: &Value, spec: &ActionSpec, messages: Vec<Value>, reply: Option<Value>) -> Value {
     let mut op = json!({"action": action, "channel": channel, "messages": messages});
-    if let Some(summary) = &spec.summary {
-        op["summary"] = summary.clone().into();
-    }
-    if let Some(description) = &spec.description {
-        op["description"] = description.clone().into();
-    }
+    with_docs(&mut op, spec);
     if let Some(reply) = reply {
         op["reply"] = reply;
     }
@@ -299,12 +304,7 @@ fn frame_message(spec: &ActionSpec, payload: Option<Value>, direction: Direction
         "title": spec.name,
         "payload": {"type": "object", "properties": properties, "required": required},
     });
-    if let Some(summary) = &spec.summary {
-        message["summary"] = summary.clone().into();
-    }
-    if let Some(description) = &spec.description {
-        message["description"] = description.clone().into();
-    }
+    with_docs(&mut message, spec);
     message
 }
 
@@ -315,12 +315,7 @@ fn raw_message(spec: &ActionSpec, schema: Option<Value>) -> Value {
         "title": spec.name,
         "payload": schema.unwrap_or_else(|| json!({"type": "object"})),
     });
-    if let Some(summary) = &spec.summary {
-        message["summary"] = summary.clone().into();
-    }
-    if let Some(description) = &spec.description {
-        message["description"] = description.clone().into();
-    }
+    with_docs(&mut message, spec);
     message
 }
 
