@@ -6,6 +6,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 
 mod bench;
+mod fuzz;
 
 pub(crate) const WASM_TARGET: &str = "wasm32-wasip2";
 
@@ -19,7 +20,10 @@ commands:
   lint            cargo fmt --check and cargo clippy -D warnings, host and wasm crates
   bench NAME|all [--runs N] [--write]
                   benchmarks against the native baseline (echo, plugin-cost, fanout,
-                  connections, reload); --write regenerates BENCHMARKS.md";
+                  connections, reload, hostile); --write regenerates BENCHMARKS.md
+  fuzz [--seconds N] [TARGET...]
+                  run the cargo-fuzz targets of broker/fuzz (envelope, config) for N
+                  seconds each (default 60); installs nightly and cargo-fuzz if missing";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -53,6 +57,7 @@ fn main() -> Result<()> {
             run(wasm.args(["--", "-D", "warnings"]))
         }
         "bench" => bench::run(&root, &rest),
+        "fuzz" => fuzz::run_targets(&root, &rest),
         "" | "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
