@@ -112,7 +112,7 @@ pub(crate) async fn serve(shared: &Shared, endpoint: Endpoint, request: Request<
             }
             match (endpoint, method) {
                 (Endpoint::Publish, Method::POST) => publish(shared, request).await,
-                (Endpoint::Members(group), Method::GET) => members(shared, &group),
+                (Endpoint::Members(group), Method::GET) => members(shared, &group).await,
                 (Endpoint::Plugins, Method::GET) => plugins(shared),
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
             }
@@ -173,20 +173,27 @@ async fn publish(shared: &Shared, request: Request<Incoming>) -> Reply {
     json_reply(StatusCode::OK, json!({"group": group.to_string(), "delivered": delivered}))
 }
 
-fn members(shared: &Shared, group: &str) -> Reply {
+async fn members(shared: &Shared, group: &str) -> Reply {
     let Some(key) = GroupKey::parse(group) else {
         return error(StatusCode::BAD_REQUEST, "the group is `namespace:name`, for example `chat:room1`");
     };
-    json_reply(StatusCode::OK, json!({"group": key.to_string(), "members": shared.registry.members(&key)}))
+    json_reply(StatusCode::OK, json!({"group": key.to_string(), "members": shared.registry.members(&key).await}))
 }
 
 /// Ready when every configured plugin has a generation in service (a plugin that failed to load
-/// stops start-up, so this holds once serving; a cluster backend will add its check here).
+/// stops start-up, so this holds once serving). Redis being down is reported, not made a failure:
+/// a node without Redis still serves its own clients, and a load balancer taking every node out
+/// at once over it would serve no one.
 fn ready(shared: &Shared) -> Reply {
     let live = shared.live.load();
     let missing: Vec<&String> = live.config.plugins.keys().filter(|name| !live.slots.contains_key(*name)).collect();
     let status = if missing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json_reply(status, json!({"ready": missing.is_empty(), "plugins": live.slots.len(), "missing": missing}))
+    let cluster =
+        shared.registry.cluster().map(|link| json!({"node": link.node, "name": link.name, "redis_up": link.is_up()}));
+    json_reply(
+        status,
+        json!({"ready": missing.is_empty(), "plugins": live.slots.len(), "missing": missing, "cluster": cluster}),
+    )
 }
 
 fn plugins(shared: &Shared) -> Reply {

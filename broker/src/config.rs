@@ -43,6 +43,8 @@ pub struct Config {
     pub auth: Auth,
     #[serde(default)]
     pub state: State,
+    #[serde(default)]
+    pub cluster: Cluster,
     /// The file this was read from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -173,6 +175,61 @@ pub struct State {
 impl Default for State {
     fn default() -> Self {
         State { session_bytes: 64 << 10, kv_value_bytes: 1 << 20, kv_keys_per_namespace: 100_000 }
+    }
+}
+
+/// `[cluster]`: where groups, presence and key-value state live. Restart to change.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// `memory`: one node, nothing else to run. `redis`: every node with the same Redis and
+    /// prefix shares groups, presence and key-value state. Default `memory`.
+    pub backend: Backend,
+    /// The Redis server, as a `redis://` or `rediss://` URL. Default `redis://127.0.0.1:6379`.
+    pub redis_url: String,
+    /// An environment variable holding the URL (it wins over `redis_url`), for a password.
+    pub redis_url_env: Option<String>,
+    /// Prefix of every Redis key and channel, so several clusters can share one Redis. Default `broker`.
+    pub key_prefix: String,
+    /// This node's name in logs and presence. Default: `node-<pid>`.
+    pub node_id: Option<String>,
+    /// How often a node says it is alive. Default 1000 ms.
+    pub heartbeat_ms: u64,
+    /// How long after its last heartbeat a node's members stop being listed. Default 5000 ms.
+    pub node_ttl_ms: u64,
+}
+
+/// `cluster.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            backend: Backend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_url_env: None,
+            key_prefix: "broker".into(),
+            node_id: None,
+            heartbeat_ms: 1000,
+            node_ttl_ms: 5000,
+        }
+    }
+}
+
+impl Cluster {
+    /// The Redis URL: from `redis_url_env` when set and present, else `redis_url`.
+    pub fn redis_url(&self) -> String {
+        self.redis_url_env.as_deref().and_then(|var| std::env::var(var).ok()).unwrap_or_else(|| self.redis_url.clone())
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| format!("node-{}", std::process::id()))
     }
 }
 
@@ -430,6 +487,7 @@ impl Config {
             ("state.session_bytes", self.state.session_bytes as u64),
             ("state.kv_value_bytes", self.state.kv_value_bytes as u64),
             ("state.kv_keys_per_namespace", self.state.kv_keys_per_namespace as u64),
+            ("cluster.heartbeat_ms", self.cluster.heartbeat_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -445,6 +503,23 @@ impl Config {
                     self.server.ping_interval_ms
                 ),
             ));
+        }
+        if self.cluster.node_ttl_ms <= self.cluster.heartbeat_ms {
+            return Err(invalid(
+                "cluster.node_ttl_ms".into(),
+                format!(
+                    "must be longer than cluster.heartbeat_ms ({} ms), or live nodes would drop out between heartbeats",
+                    self.cluster.heartbeat_ms
+                ),
+            ));
+        }
+        if self.cluster.key_prefix.is_empty() || self.cluster.key_prefix.contains(':') {
+            return Err(invalid("cluster.key_prefix".into(), "must be non-empty and without ':'".into()));
+        }
+        if self.cluster.backend == Backend::Redis
+            && let Err(e) = redis::Client::open(self.cluster.redis_url())
+        {
+            return Err(invalid("cluster.redis_url".into(), format!("not a Redis URL: {e}")));
         }
         for (name, plugin) in &self.plugins {
             if plugin.timeout_ms == 0 {
@@ -591,7 +666,8 @@ mod tests {
                     auth = \"required\"\n\
                     [routes.params.room]\npattern = \"x\"\nmax_length = 1\n\
                     [api]\nkey = \"k\"\nkey_env = \"K\"\n\
-                    [auth]\nhs256_secret = \"s\"\naudience = [\"a\"]\nissuer = [\"i\"]\nclaims = [\"role\"]\n";
+                    [auth]\nhs256_secret = \"s\"\naudience = [\"a\"]\nissuer = [\"i\"]\nclaims = [\"role\"]\n\
+                    [cluster]\nredis_url_env = \"R\"\nnode_id = \"n1\"\n";
         let config = parse(full).unwrap();
         let mut found = Vec::new();
         keys("", &toml::Value::try_from(&config).unwrap(), &mut found);

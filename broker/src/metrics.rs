@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Frames delivered through `POST /api/publish`.
     pub api_published: Counter,
     reloads: Family<Labels, Counter>,
+    /// The Redis backend (`[cluster] backend = "redis"`).
+    pub cluster: ClusterMetrics,
     /// The (route, action) series of `frames_out` so far.
     out_actions: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -69,6 +71,7 @@ impl Default for Metrics {
             slow_consumer_closes: Counter::default(),
             api_published: Counter::default(),
             reloads: Family::default(),
+            cluster: ClusterMetrics::default(),
             out_actions: Default::default(),
         };
         registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
@@ -103,7 +106,36 @@ impl Default for Metrics {
         );
         registry.register("api_published", "Frames delivered through the publish API", metrics.api_published.clone());
         registry.register("reloads", "Plugin and configuration reloads, by result", metrics.reloads.clone());
+        let cluster = &metrics.cluster;
+        registry.register("cluster_redis_up", "1 while the Redis backend answers", cluster.redis_up.clone());
+        registry.register(
+            "cluster_published",
+            "Frames published to other nodes (group broadcasts and direct sends)",
+            cluster.published.clone(),
+        );
+        registry.register("cluster_received", "Frames received from other nodes", cluster.received.clone());
+        registry.register(
+            "cluster_dropped",
+            "Cluster operations lost while Redis was unreachable, by kind (publish, presence)",
+            cluster.dropped.clone(),
+        );
         Metrics { registry, ..metrics }
+    }
+}
+
+/// What crosses between nodes through Redis.
+#[derive(Default)]
+pub struct ClusterMetrics {
+    pub redis_up: Gauge,
+    pub published: Counter,
+    pub received: Counter,
+    dropped: Family<Labels, Counter>,
+}
+
+impl ClusterMetrics {
+    /// Counts `n` operations of `kind` that never reached Redis.
+    pub fn dropped(&self, kind: &'static str, n: u64) {
+        self.dropped.get_or_create(&vec![("op", kind.to_owned())]).inc_by(n);
     }
 }
 

@@ -267,6 +267,16 @@ impl Delivery {
         Delivery { plain: Utf8Bytes::from(frame), stamped: OnceLock::new(), sender }
     }
 
+    /// The frame as the plugin sent it.
+    pub fn frame(&self) -> &str {
+        self.plain.as_str()
+    }
+
+    /// Who sent it, for the metadata stamp.
+    pub fn sender(&self) -> &str {
+        &self.sender
+    }
+
     /// The bytes for a connection: stamped if its route wants metadata.
     pub fn for_handle(&self, handle: &Handle) -> Utf8Bytes {
         if !handle.metadata {

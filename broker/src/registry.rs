@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+use crate::cluster::{self, Link};
 pub use crate::outbound::{CloseReason, Delivery, Handle, SendError};
 use crate::state::{Session, StateError};
 
@@ -78,17 +79,35 @@ pub struct Limits {
     pub session_bytes: usize,
 }
 
-/// All live connections and groups of this process.
+/// All live connections and groups of this process; with a cluster link, the groups of every node.
 pub struct Registry {
     next_id: AtomicU64,
     connections: DashMap<ConnectionId, Entry>,
     groups: DashMap<GroupKey, HashMap<ConnectionId, Handle>>,
     limits: Limits,
+    cluster: Option<Arc<Link>>,
 }
 
 impl Registry {
-    pub fn new(limits: Limits) -> Registry {
-        Registry { next_id: AtomicU64::new(0), connections: DashMap::new(), groups: DashMap::new(), limits }
+    pub fn new(limits: Limits, cluster: Option<Arc<Link>>) -> Registry {
+        let first = cluster.as_ref().map_or(0, |link| link.first_id());
+        Registry {
+            next_id: AtomicU64::new(first),
+            connections: DashMap::new(),
+            groups: DashMap::new(),
+            limits,
+            cluster,
+        }
+    }
+
+    /// The link to the other nodes, in a cluster.
+    pub fn cluster(&self) -> Option<&Link> {
+        self.cluster.as_deref()
+    }
+
+    /// Whether `id` is a connection of another node.
+    fn elsewhere(&self, id: ConnectionId) -> Option<&Link> {
+        self.cluster.as_deref().filter(|link| cluster::node_of(id) != link.node)
     }
 
     /// Adds a connection of `route` and returns its new id.
@@ -137,7 +156,7 @@ impl Registry {
     pub fn remove(&self, id: ConnectionId) {
         let Some((_, entry)) = self.connections.remove(&id) else { return };
         for key in entry.groups {
-            self.remove_member(&key, id);
+            self.remove_member(key, id);
         }
     }
 
@@ -176,8 +195,18 @@ impl Registry {
         self.connections.get(&id).map(|entry| entry.handle.clone()).ok_or(SendError::Closed)
     }
 
-    /// Queues a frame for one connection without waiting (see [`Handle::try_send`]).
+    /// Queues a frame for one connection without waiting (see [`Handle::try_send`]). A connection
+    /// of another node is sent to through its node, which drops the frame if it has closed.
     pub fn send(&self, id: ConnectionId, delivery: &Delivery) -> Result<(), SendError> {
+        if let Some(link) = self.elsewhere(id) {
+            link.publish_direct(id, delivery);
+            return Ok(());
+        }
+        self.send_local(id, delivery)
+    }
+
+    /// Queues a frame for a connection of this node.
+    pub fn send_local(&self, id: ConnectionId, delivery: &Delivery) -> Result<(), SendError> {
         let handle = self.handle(id)?;
         handle.try_send(delivery.for_handle(&handle))
     }
@@ -187,43 +216,72 @@ impl Registry {
         self.handle(id)?.close(reason)
     }
 
-    pub fn join(&self, id: ConnectionId, key: GroupKey) -> Result<(), JoinError> {
+    /// Adds a connection to a group. In a cluster it returns once the other nodes can reach the
+    /// connection through the group (or Redis did not answer in time; the membership stands).
+    pub async fn join(&self, id: ConnectionId, key: GroupKey) -> Result<(), JoinError> {
+        let first = self.join_local(id, &key)?;
+        if let (Some(link), Some(first)) = (&self.cluster, first) {
+            link.joined(key, id, first).await;
+        }
+        Ok(())
+    }
+
+    /// The join on this node: `Some(first)` when the membership is new, `first` when the group is.
+    fn join_local(&self, id: ConnectionId, key: &GroupKey) -> Result<Option<bool>, JoinError> {
         if !valid_name(&key.name) {
             return Err(JoinError::InvalidName);
         }
         let mut entry = self.connections.get_mut(&id).ok_or(JoinError::Closed)?;
-        if entry.groups.contains(&key) {
-            return Ok(());
+        if entry.groups.contains(key) {
+            return Ok(None);
         }
         if entry.groups.len() >= self.limits.max_groups_per_connection {
             return Err(JoinError::TooManyGroups(self.limits.max_groups_per_connection));
         }
         let handle = entry.handle.clone();
-        self.groups.entry(key.clone()).or_default().insert(id, handle);
-        entry.groups.insert(key);
-        Ok(())
+        let mut members = self.groups.entry(key.clone()).or_default();
+        let first = members.is_empty();
+        members.insert(id, handle);
+        drop(members);
+        entry.groups.insert(key.clone());
+        Ok(Some(first))
     }
 
     pub fn leave(&self, id: ConnectionId, key: &GroupKey) {
         let Some(mut entry) = self.connections.get_mut(&id) else { return };
         if entry.groups.remove(key) {
-            self.remove_member(key, id);
+            self.remove_member(key.clone(), id);
         }
     }
 
-    fn remove_member(&self, key: &GroupKey, id: ConnectionId) {
+    fn remove_member(&self, key: GroupKey, id: ConnectionId) {
         // Removing the group when it empties, under the same shard lock, so an empty group is never seen.
-        self.groups.remove_if_mut(key, |_, members| {
-            members.remove(&id);
-            members.is_empty()
-        });
+        let emptied = self
+            .groups
+            .remove_if_mut(&key, |_, members| {
+                members.remove(&id);
+                members.is_empty()
+            })
+            .is_some();
+        if let Some(link) = &self.cluster {
+            link.left(key, id, emptied);
+        }
     }
 
-    /// Queues `delivery` for every member of a group but `exclude`; returns how many it reached.
+    /// Queues `delivery` for every member of a group but `exclude`, on every node; returns how
+    /// many members of this node it reached.
+    pub fn broadcast(&self, key: &GroupKey, delivery: &Delivery, exclude: Option<ConnectionId>) -> usize {
+        if let Some(link) = &self.cluster {
+            link.publish_group(key, delivery, exclude);
+        }
+        self.broadcast_local(key, delivery, exclude)
+    }
+
+    /// Queues `delivery` for this node's members of a group but `exclude`.
     ///
     /// Queueing never waits (slow members are closed, see [`Handle::try_send`]), so holding the
     /// group's read lock here delays joins to this group by microseconds, and sockets not at all.
-    pub fn broadcast(&self, key: &GroupKey, delivery: &Delivery, exclude: Option<ConnectionId>) -> usize {
+    pub fn broadcast_local(&self, key: &GroupKey, delivery: &Delivery, exclude: Option<ConnectionId>) -> usize {
         let Some(members) = self.groups.get(key) else { return 0 };
         let mut reached = 0;
         for (id, handle) in members.iter() {
@@ -234,12 +292,29 @@ impl Registry {
         reached
     }
 
-    /// A group's members.
-    pub fn members(&self, key: &GroupKey) -> Vec<ConnectionId> {
+    /// A group's members, on every live node; this node's alone while Redis does not answer.
+    pub async fn members(&self, key: &GroupKey) -> Vec<ConnectionId> {
+        let local = self.local_members(key);
+        let Some(link) = &self.cluster else { return local };
+        match link.members(key, local.clone()).await {
+            Ok(all) => all,
+            Err(error) => {
+                tracing::debug!(group = %key, %error, "listing this node's members only");
+                local
+            }
+        }
+    }
+
+    fn local_members(&self, key: &GroupKey) -> Vec<ConnectionId> {
         let mut members: Vec<ConnectionId> =
             self.groups.get(key).map(|members| members.keys().copied().collect()).unwrap_or_default();
         members.sort_unstable();
         members
+    }
+
+    /// Every group with members on this node, with them: what a node tells the cluster anew.
+    pub fn local_groups(&self) -> Vec<(GroupKey, Vec<ConnectionId>)> {
+        self.groups.iter().map(|group| (group.key().clone(), group.keys().copied().collect())).collect()
     }
 }
 
@@ -255,52 +330,52 @@ mod tests {
     }
 
     fn registry(max_groups_per_connection: usize) -> Registry {
-        Registry::new(Limits { max_groups_per_connection, session_bytes: 64 })
+        Registry::new(Limits { max_groups_per_connection, session_bytes: 64 }, None)
     }
 
     fn key(name: &str) -> GroupKey {
         GroupKey::new(&Arc::from("chat"), name)
     }
 
-    #[test]
-    fn closing_leaves_every_group_and_empty_groups_vanish() {
+    #[tokio::test]
+    async fn closing_leaves_every_group_and_empty_groups_vanish() {
         let registry = registry(10);
         let (a, _qa) = connect(&registry);
         let (b, _qb) = connect(&registry);
-        registry.join(a, key("room1")).unwrap();
-        registry.join(a, key("room2")).unwrap();
-        registry.join(b, key("room1")).unwrap();
-        assert_eq!(registry.members(&key("room1")), vec![a, b]);
+        registry.join(a, key("room1")).await.unwrap();
+        registry.join(a, key("room2")).await.unwrap();
+        registry.join(b, key("room1")).await.unwrap();
+        assert_eq!(registry.members(&key("room1")).await, vec![a, b]);
         registry.remove(a);
-        assert_eq!(registry.members(&key("room1")), vec![b]);
+        assert_eq!(registry.members(&key("room1")).await, vec![b]);
         assert_eq!(registry.group_count(), 1);
         registry.leave(b, &key("room1"));
         assert_eq!((registry.group_count(), registry.membership_count()), (0, 0));
-        assert_eq!(registry.join(a, key("room1")), Err(JoinError::Closed));
+        assert_eq!(registry.join(a, key("room1")).await, Err(JoinError::Closed));
     }
 
-    #[test]
-    fn broadcast_skips_the_excluded_and_counts_the_reached() {
+    #[tokio::test]
+    async fn broadcast_skips_the_excluded_and_counts_the_reached() {
         let registry = registry(10);
         let (a, mut qa) = connect(&registry);
         let (b, mut qb) = connect(&registry);
-        registry.join(a, key("r")).unwrap();
-        registry.join(b, key("r")).unwrap();
+        registry.join(a, key("r")).await.unwrap();
+        registry.join(b, key("r")).await.unwrap();
         let delivery = Delivery::new(r#"{"action":"x"}"#.into(), a.to_string());
         assert_eq!(registry.broadcast(&key("r"), &delivery, Some(a)), 1);
         assert!(qa.try_recv().is_err());
         assert!(matches!(qb.try_recv(), Ok(outbound::Outbound::Frame(..))));
     }
 
-    #[test]
-    fn limits_on_names_and_groups_per_connection() {
+    #[tokio::test]
+    async fn limits_on_names_and_groups_per_connection() {
         let registry = registry(2);
         let (a, _q) = connect(&registry);
-        assert_eq!(registry.join(a, key("")), Err(JoinError::InvalidName));
-        registry.join(a, key("1")).unwrap();
-        registry.join(a, key("2")).unwrap();
-        registry.join(a, key("2")).unwrap();
-        assert_eq!(registry.join(a, key("3")), Err(JoinError::TooManyGroups(2)));
+        assert_eq!(registry.join(a, key("")).await, Err(JoinError::InvalidName));
+        registry.join(a, key("1")).await.unwrap();
+        registry.join(a, key("2")).await.unwrap();
+        registry.join(a, key("2")).await.unwrap();
+        assert_eq!(registry.join(a, key("3")).await, Err(JoinError::TooManyGroups(2)));
         assert_eq!(GroupKey::parse("chat:room1"), Some(key("room1")));
         assert_eq!(GroupKey::parse("room1"), None);
     }

@@ -244,6 +244,7 @@ fn warn_restart_only(old: &Config, new: &Config) {
             old.server.max_groups_per_connection != new.server.max_groups_per_connection,
         ),
         ("state", old.state != new.state),
+        ("cluster", old.cluster != new.cluster),
     ];
     for (key, _) in changed.iter().filter(|(_, changed)| *changed) {
         tracing::warn!(key, "this setting changed in broker.toml but takes effect only after a restart");

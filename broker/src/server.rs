@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Verifier};
-use crate::config::{AuthMode, Config, ConfigError};
+use crate::cluster::Link;
+use crate::config::{AuthMode, Backend, Config, ConfigError};
 use crate::connection::{self, Setup};
 use crate::limits::{Admission, MessageRate, Refused};
 use crate::metrics::Metrics;
@@ -44,6 +45,8 @@ pub enum StartError {
     Plugin(#[from] PluginError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot join the cluster at `cluster.redis_url`: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// The configuration in force, with the route table and plugins built from it. Swapped whole on a
@@ -88,8 +91,8 @@ pub(crate) struct Shared {
 pub async fn check_plugins(config: &Config) -> Result<crate::asyncapi::Plugins, Vec<String>> {
     let runtime = Arc::new(Runtime::new(&config.engine).map_err(|e| vec![e.to_string()])?);
     let services = Services {
-        registry: Arc::new(Registry::new(registry::Limits { max_groups_per_connection: 1, session_bytes: 1 })),
-        kv: Arc::new(Kv::new(state::Limits { value_bytes: 1, keys_per_namespace: 1 })),
+        registry: Arc::new(Registry::new(registry::Limits { max_groups_per_connection: 1, session_bytes: 1 }, None)),
+        kv: Arc::new(Kv::new(state::Limits { value_bytes: 1, keys_per_namespace: 1 }, None)),
         metrics: Arc::new(Metrics::default()),
     };
     let (mut loaded, mut problems) = (crate::asyncapi::Plugins::new(), Vec::new());
@@ -116,15 +119,29 @@ impl Server {
     /// Loads every plugin of `config` and binds its listen address.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         let runtime = Arc::new(Runtime::new(&config.engine)?);
-        let registry = Arc::new(Registry::new(registry::Limits {
-            max_groups_per_connection: config.server.max_groups_per_connection,
-            session_bytes: config.state.session_bytes,
-        }));
-        let kv = Arc::new(Kv::new(state::Limits {
-            value_bytes: config.state.kv_value_bytes,
-            keys_per_namespace: config.state.kv_keys_per_namespace,
-        }));
         let metrics = Arc::new(Metrics::default());
+        let cluster = match config.cluster.backend {
+            Backend::Memory => None,
+            Backend::Redis => Some(Link::connect(&config.cluster, metrics.clone()).await?),
+        };
+        let link = cluster.as_ref().map(|(link, _)| link.clone());
+        let registry = Arc::new(Registry::new(
+            registry::Limits {
+                max_groups_per_connection: config.server.max_groups_per_connection,
+                session_bytes: config.state.session_bytes,
+            },
+            link.clone(),
+        ));
+        if let Some((_, tasks)) = cluster {
+            tasks.spawn(&registry);
+        }
+        let kv = Arc::new(Kv::new(
+            state::Limits {
+                value_bytes: config.state.kv_value_bytes,
+                keys_per_namespace: config.state.kv_keys_per_namespace,
+            },
+            link,
+        ));
         let services = Services { registry: registry.clone(), kv, metrics: metrics.clone() };
         let mut slots = HashMap::new();
         for (name, plugin) in &config.plugins {
@@ -220,6 +237,9 @@ impl Server {
         let grace = shared.live.load().config.server.shutdown_grace();
         if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
             tracing::warn!(?grace, "connections still open after the shutdown grace period");
+        }
+        if let Some(link) = shared.registry.cluster() {
+            link.depart().await;
         }
     }
 }

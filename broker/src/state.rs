@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use crate::cluster::{ClusterError, Link};
+
 /// Why a state operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
@@ -15,6 +17,9 @@ pub enum StateError {
     Closed,
     #[error("{message}")]
     TooLarge { limit: &'static str, message: String },
+    /// The cluster backend did not answer.
+    #[error("the state store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The limits of `[state]`.
@@ -38,16 +43,69 @@ impl Stored {
 
 type Namespace = Mutex<HashMap<String, Stored>>;
 
-/// The in-memory key-value store: one map per namespace, each behind its own lock, so a
-/// compare-and-swap is atomic by construction and namespaces never contend.
+/// The key-value store. On one node it is in memory: one map per namespace, each behind its own
+/// lock, so a compare-and-swap is atomic by construction and namespaces never contend. In a
+/// cluster it is in Redis (compare-and-swap as a script, TTLs as Redis expiries), where
+/// `state.kv_keys_per_namespace` does not apply: Redis's `maxmemory` bounds it.
 pub struct Kv {
     namespaces: DashMap<Arc<str>, Arc<Namespace>>,
     limits: Limits,
+    cluster: Option<Arc<Link>>,
+}
+
+fn unavailable(error: ClusterError) -> StateError {
+    StateError::Unavailable(error.to_string())
 }
 
 impl Kv {
-    pub fn new(limits: Limits) -> Kv {
-        Kv { namespaces: DashMap::new(), limits }
+    pub fn new(limits: Limits, cluster: Option<Arc<Link>>) -> Kv {
+        Kv { namespaces: DashMap::new(), limits, cluster }
+    }
+
+    pub async fn get(&self, namespace: &Arc<str>, key: &str) -> Result<Option<String>, StateError> {
+        match &self.cluster {
+            Some(link) => link.kv_get(namespace, key).await.map_err(unavailable),
+            None => Ok(self.get_local(namespace, key)),
+        }
+    }
+
+    pub async fn set(
+        &self,
+        namespace: &Arc<str>,
+        key: &str,
+        value: String,
+        ttl: Option<Duration>,
+    ) -> Result<(), StateError> {
+        self.check_value(&value)?;
+        match &self.cluster {
+            Some(link) => link.kv_set(namespace, key, value, ttl).await.map_err(unavailable),
+            None => self.with(namespace, |map, now| self.put(map, now, key, value, ttl)),
+        }
+    }
+
+    pub async fn delete(&self, namespace: &Arc<str>, key: &str) -> Result<bool, StateError> {
+        match &self.cluster {
+            Some(link) => link.kv_delete(namespace, key).await.map_err(unavailable),
+            None => Ok(self.with(namespace, |map, now| map.remove(key).is_some_and(|s| s.live(now)))),
+        }
+    }
+
+    /// Sets (or with `new = None` deletes) `key` only while its live value equals `expected`.
+    pub async fn compare_and_swap(
+        &self,
+        namespace: &Arc<str>,
+        key: &str,
+        expected: Option<&str>,
+        new: Option<String>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StateError> {
+        if let Some(value) = &new {
+            self.check_value(value)?;
+        }
+        match &self.cluster {
+            Some(link) => link.kv_compare_and_swap(namespace, key, expected, new, ttl).await.map_err(unavailable),
+            None => self.compare_and_swap_local(namespace, key, expected, new, ttl),
+        }
     }
 
     fn namespace(&self, namespace: &Arc<str>) -> Arc<Namespace> {
@@ -60,21 +118,11 @@ impl Kv {
         f(&mut map, Instant::now())
     }
 
-    pub fn get(&self, namespace: &Arc<str>, key: &str) -> Option<String> {
+    fn get_local(&self, namespace: &Arc<str>, key: &str) -> Option<String> {
         self.with(namespace, |map, now| map.get(key).filter(|s| s.live(now)).map(|s| s.value.clone()))
     }
 
-    pub fn set(&self, namespace: &Arc<str>, key: &str, value: String, ttl: Option<Duration>) -> Result<(), StateError> {
-        self.check_value(&value)?;
-        self.with(namespace, |map, now| self.put(map, now, key, value, ttl))
-    }
-
-    pub fn delete(&self, namespace: &Arc<str>, key: &str) -> bool {
-        self.with(namespace, |map, now| map.remove(key).is_some_and(|s| s.live(now)))
-    }
-
-    /// Sets (or with `new = None` deletes) `key` only while its live value equals `expected`.
-    pub fn compare_and_swap(
+    fn compare_and_swap_local(
         &self,
         namespace: &Arc<str>,
         key: &str,
@@ -82,9 +130,6 @@ impl Kv {
         new: Option<String>,
         ttl: Option<Duration>,
     ) -> Result<bool, StateError> {
-        if let Some(value) = &new {
-            self.check_value(value)?;
-        }
         self.with(namespace, |map, now| {
             let current = map.get(key).filter(|s| s.live(now)).map(|s| s.value.as_str());
             if current != expected {
@@ -200,35 +245,38 @@ mod tests {
     use super::*;
 
     fn kv() -> Kv {
-        Kv::new(Limits { value_bytes: 16, keys_per_namespace: 2 })
+        Kv::new(Limits { value_bytes: 16, keys_per_namespace: 2 }, None)
     }
 
-    #[test]
-    fn namespaces_are_separate_and_cas_is_conditional() {
+    #[tokio::test]
+    async fn namespaces_are_separate_and_cas_is_conditional() {
         let kv = kv();
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
-        kv.set(&a, "k", "1".into(), None).unwrap();
-        assert_eq!(kv.get(&b, "k"), None);
-        assert!(!kv.compare_and_swap(&a, "k", Some("2"), Some("3".into()), None).unwrap());
-        assert!(kv.compare_and_swap(&a, "k", Some("1"), Some("3".into()), None).unwrap());
-        assert!(kv.compare_and_swap(&a, "new", None, Some("x".into()), None).unwrap());
-        assert!(!kv.compare_and_swap(&a, "new", None, Some("y".into()), None).unwrap());
-        assert_eq!(kv.get(&a, "k").as_deref(), Some("3"));
-        assert!(kv.delete(&a, "k"));
-        assert!(!kv.delete(&a, "k"));
+        let cas = |key: &'static str, expected: Option<&'static str>, new: &str| {
+            kv.compare_and_swap(&a, key, expected, Some(new.to_owned()), None)
+        };
+        kv.set(&a, "k", "1".into(), None).await.unwrap();
+        assert_eq!(kv.get(&b, "k").await, Ok(None));
+        assert!(!cas("k", Some("2"), "3").await.unwrap());
+        assert!(cas("k", Some("1"), "3").await.unwrap());
+        assert!(cas("new", None, "x").await.unwrap());
+        assert!(!cas("new", None, "y").await.unwrap());
+        assert_eq!(kv.get(&a, "k").await, Ok(Some("3".into())));
+        assert_eq!(kv.delete(&a, "k").await, Ok(true));
+        assert_eq!(kv.delete(&a, "k").await, Ok(false));
     }
 
-    #[test]
-    fn ttl_expires_and_limits_hold() {
+    #[tokio::test]
+    async fn ttl_expires_and_limits_hold() {
         let kv = kv();
         let ns: Arc<str> = Arc::from("ns");
-        kv.set(&ns, "gone", "v".into(), Some(Duration::ZERO)).unwrap();
-        assert_eq!(kv.get(&ns, "gone"), None);
-        assert!(kv.set(&ns, "big", "x".repeat(17), None).is_err());
-        kv.set(&ns, "1", "v".into(), None).unwrap();
-        kv.set(&ns, "2", "v".into(), None).unwrap();
+        kv.set(&ns, "gone", "v".into(), Some(Duration::ZERO)).await.unwrap();
+        assert_eq!(kv.get(&ns, "gone").await, Ok(None));
+        assert!(kv.set(&ns, "big", "x".repeat(17), None).await.is_err());
+        kv.set(&ns, "1", "v".into(), None).await.unwrap();
+        kv.set(&ns, "2", "v".into(), None).await.unwrap();
         // The expired key made room; a third live key does not fit.
-        assert!(kv.set(&ns, "3", "v".into(), None).is_err());
+        assert!(kv.set(&ns, "3", "v".into(), None).await.is_err());
         kv.sweep();
         assert_eq!(kv.len(), 2);
     }

@@ -107,7 +107,7 @@ impl Context {
     }
 }
 
-/// Sends a frame to any connection of this broker.
+/// Sends a frame to any connection of this broker, or of any node of its cluster.
 pub fn send_to(connection: u64, frame: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string(frame)?;
     host::send(connection, &text).map_err(|error| match error {

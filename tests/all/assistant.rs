@@ -125,7 +125,7 @@ fn start_with_llm(llm: &ScriptedLlm, timeout_ms: u64) -> Broker {
 }
 
 /// Connects to an assistant route and checks the welcome frame.
-async fn assistant(broker: &Broker, path: &str) -> Client {
+pub(crate) async fn assistant(broker: &Broker, path: &str) -> Client {
     let mut client = broker.connect(path).await;
     let welcome = client.recv().await;
     assert_eq!((welcome["status"].as_str(), welcome["type"].as_str()), (Some("success"), Some("welcome")), "{welcome}");
@@ -133,7 +133,7 @@ async fn assistant(broker: &Broker, path: &str) -> Client {
 }
 
 /// Sends a user message and collects the frames up to the final response (or an exception).
-async fn ask(client: &mut Client, message: &str) -> Vec<Value> {
+pub(crate) async fn ask(client: &mut Client, message: &str) -> Vec<Value> {
     client.send(json!({"action": "user_message", "payload": {"message": message}})).await;
     let mut frames = Vec::new();
     loop {

@@ -207,6 +207,12 @@ impl Broker {
         line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS in kB")
     }
 
+    /// Kills the process (SIGKILL): a node that dies without a word.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill the broker");
+        self.child.wait().expect("reap the broker");
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();

@@ -5,6 +5,7 @@ mod assistant;
 mod asyncapi;
 mod auth;
 mod badinput;
+mod cluster;
 mod deadlines;
 mod echo;
 mod errors;

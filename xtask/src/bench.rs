@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-const SCENARIOS: &[&str] = &["echo", "plugin-cost", "fanout", "connections", "reload", "hostile"];
+const SCENARIOS: &[&str] = &["echo", "plugin-cost", "fanout", "connections", "reload", "hostile", "cluster"];
 
 /// A server under test, killed when dropped.
 struct Server {
@@ -88,8 +88,13 @@ impl Bench {
     }
 
     fn broker(&self) -> Result<Server> {
+        self.broker_with("broker.toml")
+    }
+
+    /// A broker serving `config`, a file of the bench folder.
+    fn broker_with(&self, config: &str) -> Result<Server> {
         let mut command = Command::new(self.bin("broker"));
-        command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(self.dir.0.join("broker.toml"));
+        command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(self.dir.0.join(config));
         Server::start(command)
     }
 
@@ -144,6 +149,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             "connections" => connections(&bench)?,
             "reload" => reload(&bench)?,
             "hostile" => hostile(&bench)?,
+            "cluster" => cluster(&bench)?,
             _ => unreachable!("checked above"),
         };
         println!("{}", markdown(&report));
@@ -226,7 +232,9 @@ plugin = "hostile"
         chat = plugins.join("chat.wasm").display(),
         testbed = bench.root.join("target/wasm/wasm32-wasip2/release/testbed.wasm").display(),
     );
-    Ok(std::fs::write(bench.dir.0.join("broker.toml"), toml)?)
+    std::fs::write(bench.dir.0.join("broker.toml"), &toml)?;
+    // The same service as one node of a Redis cluster (the cluster scenario adds the URL).
+    Ok(std::fs::write(bench.dir.0.join("cluster.toml"), toml)?)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -351,6 +359,86 @@ fn fanout(bench: &Bench) -> Result<Report> {
     Ok(Report {
         title: "fanout: one sender, one room, every member receives every message".into(),
         command: "cargo xtask bench fanout".into(),
+        table,
+    })
+}
+
+/// A redis-server on a free loopback port, without persistence, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Result<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("redis-server is needed for the cluster scenario (apt-get install redis-server)")?;
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(Instant::now() < deadline, "redis-server did not listen on port {port}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(redis)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fan-out across two nodes sharing a Redis against one node alone, same room sizes as `fanout`.
+fn cluster(bench: &Bench) -> Result<Report> {
+    let redis = Redis::start()?;
+    let config = std::fs::read_to_string(bench.dir.0.join("cluster.toml"))?;
+    let config =
+        format!("{config}\n[cluster]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\n", redis.port);
+    std::fs::write(bench.dir.0.join("cluster.toml"), config)?;
+    let single = bench.broker()?;
+    let (one, two) = (bench.broker_with("cluster.toml")?, bench.broker_with("cluster.toml")?);
+    let mut table = vec![
+        [
+            "members",
+            "cross-node deliveries/s",
+            "single-node deliveries/s",
+            "ratio",
+            "cross p50/p99 µs",
+            "single p50/p99 µs",
+            "lost",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for members in [100u64, 1000, 10_000] {
+        let messages = (1_000_000 / members).max(50);
+        let run = |sender: &Server, room_of: &Server, run: usize| {
+            let room = format!("/ws/chat/cluster-{members}-{run}");
+            let (url, members_url) = (sender.url(&room), room_of.url(&room));
+            bench.loadgen(&args(&["fanout", &url, &members.to_string(), &messages.to_string(), &members_url]))
+        };
+        let cross = median_run((0..bench.runs).map(|r| run(&one, &two, r)).collect::<Result<Vec<_>>>()?, "per_second");
+        let alone =
+            median_run((0..bench.runs).map(|r| run(&single, &single, r)).collect::<Result<Vec<_>>>()?, "per_second");
+        table.push(vec![
+            members.to_string(),
+            num(&cross["per_second"]),
+            num(&alone["per_second"]),
+            format!("{:.2}", cross["per_second"].as_f64().unwrap_or(0.0) / alone["per_second"].as_f64().unwrap_or(1.0)),
+            format!("{}/{}", cross["p50_us"], cross["p99_us"]),
+            format!("{}/{}", alone["p50_us"], alone["p99_us"]),
+            format!("{}/{}", cross["lost"], alone["lost"]),
+        ]);
+    }
+    Ok(Report {
+        title: "cluster: one sender on node one, the room on node two (Redis between), against one node".into(),
+        command: "cargo xtask bench cluster".into(),
         table,
     })
 }

@@ -96,14 +96,18 @@ fn ensure_wasm_target() -> Result<()> {
     }
 }
 
-/// What the tests drive besides Rust: Chromium and promtool (Debian packages), playwright-core,
+/// What the tests drive besides Rust: Chromium, promtool and redis-server (Debian packages), playwright-core,
 /// the AsyncAPI parser and TypeScript (npm). Installed when missing, so the test command works on a fresh machine.
 fn ensure_test_tools(root: &Path) -> Result<()> {
-    let missing: Vec<&str> = [("chromium", "/usr/bin/chromium"), ("prometheus", "/usr/bin/promtool")]
-        .into_iter()
-        .filter(|(_, binary)| !Path::new(binary).exists())
-        .map(|(package, _)| package)
-        .collect();
+    let missing: Vec<&str> = [
+        ("chromium", "/usr/bin/chromium"),
+        ("prometheus", "/usr/bin/promtool"),
+        ("redis-server", "/usr/bin/redis-server"),
+    ]
+    .into_iter()
+    .filter(|(_, binary)| !Path::new(binary).exists())
+    .map(|(package, _)| package)
+    .collect();
     if !missing.is_empty() {
         eprintln!("installing {} with apt-get", missing.join(", "));
         run(Command::new("apt-get").args(["update", "-q"]))?;

@@ -181,7 +181,7 @@ impl self::broker::plugin::host::Host for HostState {
 
 impl self::broker::plugin::groups::Host for HostState {
     async fn join(&mut self, connection: u64, group: String) -> wasmtime::Result<Result<(), GroupError>> {
-        Ok(self.env.registry.join(connection, self.group(&group)).map_err(|error| match error {
+        Ok(self.env.registry.join(connection, self.group(&group)).await.map_err(|error| match error {
             JoinError::Closed => GroupError::Closed,
             JoinError::InvalidName => GroupError::InvalidName,
             JoinError::TooManyGroups(_) => {
@@ -212,7 +212,7 @@ impl self::broker::plugin::groups::Host for HostState {
     }
 
     async fn members(&mut self, group: String) -> wasmtime::Result<Vec<u64>> {
-        Ok(self.env.registry.members(&self.group(&group)))
+        Ok(self.env.registry.members(&self.group(&group)).await)
     }
 }
 
@@ -225,6 +225,7 @@ impl HostState {
                 self.env.metrics.limit_hit(limit);
                 StateError::TooLarge(message)
             }
+            HostStateError::Unavailable(why) => StateError::Unavailable(why),
         }
     }
 }
@@ -256,7 +257,7 @@ impl self::broker::plugin::identity::Host for HostState {
 
 impl self::broker::plugin::kv::Host for HostState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, StateError>> {
-        Ok(Ok(self.env.kv.get(&self.env.namespace, &key)))
+        Ok(self.env.kv.get(&self.env.namespace, &key).await.map_err(|e| self.state_error(e)))
     }
 
     async fn set(
@@ -265,11 +266,11 @@ impl self::broker::plugin::kv::Host for HostState {
         value: String,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), StateError>> {
-        Ok(self.env.kv.set(&self.env.namespace, &key, value, ttl(ttl_ms)).map_err(|e| self.state_error(e)))
+        Ok(self.env.kv.set(&self.env.namespace, &key, value, ttl(ttl_ms)).await.map_err(|e| self.state_error(e)))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, StateError>> {
-        Ok(Ok(self.env.kv.delete(&self.env.namespace, &key)))
+        Ok(self.env.kv.delete(&self.env.namespace, &key).await.map_err(|e| self.state_error(e)))
     }
 
     async fn compare_and_swap(
@@ -279,7 +280,8 @@ impl self::broker::plugin::kv::Host for HostState {
         new: Option<String>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<bool, StateError>> {
-        let swapped = self.env.kv.compare_and_swap(&self.env.namespace, &key, expected.as_deref(), new, ttl(ttl_ms));
+        let swapped =
+            self.env.kv.compare_and_swap(&self.env.namespace, &key, expected.as_deref(), new, ttl(ttl_ms)).await;
         Ok(swapped.map_err(|e| self.state_error(e)))
     }
 }

@@ -24,6 +24,12 @@ struct Broadcast {
 }
 
 #[derive(Deserialize, JsonSchema)]
+struct SendTo {
+    connection: u64,
+    frame: Value,
+}
+
+#[derive(Deserialize, JsonSchema)]
 struct Close {
     code: u16,
     reason: String,
@@ -100,6 +106,7 @@ fn plugin() -> Plugin {
         })
         .handle("join", |ctx, group: Group| ctx.join(&group.group))
         .handle("broadcast", |ctx, b: Broadcast| Ok(Frame::new("broadcast", ctx.broadcast(&b.group, &b.frame)?)))
+        .handle("send_to", |_ctx, s: SendTo| plugin_sdk::send_to(s.connection, &s.frame))
         .handle("members", |_ctx, group: Group| Ok(Frame::new("members", plugin_sdk::members(&group.group))))
         .handle("count", |_ctx, _: ()| Ok(Frame::new("count", CALLS.fetch_add(1, Ordering::Relaxed) + 1)))
         .handle("strict", |_ctx, strict: Strict| {

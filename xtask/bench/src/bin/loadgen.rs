@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! loadgen echo    URL CONNECTIONS SECONDS WARMUP_SECONDS [ACTION]   closed-loop request/reply
-//! loadgen fanout  URL MEMBERS MESSAGES                              one sender, a room of MEMBERS
+//! loadgen fanout  URL MEMBERS MESSAGES [MEMBERS_URL]                one sender, a room of MEMBERS
+//!                                                                   (on MEMBERS_URL: another node)
 //! loadgen hold    URL COUNT                                         COUNT idle connections until stdin closes
 //! loadgen reload  URL CONNECTIONS FILE MARKER=VERSION_FILE...       echo while FILE is replaced
 //! loadgen attack  URL ACTION SECONDS                                one client repeating a hostile action
@@ -46,7 +47,11 @@ async fn main() -> Result<()> {
             echo(&arg(1)?, num(2)? as usize, Duration::from_secs(num(3)?), Duration::from_secs(num(4)?), &action)
                 .await?
         }
-        "fanout" => fanout(&arg(1)?, num(2)? as usize, num(3)?).await?,
+        "fanout" => {
+            let sender = arg(1)?;
+            let members_url = args.get(4).cloned().unwrap_or_else(|| sender.clone());
+            fanout(&sender, &members_url, num(2)? as usize, num(3)?).await?
+        }
         "hold" => hold(&arg(1)?, num(2)? as usize).await?,
         "reload" => {
             let versions = args[4..]
@@ -204,8 +209,10 @@ async fn attack(url: &str, action: &str, duration: Duration) -> Result<serde_jso
     Ok(json!({"action": action, "attacks": attacks}))
 }
 
-async fn fanout(url: &str, members: usize, messages: u64) -> Result<serde_json::Value> {
-    let receivers = connect_all(url, members, pinged).await?;
+async fn fanout(url: &str, members_url: &str, members: usize, messages: u64) -> Result<serde_json::Value> {
+    // A pong proves the member's join is done, on another node too (the broker answers it after
+    // `on-connect`, which returns once the cluster can reach the member).
+    let receivers = connect_all(members_url, members, pinged).await?;
     let mut sender = pinged(connect(url, members).await?).await?;
     let epoch = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));

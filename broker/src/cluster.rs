@@ -1,0 +1,567 @@
+//! Several nodes as one service, through Redis (`[cluster] backend = "redis"`).
+//!
+//! - **Broadcasts.** Members on this node get the frame at once; other nodes get it through the
+//!   group's channel, which a node subscribes to only while it has members of the group. One
+//!   publisher task sends everything in the order it was queued (pipelined), and Redis delivers a
+//!   channel in order, so one sender's frames keep their order everywhere. A node skips what it
+//!   published itself (its members already have it): every member gets a frame once.
+//! - **Connection ids.** A node takes a number from Redis at start and puts it in the top bits of
+//!   its connection ids, so ids are unique across nodes and name the node a connection is on;
+//!   `send` to a connection on another node goes through that node's inbox channel.
+//! - **Presence.** Each node keeps its members of a group in its own set, lists in the group's index
+//!   that it has one, and refreshes its alive key every heartbeat. Sets of nodes whose alive key
+//!   expired are not listed, and are cleaned up by whoever reads them.
+//! - **Outages.** While Redis does not answer, local delivery goes on; frames for other nodes are
+//!   dropped and counted (`broker_cluster_dropped_total`), key-value calls fail with `unavailable`,
+//!   and `members` lists this node's members. When Redis answers again the node writes its presence
+//!   anew and subscribes again.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, PushInfo, PushKind, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config;
+use crate::metrics::Metrics;
+use crate::outbound::Delivery;
+use crate::registry::{ConnectionId, GroupKey, Registry};
+
+/// Connection ids carry their node's number above this bit.
+const NODE_SHIFT: u32 = 44;
+/// Node numbers wrap below this (20 bits): a number is reused only after a million starts.
+const NODE_NUMBERS: u64 = (1 << (64 - NODE_SHIFT)) - 1;
+/// Longest a plugin or API call waits on Redis before it is told the store is unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The node a connection id belongs to (0 on a single node).
+pub fn node_of(id: ConnectionId) -> u64 {
+    id >> NODE_SHIFT
+}
+
+/// Why Redis could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis did not answer within {} ms", CALL_TIMEOUT.as_millis())]
+    Timeout,
+}
+
+/// What the publisher task sends, in queue order.
+enum Op {
+    Publish {
+        channel: String,
+        message: Vec<u8>,
+    },
+    Joined {
+        key: GroupKey,
+        id: ConnectionId,
+        first: bool,
+        done: Option<oneshot::Sender<()>>,
+    },
+    Left {
+        key: GroupKey,
+        id: ConnectionId,
+        last: bool,
+    },
+    /// Write this node's presence and subscriptions anew (after Redis lost them or missed some).
+    Reannounce,
+    /// The node is shutting down: stop listing it at once rather than after its TTL.
+    Depart {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// This node's link to the cluster: held by the registry and the key-value store.
+pub struct Link {
+    /// This node's number, in the top bits of its connection ids.
+    pub node: u64,
+    /// This node's name, for logs and the alive key.
+    pub name: String,
+    prefix: String,
+    redis: ConnectionManager,
+    ops: mpsc::UnboundedSender<Op>,
+    /// Redis answered the last operation; while false, frames for other nodes are dropped at once.
+    up: AtomicBool,
+    /// Presence or subscriptions may be missing in Redis: an operation on them failed.
+    dirty: AtomicBool,
+    /// Shutting down: the heartbeat stops.
+    departed: AtomicBool,
+    metrics: Arc<Metrics>,
+    heartbeat: Duration,
+    node_ttl: Duration,
+}
+
+/// The tasks that serve a link, started once the registry exists.
+pub struct Tasks {
+    link: Arc<Link>,
+    ops: mpsc::UnboundedReceiver<Op>,
+    pushes: mpsc::UnboundedReceiver<PushInfo>,
+}
+
+impl Link {
+    /// Connects to Redis, takes a node number and announces the node; fails when Redis does not
+    /// answer, so a misconfigured node does not start alone.
+    pub async fn connect(config: &config::Cluster, metrics: Arc<Metrics>) -> Result<(Arc<Link>, Tasks), ClusterError> {
+        let url = config.redis_url();
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
+        // Subscriptions share the command connection, which RESP3 allows.
+        let redis_settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(redis_settings))?;
+        let (push_tx, pushes) = mpsc::unbounded_channel();
+        let manager_config = ConnectionManagerConfig::new()
+            .set_push_sender(push_tx)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let mut redis =
+            tokio::time::timeout(CALL_TIMEOUT * 5, client.get_connection_manager_with_config(manager_config))
+                .await
+                .map_err(|_| ClusterError::Timeout)??;
+        let prefix = config.key_prefix.clone();
+        let seq: u64 = redis.incr(format!("{prefix}:node-seq"), 1).await?;
+        let node = (seq - 1) % NODE_NUMBERS + 1;
+        let (ops_tx, ops) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
+            node,
+            name: config.node_id(),
+            prefix,
+            redis,
+            ops: ops_tx,
+            up: AtomicBool::new(true),
+            dirty: AtomicBool::new(false),
+            departed: AtomicBool::new(false),
+            metrics,
+            heartbeat: Duration::from_millis(config.heartbeat_ms),
+            node_ttl: Duration::from_millis(config.node_ttl_ms),
+        });
+        link.beat().await?;
+        let mut subscriber = link.redis.clone();
+        subscriber.subscribe(link.inbox(node)).await?;
+        link.metrics.cluster.redis_up.set(1);
+        tracing::info!(node = link.node, name = %link.name, "joined the cluster through Redis");
+        Ok((link.clone(), Tasks { link, ops, pushes }))
+    }
+
+    /// The first connection id of this node.
+    pub fn first_id(&self) -> ConnectionId {
+        self.node << NODE_SHIFT
+    }
+
+    fn group_channel(&self, key: &GroupKey) -> String {
+        format!("{}:g:{}:{}", self.prefix, key.namespace, key.name)
+    }
+
+    fn inbox(&self, node: u64) -> String {
+        format!("{}:to:{node}", self.prefix)
+    }
+
+    fn alive_key(&self, node: u64) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+
+    /// This node's members of a group.
+    fn members_key(&self, key: &GroupKey, node: u64) -> String {
+        format!("{}:m:{}:{}:{node}", self.prefix, key.namespace, key.name)
+    }
+
+    /// The nodes with members of a group.
+    fn index_key(&self, key: &GroupKey) -> String {
+        format!("{}:gn:{}:{}", self.prefix, key.namespace, key.name)
+    }
+
+    /// The groups this node has a members set for, to clean up after an outage.
+    fn own_groups_key(&self) -> String {
+        format!("{}:ng:{}", self.prefix, self.node)
+    }
+
+    fn kv_key(&self, namespace: &str, key: &str) -> String {
+        format!("{}:kv:{namespace}:{key}", self.prefix)
+    }
+
+    /// Refreshes the alive key; true when Redis still had it (nothing was lost).
+    async fn beat(&self) -> Result<bool, ClusterError> {
+        let mut redis = self.redis.clone();
+        let ttl = u64::try_from(self.node_ttl.as_millis()).unwrap_or(u64::MAX);
+        let previous: Option<String> = within(
+            redis::cmd("SET")
+                .arg(self.alive_key(self.node))
+                .arg(&self.name)
+                .arg("PX")
+                .arg(ttl)
+                .arg("GET")
+                .query_async(&mut redis),
+        )
+        .await?;
+        Ok(previous.is_some())
+    }
+
+    fn queue(&self, op: Op) {
+        // The receiver lives as long as the process: a send fails only at shutdown.
+        let _ = self.ops.send(op);
+    }
+
+    /// Sends a broadcast to the other nodes (this node's members already have it).
+    pub fn publish_group(&self, key: &GroupKey, delivery: &Delivery, exclude: Option<ConnectionId>) {
+        let message = encode(self.node, exclude.unwrap_or(0), delivery);
+        self.queue(Op::Publish { channel: self.group_channel(key), message });
+    }
+
+    /// Sends a frame to a connection of another node.
+    pub fn publish_direct(&self, id: ConnectionId, delivery: &Delivery) {
+        let message = encode(self.node, id, delivery);
+        self.queue(Op::Publish { channel: self.inbox(node_of(id)), message });
+    }
+
+    /// Records a join in Redis (and subscribes for the first local member); returns once done, or
+    /// after the call timeout when Redis does not answer (the join stands locally either way).
+    pub async fn joined(&self, key: GroupKey, id: ConnectionId, first: bool) {
+        let (done, wait) = oneshot::channel();
+        self.queue(Op::Joined { key, id, first, done: Some(done) });
+        let _ = tokio::time::timeout(CALL_TIMEOUT, wait).await;
+    }
+
+    /// Takes this node out of the cluster after its connections closed: the leaves queued before
+    /// are written, then its alive key is removed. Waits at most the call timeout.
+    pub async fn depart(&self) {
+        self.departed.store(true, Ordering::Relaxed);
+        let (done, wait) = oneshot::channel();
+        self.queue(Op::Depart { done });
+        let _ = tokio::time::timeout(CALL_TIMEOUT, wait).await;
+    }
+
+    /// Records a leave (and unsubscribes when the last local member left).
+    pub fn left(&self, key: GroupKey, id: ConnectionId, last: bool) {
+        self.queue(Op::Left { key, id, last });
+    }
+
+    /// The members of a group on the other live nodes, with `local` (this node's) added.
+    pub async fn members(
+        &self,
+        key: &GroupKey,
+        mut local: Vec<ConnectionId>,
+    ) -> Result<Vec<ConnectionId>, ClusterError> {
+        let mut redis = self.redis.clone();
+        let nodes: Vec<u64> = within(redis.smembers(self.index_key(key))).await?;
+        let others: Vec<u64> = nodes.into_iter().filter(|n| *n != self.node).collect();
+        if !others.is_empty() {
+            let alive_keys: Vec<String> = others.iter().map(|n| self.alive_key(*n)).collect();
+            let alive: Vec<Option<String>> = within(redis.mget(&alive_keys)).await?;
+            let (live, dead): (Vec<(u64, Option<String>)>, Vec<_>) =
+                others.into_iter().zip(alive).partition(|(_, alive)| alive.is_some());
+            if !live.is_empty() {
+                let mut read = redis::pipe();
+                for (node, _) in &live {
+                    read.smembers(self.members_key(key, *node));
+                }
+                let sets: Vec<Vec<ConnectionId>> = within(read.query_async(&mut redis)).await?;
+                local.extend(sets.into_iter().flatten());
+            }
+            if !dead.is_empty() {
+                // Whoever reads first cleans up after a dead node; failing here changes nothing read.
+                let mut clean = redis::pipe();
+                for (node, _) in &dead {
+                    clean.del(self.members_key(key, *node)).ignore().srem(self.index_key(key), *node).ignore();
+                }
+                let _: Result<(), _> = within(clean.query_async(&mut redis)).await;
+            }
+        }
+        local.sort_unstable();
+        local.dedup();
+        Ok(local)
+    }
+
+    pub async fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<String>, ClusterError> {
+        within(self.redis.clone().get(self.kv_key(namespace, key))).await
+    }
+
+    pub async fn kv_set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: String,
+        ttl: Option<Duration>,
+    ) -> Result<(), ClusterError> {
+        let mut set = redis::cmd("SET");
+        set.arg(self.kv_key(namespace, key)).arg(value);
+        if let Some(ttl) = ttl {
+            set.arg("PX").arg(ttl_ms(ttl));
+        }
+        within(set.query_async(&mut self.redis.clone())).await
+    }
+
+    pub async fn kv_delete(&self, namespace: &str, key: &str) -> Result<bool, ClusterError> {
+        let removed: u64 = within(self.redis.clone().del(self.kv_key(namespace, key))).await?;
+        Ok(removed > 0)
+    }
+
+    /// Compare-and-swap as one Lua script, so it is atomic across nodes.
+    pub async fn kv_compare_and_swap(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<&str>,
+        new: Option<String>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, ClusterError> {
+        const SCRIPT: &str = r#"
+            local current = redis.call('GET', KEYS[1])
+            if ARGV[1] == '1' then
+                if current ~= ARGV[2] then return 0 end
+            elseif current then
+                return 0
+            end
+            if ARGV[3] == '1' then
+                if ARGV[5] ~= '0' then
+                    redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+                else
+                    redis.call('SET', KEYS[1], ARGV[4])
+                end
+            else
+                redis.call('DEL', KEYS[1])
+            end
+            return 1"#;
+        let flag = |present: bool| if present { "1" } else { "0" };
+        let mut script = redis::cmd("EVAL");
+        script
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(self.kv_key(namespace, key))
+            .arg(flag(expected.is_some()))
+            .arg(expected.unwrap_or(""))
+            .arg(flag(new.is_some()))
+            .arg(new.as_deref().unwrap_or(""))
+            .arg(ttl.map_or(0, ttl_ms));
+        let swapped: u64 = within(script.query_async(&mut self.redis.clone())).await?;
+        Ok(swapped == 1)
+    }
+
+    /// Whether Redis answered the last operation.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            self.metrics.cluster.redis_up.set(i64::from(up));
+            if up {
+                tracing::info!(node = self.node, "Redis answers again");
+            } else {
+                tracing::warn!(
+                    node = self.node,
+                    "Redis does not answer: frames for other nodes are dropped until it does"
+                );
+            }
+        }
+    }
+}
+
+impl Tasks {
+    /// Starts the publisher, the subscriber and the heartbeat; each ends when the registry is gone.
+    pub fn spawn(self, registry: &Arc<Registry>) {
+        let Tasks { link, ops, pushes } = self;
+        tokio::spawn(publish(link.clone(), Arc::downgrade(registry), ops));
+        tokio::spawn(receive(link.clone(), Arc::downgrade(registry), pushes));
+        tokio::spawn(heartbeat(link));
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    // Redis refuses PX 0; the shortest TTL it takes is 1 ms.
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+async fn within<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, ClusterError> {
+    Ok(tokio::time::timeout(CALL_TIMEOUT, call).await.map_err(|_| ClusterError::Timeout)??)
+}
+
+/// `origin\ntarget\nsender\nframe`: the publishing node, the excluded (broadcast) or addressed
+/// (direct) connection or 0, the sender for metadata stamps, and the frame as serialized once.
+fn encode(origin: u64, target: ConnectionId, delivery: &Delivery) -> Vec<u8> {
+    let (frame, sender) = (delivery.frame(), delivery.sender());
+    let mut message = Vec::with_capacity(frame.len() + sender.len() + 48);
+    message.extend_from_slice(format!("{origin}\n{target}\n{sender}\n").as_bytes());
+    message.extend_from_slice(frame.as_bytes());
+    message
+}
+
+fn decode(message: &[u8]) -> Option<(u64, ConnectionId, Delivery)> {
+    let text = std::str::from_utf8(message).ok()?;
+    let mut parts = text.splitn(4, '\n');
+    let origin = parts.next()?.parse().ok()?;
+    let target = parts.next()?.parse().ok()?;
+    let sender = parts.next()?.to_owned();
+    let frame = parts.next()?.to_owned();
+    Some((origin, target, Delivery::new(frame, sender)))
+}
+
+/// Sends the queued operations in order, each batch as one pipeline.
+async fn publish(link: Arc<Link>, registry: Weak<Registry>, mut ops: mpsc::UnboundedReceiver<Op>) {
+    let mut batch = Vec::new();
+    while ops.recv_many(&mut batch, 4096).await > 0 {
+        let Some(registry) = registry.upgrade() else { return };
+        let mut pipe = redis::pipe();
+        let (mut published, mut presence, mut done) = (0u64, 0u64, Vec::new());
+        // The last word on each channel in this batch: subscribe (true) or unsubscribe.
+        let mut channels: Vec<(String, bool)> = Vec::new();
+        for op in batch.drain(..) {
+            match op {
+                Op::Publish { channel, message } => {
+                    pipe.publish(channel, message).ignore();
+                    published += 1;
+                }
+                Op::Joined { key, id, first, done: ack } => {
+                    pipe.sadd(link.members_key(&key, link.node), id).ignore();
+                    if first {
+                        pipe.sadd(link.index_key(&key), link.node).ignore();
+                        pipe.sadd(link.own_groups_key(), key.to_string()).ignore();
+                        channels.push((link.group_channel(&key), true));
+                    }
+                    presence += 1;
+                    done.extend(ack);
+                }
+                Op::Left { key, id, last } => {
+                    if last {
+                        pipe.del(link.members_key(&key, link.node)).ignore();
+                        pipe.srem(link.index_key(&key), link.node).ignore();
+                        pipe.srem(link.own_groups_key(), key.to_string()).ignore();
+                        channels.push((link.group_channel(&key), false));
+                    } else {
+                        pipe.srem(link.members_key(&key, link.node), id).ignore();
+                    }
+                    presence += 1;
+                }
+                Op::Reannounce => {
+                    reannounce(&link, &registry, &mut pipe, &mut channels).await;
+                    presence += 1;
+                }
+                Op::Depart { done: ack } => {
+                    pipe.del(link.alive_key(link.node)).ignore().del(link.own_groups_key()).ignore();
+                    done.push(ack);
+                }
+            }
+        }
+        drop(registry);
+        let mut ok = link.up.load(Ordering::Relaxed);
+        if ok {
+            // Subscribing before the pipeline runs means a member that joined hears every frame
+            // published after its join returned.
+            let mut redis = link.redis.clone();
+            let last: std::collections::HashMap<String, bool> = channels.into_iter().collect();
+            for (channel, _) in last.iter().filter(|(_, subscribed)| **subscribed) {
+                ok &= within(redis.subscribe(channel)).await.is_ok();
+            }
+            ok &= within(pipe.query_async::<()>(&mut redis)).await.is_ok();
+            for (channel, _) in last.iter().filter(|(_, subscribed)| !**subscribed) {
+                ok &= within(redis.unsubscribe(channel)).await.is_ok();
+            }
+        }
+        if ok {
+            link.metrics.cluster.published.inc_by(published);
+        } else {
+            link.set_up(false);
+            link.dirty.store(true, Ordering::Relaxed);
+            link.metrics.cluster.dropped("publish", published);
+            link.metrics.cluster.dropped("presence", presence);
+        }
+        for ack in done {
+            let _ = ack.send(());
+        }
+    }
+}
+
+/// Queues this node's whole presence into `pipe`: its sets rewritten from the registry, the sets of
+/// groups it has left removed, every group's channel subscribed again.
+async fn reannounce(link: &Link, registry: &Registry, pipe: &mut redis::Pipeline, channels: &mut Vec<(String, bool)>) {
+    let groups = registry.local_groups();
+    let current: HashSet<String> = groups.iter().map(|(key, _)| key.to_string()).collect();
+    let recorded: Vec<String> = within(link.redis.clone().smembers(link.own_groups_key())).await.unwrap_or_default();
+    for stale in recorded.iter().filter(|g| !current.contains(*g)) {
+        if let Some(key) = GroupKey::parse(stale) {
+            pipe.del(link.members_key(&key, link.node)).ignore();
+            pipe.srem(link.index_key(&key), link.node).ignore();
+        }
+    }
+    pipe.del(link.own_groups_key()).ignore();
+    for (key, members) in &groups {
+        let set = link.members_key(key, link.node);
+        pipe.del(&set).ignore().sadd(&set, members).ignore();
+        pipe.sadd(link.index_key(key), link.node).ignore();
+        pipe.sadd(link.own_groups_key(), key.to_string()).ignore();
+        channels.push((link.group_channel(key), true));
+    }
+    channels.push((link.inbox(link.node), true));
+}
+
+/// Delivers what other nodes published to this node's members.
+async fn receive(link: Arc<Link>, registry: Weak<Registry>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
+    let inbox = link.inbox(link.node);
+    let groups = format!("{}:g:", link.prefix);
+    while let Some(push) = pushes.recv().await {
+        let Some(registry) = registry.upgrade() else { return };
+        if push.kind != PushKind::Message {
+            continue;
+        }
+        let [Value::BulkString(channel), Value::BulkString(message)] = push.data.as_slice() else { continue };
+        let (Ok(channel), Some((origin, target, delivery))) = (std::str::from_utf8(channel), decode(message)) else {
+            tracing::warn!("a cluster message that is not ours; is another program using the key prefix?");
+            continue;
+        };
+        if origin == link.node {
+            continue;
+        }
+        link.metrics.cluster.received.inc();
+        if channel == inbox {
+            let _ = registry.send_local(target, &delivery);
+        } else if let Some(key) = channel.strip_prefix(&groups).and_then(GroupKey::parse) {
+            registry.broadcast_local(&key, &delivery, (target != 0).then_some(target));
+        }
+    }
+}
+
+/// Keeps this node listed, and notices when Redis lost what it was told.
+async fn heartbeat(link: Arc<Link>) {
+    let mut every = tokio::time::interval(link.heartbeat);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if Arc::strong_count(&link) == 1 || link.departed.load(Ordering::Relaxed) {
+            return;
+        }
+        match link.beat().await {
+            Ok(kept) => {
+                link.set_up(true);
+                // A Redis that restarted, or that expired this node during a long pause, forgot
+                // its presence; a failed operation may have left it behind.
+                if !kept | link.dirty.swap(false, Ordering::Relaxed) {
+                    tracing::info!(node = link.node, "writing this node's presence to Redis again");
+                    link.queue(Op::Reannounce);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(node = link.node, %error, "heartbeat failed");
+                link.set_up(false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_origin_target_sender_and_frame() {
+        let delivery = Delivery::new(r#"{"action":"a","payload":"x\ny"}"#.into(), "42".into());
+        let (origin, target, decoded) = decode(&encode(3, 7 << NODE_SHIFT | 9, &delivery)).unwrap();
+        assert_eq!((origin, node_of(target)), (3, 7));
+        assert_eq!((decoded.frame(), decoded.sender()), (delivery.frame(), "42"));
+        assert!(decode(b"not ours").is_none());
+    }
+}

@@ -1,0 +1,276 @@
+//! Several broker processes sharing one Redis (`[cluster] backend = "redis"`): chat, presence,
+//! key-value state and the publish API across nodes; a node killed; Redis restarted.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::assistant::{ask, assistant};
+use crate::harness::{API_KEY, Broker, Received, WAIT, default_config, eventually};
+
+/// A redis-server of its own on a free loopback port, without persistence; killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = Redis::spawn(port, dir.path());
+        Redis { child, port, _dir: dir }
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> Child {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server (cargo xtask test installs it)");
+        let deadline = std::time::Instant::now() + WAIT;
+        while !Redis::pings(port) {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not answer on port {port}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    }
+
+    fn pings(port: u16) -> bool {
+        let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut answer = [0u8; 7];
+        tcp.write_all(b"PING\r\n").is_ok() && tcp.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
+    }
+
+    /// How many clients (nodes) are subscribed to `channel`: `PUBSUB NUMSUB`, spoken in RESP2.
+    fn subscribers(&self, channel: &str) -> u64 {
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        tcp.set_read_timeout(Some(WAIT)).expect("a read timeout");
+        let command = format!("*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{channel}\r\n", channel.len());
+        tcp.write_all(command.as_bytes()).expect("send PUBSUB");
+        // `*2 $len channel :count`: read until the integer's line is complete.
+        let mut reply = String::new();
+        let mut buffer = [0u8; 256];
+        while !(reply.contains("\r\n:") && reply.ends_with("\r\n")) {
+            let n = tcp.read(&mut buffer).expect("read the reply");
+            assert!(n > 0, "redis closed the connection: {reply:?}");
+            reply.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+        let count = reply.rsplit("\r\n:").next().and_then(|n| n.trim().parse().ok());
+        count.unwrap_or_else(|| panic!("a PUBSUB NUMSUB reply: {reply:?}"))
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().expect("kill redis-server");
+        self.child.wait().expect("reap redis-server");
+    }
+
+    /// Starts a fresh, empty Redis on the same port, as after a crash without persistence.
+    fn restart(&mut self) {
+        self.child = Redis::spawn(self.port, self._dir.path());
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node of the cluster on `redis`, with the default routes.
+fn node(redis: &Redis, name: &str) -> Broker {
+    Broker::with_config(&default_config(&format!(
+        r#"
+[server]
+messages_per_second = 0
+
+[cluster]
+backend = "redis"
+redis_url = "redis://127.0.0.1:{port}"
+node_id = "{name}"
+heartbeat_ms = 100
+node_ttl_ms = 1000
+"#,
+        port = redis.port
+    )))
+}
+
+fn chat(message: &str) -> Value {
+    json!({"action": "new_chat_message", "payload": {"message": message, "name": "t"}})
+}
+
+async fn members(broker: &Broker, group: &str) -> Vec<u64> {
+    let (status, body) = broker.http("GET", &format!("/api/groups/{group}/members"), Some(API_KEY), "").await;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    body["members"].as_array().expect("members").iter().map(|m| m.as_u64().expect("an id")).collect()
+}
+
+/// Waits until `broker` lists `count` members of `group`, and returns them.
+async fn await_members(broker: &Broker, group: &str, count: usize) -> Vec<u64> {
+    eventually(&format!("{count} members of {group}"), || async { members(broker, group).await.len() == count }).await;
+    members(broker, group).await
+}
+
+/// The node number a broker took from Redis, from `/readyz`.
+async fn node_number(broker: &Broker) -> u64 {
+    let (_, body) = broker.http("GET", "/readyz", None, "").await;
+    let ready: Value = serde_json::from_str(&body).expect("JSON");
+    ready["cluster"]["node"].as_u64().unwrap_or_else(|| panic!("no cluster node in {ready}"))
+}
+
+async fn metric_or_zero(broker: &Broker, name: &str) -> f64 {
+    let (_, body) = broker.http("GET", "/metrics", None, "").await;
+    body.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_crosses_nodes_once_and_in_order() {
+    let redis = Redis::start();
+    let (one, two) = (node(&redis, "one"), node(&redis, "two"));
+    let mut a = one.connect("/ws/chat/lobby").await;
+    let mut b = two.connect("/ws/chat/lobby").await;
+    let mut c = two.connect("/ws/chat/lobby").await;
+    let ids = await_members(&one, "chat:lobby", 3).await;
+    assert_eq!(members(&two, "chat:lobby").await, ids, "both nodes list the same members");
+
+    for i in 0..1000 {
+        b.send(chat(&format!("m{i}"))).await;
+    }
+    b.send(chat("end")).await;
+    for receiver in [&mut a, &mut c] {
+        for i in 0..1000 {
+            assert_eq!(receiver.recv().await["payload"]["message"], format!("m{i}"));
+        }
+        // Nothing twice: the frame after the thousandth is the last one sent.
+        assert_eq!(receiver.recv().await["payload"]["message"], "end");
+    }
+    a.send(chat("back")).await;
+    assert_eq!(b.recv().await["payload"]["message"], "back");
+    assert_eq!(c.recv().await["payload"]["message"], "back");
+
+    // A node listens to a group's channel only while it has members there.
+    let channel = "broker:g:chat:lobby";
+    assert_eq!(redis.subscribers(channel), 2);
+    drop((b, c));
+    await_members(&one, "chat:lobby", 1).await;
+    eventually("node two unsubscribed", || async { redis.subscribers(channel) == 1 }).await;
+    a.assert_alive().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_nodes_and_a_killed_node_drops_out() {
+    let redis = Redis::start();
+    let (one, mut two) = (node(&redis, "one"), node(&redis, "two"));
+    let mut a = one.connect("/ws/chat/room").await;
+    let mut b = two.connect("/ws/chat/room").await;
+    let both = await_members(&one, "chat:room", 2).await;
+    assert_ne!(both[0] >> 44, both[1] >> 44, "ids carry their node: {both:?}");
+
+    // A plugin sends to a connection of another node by its id.
+    let mut x = one.connect("/ws/testbed").await;
+    let mut y = two.connect("/ws/testbed").await;
+    // `join` replies nothing: the pong after it proves it ran.
+    for client in [&mut x, &mut y] {
+        client.send(json!({"action": "join", "payload": {"group": "pair"}})).await;
+        client.assert_alive().await;
+    }
+    let pair = await_members(&two, "testbed:pair", 2).await;
+    let listed = y.request(json!({"action": "members", "payload": {"group": "pair"}})).await;
+    assert_eq!(listed["payload"], json!(pair), "the plugin lists both nodes' members");
+    let node_one = node_number(&one).await;
+    let x_id = *pair.iter().find(|id| **id >> 44 == node_one).expect("x is on node one");
+    let frame = json!({"action": "hello", "payload": "across"});
+    y.send(json!({"action": "send_to", "payload": {"connection": x_id, "frame": frame}})).await;
+    y.assert_alive().await;
+    assert_eq!(x.recv().await, frame);
+
+    two.kill();
+    // Within node_ttl_ms (1 s) of its last heartbeat the dead node's member is no longer listed.
+    await_members(&one, "chat:room", 1).await;
+    assert!(matches!(b.next().await, Received::Ended | Received::Close(_)));
+
+    // Its client reconnects to the surviving node and carries on.
+    let mut b = one.connect("/ws/chat/room").await;
+    await_members(&one, "chat:room", 2).await;
+    b.send(chat("I am back")).await;
+    assert_eq!(a.recv().await["payload"]["message"], "I am back");
+    x.assert_alive().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_only_what_crossed_during_it() {
+    let mut redis = Redis::start();
+    let (one, two) = (node(&redis, "one"), node(&redis, "two"));
+    let mut a = one.connect("/ws/chat/r").await;
+    let mut c = one.connect("/ws/chat/r").await;
+    let mut b = two.connect("/ws/chat/r").await;
+    await_members(&two, "chat:r", 3).await;
+    b.send(chat("before")).await;
+    assert_eq!(a.recv().await["payload"]["message"], "before");
+    assert_eq!(c.recv().await["payload"]["message"], "before");
+
+    redis.kill();
+    // Local traffic goes on while Redis is away.
+    c.send(chat("local while down")).await;
+    assert_eq!(a.recv().await["payload"]["message"], "local while down");
+    // What crosses nodes meanwhile is dropped, and counted.
+    let dropped = r#"broker_cluster_dropped_total{op="publish"}"#;
+    b.send(chat("lost")).await;
+    eventually("a publish dropped on node two", || async { metric_or_zero(&two, dropped).await >= 1.0 }).await;
+    assert_eq!(metric_or_zero(&two, "broker_cluster_redis_up").await, 0.0);
+
+    redis.restart();
+    // Both nodes write their presence to the empty Redis again, and subscribe again.
+    await_members(&one, "chat:r", 3).await;
+    await_members(&two, "chat:r", 3).await;
+    for broker in [&one, &two] {
+        broker.await_metric("broker_cluster_redis_up", 1.0).await;
+    }
+    b.send(chat("after")).await;
+    assert_eq!(a.recv().await["payload"]["message"], "after");
+    assert_eq!(c.recv().await["payload"]["message"], "after");
+    a.send(chat("and back")).await;
+    assert_eq!(b.recv().await["payload"]["message"], "and back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_the_publish_api_span_nodes() {
+    let redis = Redis::start();
+    let (one, two) = (node(&redis, "one"), node(&redis, "two"));
+
+    // An order placed through node one is found through node two (the plugin's key-value store,
+    // with its compare-and-swap order counter, lives in Redis).
+    let mut here = assistant(&one, "/ws/assistant").await;
+    let order = ask(&mut here, "I'd like to order 2 small Hawaiian").await;
+    let placed: Value = serde_json::from_str(order[1]["response"].as_str().expect("a tool result")).expect("JSON");
+    let id = placed["order_id"].as_str().expect("an order id").to_owned();
+    let mut there = assistant(&two, "/ws/assistant").await;
+    let status = ask(&mut there, &format!("What is the status of {id}?")).await;
+    assert!(status[1]["response"].as_str().unwrap_or_default().contains("received"), "{}", status[1]);
+    let second = ask(&mut there, "I'd like to order 1 large pepperoni").await;
+    let second: Value = serde_json::from_str(second[1]["response"].as_str().expect("a tool result")).expect("JSON");
+    assert_ne!(second["order_id"], placed["order_id"], "the order counter is shared");
+
+    // The publish API of either node reaches members on both.
+    let mut a = one.connect("/ws/chat/news").await;
+    let mut b = two.connect("/ws/chat/news").await;
+    await_members(&one, "chat:news", 2).await;
+    let frame = json!({"action": "announcement", "payload": "hello all"});
+    let body = json!({"group": "chat:news", "frame": frame}).to_string();
+    let (status, answer) = two.http("POST", "/api/publish", Some(API_KEY), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(a.recv().await, frame);
+    assert_eq!(b.recv().await, frame);
+}
