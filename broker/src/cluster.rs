@@ -17,7 +17,7 @@
 //!   anew and subscribes again.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ use crate::registry::{ConnectionId, GroupKey, Registry};
 const NODE_SHIFT: u32 = 44;
 /// Node numbers wrap below this (20 bits): a number is reused only after a million starts.
 const NODE_NUMBERS: u64 = (1 << (64 - NODE_SHIFT)) - 1;
+/// Frames waiting for the publisher beyond which new ones are dropped (and counted) rather than
+/// queued: a Redis slower than the traffic must not grow the broker's memory without bound.
+const MAX_BACKLOG: usize = 1 << 16;
 /// Longest a plugin or API call waits on Redis before it is told the store is unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -91,6 +94,8 @@ pub struct Link {
     dirty: AtomicBool,
     /// Shutting down: the heartbeat stops.
     departed: AtomicBool,
+    /// Frames queued for the publisher and not yet taken.
+    backlog: AtomicUsize,
     metrics: Arc<Metrics>,
     heartbeat: Duration,
     node_ttl: Duration,
@@ -137,6 +142,7 @@ impl Link {
             up: AtomicBool::new(true),
             dirty: AtomicBool::new(false),
             departed: AtomicBool::new(false),
+            backlog: AtomicUsize::new(0),
             metrics,
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             node_ttl: Duration::from_millis(config.node_ttl_ms),
@@ -209,14 +215,21 @@ impl Link {
 
     /// Sends a broadcast to the other nodes (this node's members already have it).
     pub fn publish_group(&self, key: &GroupKey, delivery: &Delivery, exclude: Option<ConnectionId>) {
-        let message = encode(self.node, exclude.unwrap_or(0), delivery);
-        self.queue(Op::Publish { channel: self.group_channel(key), message });
+        self.publish(self.group_channel(key), encode(self.node, exclude.unwrap_or(0), delivery));
     }
 
     /// Sends a frame to a connection of another node.
     pub fn publish_direct(&self, id: ConnectionId, delivery: &Delivery) {
-        let message = encode(self.node, id, delivery);
-        self.queue(Op::Publish { channel: self.inbox(node_of(id)), message });
+        self.publish(self.inbox(node_of(id)), encode(self.node, id, delivery));
+    }
+
+    fn publish(&self, channel: String, message: Vec<u8>) {
+        if self.backlog.fetch_add(1, Ordering::Relaxed) >= MAX_BACKLOG {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.cluster.dropped("backlog", 1);
+            return;
+        }
+        self.queue(Op::Publish { channel, message });
     }
 
     /// Records a join in Redis (and subscribes for the first local member); returns once done, or
@@ -413,6 +426,7 @@ async fn publish(link: Arc<Link>, registry: Weak<Registry>, mut ops: mpsc::Unbou
         for op in batch.drain(..) {
             match op {
                 Op::Publish { channel, message } => {
+                    link.backlog.fetch_sub(1, Ordering::Relaxed);
                     pipe.publish(channel, message).ignore();
                     published += 1;
                 }
@@ -454,12 +468,15 @@ async fn publish(link: Arc<Link>, registry: Weak<Registry>, mut ops: mpsc::Unbou
             // published after its join returned.
             let mut redis = link.redis.clone();
             let last: std::collections::HashMap<String, bool> = channels.into_iter().collect();
-            for (channel, _) in last.iter().filter(|(_, subscribed)| **subscribed) {
-                ok &= within(redis.subscribe(channel)).await.is_ok();
+            let (subscribe, unsubscribe): (Vec<_>, Vec<_>) = last.into_iter().partition(|(_, on)| *on);
+            let names = |channels: Vec<(String, bool)>| channels.into_iter().map(|(c, _)| c).collect::<Vec<_>>();
+            let (subscribe, unsubscribe) = (names(subscribe), names(unsubscribe));
+            if !subscribe.is_empty() {
+                ok &= within(redis.subscribe(&subscribe)).await.is_ok();
             }
             ok &= within(pipe.query_async::<()>(&mut redis)).await.is_ok();
-            for (channel, _) in last.iter().filter(|(_, subscribed)| !**subscribed) {
-                ok &= within(redis.unsubscribe(channel)).await.is_ok();
+            if ok && !unsubscribe.is_empty() {
+                ok &= within(redis.unsubscribe(&unsubscribe)).await.is_ok();
             }
         }
         if ok {

@@ -116,7 +116,7 @@ impl Default for Metrics {
         registry.register("cluster_received", "Frames received from other nodes", cluster.received.clone());
         registry.register(
             "cluster_dropped",
-            "Cluster operations lost while Redis was unreachable, by kind (publish, presence)",
+            "Cluster operations lost: publish and presence while Redis was unreachable, backlog when it was too slow",
             cluster.dropped.clone(),
         );
         Metrics { registry, ..metrics }
