@@ -263,6 +263,26 @@ async fn state_and_the_publish_api_span_nodes() {
     let second: Value = serde_json::from_str(second[1]["response"].as_str().expect("a tool result")).expect("JSON");
     assert_ne!(second["order_id"], placed["order_id"], "the order counter is shared");
 
+    // Compare-and-swap and expiry hold across nodes.
+    let mut x = one.connect("/ws/testbed").await;
+    let mut y = two.connect("/ws/testbed").await;
+    let write = |payload: Value| json!({"action": "kv_write", "payload": payload});
+    let read = json!({"action": "kv_read", "payload": {"key": "k"}});
+    let swapped = |frame: Value| frame["payload"].as_bool().unwrap_or_else(|| panic!("{frame}"));
+    assert!(swapped(x.request(write(json!({"key": "k", "value": "1", "cas": true}))).await));
+    assert!(!swapped(y.request(write(json!({"key": "k", "value": "2", "cas": true}))).await), "taken");
+    assert!(!swapped(y.request(write(json!({"key": "k", "value": "2", "cas": true, "expected": "0"}))).await));
+    assert!(swapped(y.request(write(json!({"key": "k", "value": "2", "cas": true, "expected": "1"}))).await));
+    assert_eq!(x.request(read.clone()).await["payload"], "2");
+    x.request(write(json!({"key": "k", "value": "brief", "ttl_ms": 300}))).await;
+    assert_eq!(y.request(read.clone()).await["payload"], "brief");
+    // Expiry is Redis's: poll (bounded) until the value is gone.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !y.request(read.clone()).await["payload"].is_null() {
+        assert!(tokio::time::Instant::now() < deadline, "the value did not expire");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // The publish API of either node reaches members on both.
     let mut a = one.connect("/ws/chat/news").await;
     let mut b = two.connect("/ws/chat/news").await;

@@ -29,6 +29,23 @@ struct SendTo {
     frame: Value,
 }
 
+/// A key-value write: set `value` (delete without one), or with `cas` only while the value is
+/// `expected` (absent: only while there is none).
+#[derive(Deserialize, JsonSchema)]
+struct KvWrite {
+    key: String,
+    value: Option<String>,
+    ttl_ms: Option<u64>,
+    #[serde(default)]
+    cas: bool,
+    expected: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct Key {
+    key: String,
+}
+
 #[derive(Deserialize, JsonSchema)]
 struct Close {
     code: u16,
@@ -106,6 +123,16 @@ fn plugin() -> Plugin {
         })
         .handle("join", |ctx, group: Group| ctx.join(&group.group))
         .handle("broadcast", |ctx, b: Broadcast| Ok(Frame::new("broadcast", ctx.broadcast(&b.group, &b.frame)?)))
+        .handle("kv_write", |_ctx, w: KvWrite| {
+            let ttl = w.ttl_ms.map(std::time::Duration::from_millis);
+            let done = match (w.cas, &w.value) {
+                (true, new) => plugin_sdk::kv::compare_and_swap(&w.key, w.expected.as_deref(), new.as_deref(), ttl)?,
+                (false, Some(value)) => plugin_sdk::kv::set_raw(&w.key, value, ttl).map(|()| true)?,
+                (false, None) => plugin_sdk::kv::delete(&w.key)?,
+            };
+            Ok(Frame::new("kv_written", done))
+        })
+        .handle("kv_read", |_ctx, k: Key| Ok(Frame::new("kv_read", plugin_sdk::kv::get_raw(&k.key)?)))
         .handle("send_to", |_ctx, s: SendTo| plugin_sdk::send_to(s.connection, &s.frame))
         .handle("members", |_ctx, group: Group| Ok(Frame::new("members", plugin_sdk::members(&group.group))))
         .handle("count", |_ctx, _: ()| Ok(Frame::new("count", CALLS.fetch_add(1, Ordering::Relaxed) + 1)))
