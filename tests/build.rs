@@ -42,6 +42,40 @@ fn main() {
         std::fs::copy(out.join(&file), shipped.join(&file)).expect("copy a shipped plugin to target/plugins");
     }
     println!("cargo:rustc-env=PLUGINS_DIR={}", out.display());
+    build_python_plugins(&root);
+}
+
+/// The Python builds of the shipped plugins (`plugins/*-py`), with componentize-py against the
+/// world `plugin-core`, into target/wasm/py. `cargo xtask test` installs componentize-py into
+/// target/componentize-py; without it they are skipped with a warning, and the tests that load
+/// them say how to get it.
+fn build_python_plugins(root: &std::path::Path) {
+    let out = root.join("target").join("wasm").join("py");
+    println!("cargo:rustc-env=PY_PLUGINS_DIR={}", out.display());
+    println!("cargo:rerun-if-env-changed=COMPONENTIZE_PY");
+    let installed = root.join("target/componentize-py/bin/componentize-py");
+    let tool = std::env::var_os("COMPONENTIZE_PY").map(PathBuf::from).unwrap_or(installed);
+    if Command::new(&tool).arg("--version").output().is_err() {
+        println!("cargo:warning=componentize-py not found at {}: Python plugins not built", tool.display());
+        return;
+    }
+    std::fs::create_dir_all(&out).expect("create target/wasm/py");
+    let plugins = std::fs::read_dir(root.join("plugins")).expect("read plugins/");
+    for folder in plugins.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("app.py").is_file()) {
+        let name = folder.file_name().and_then(|n| n.to_str()).expect("a UTF-8 folder name").to_owned();
+        let status = Command::new(&tool)
+            .arg("-d")
+            .arg(root.join("plugin-sdk/wit"))
+            .args(["-w", "plugin-core", "componentize", "app", "-p"])
+            .arg(root.join("plugin-sdk/python"))
+            .arg("-p")
+            .arg(&folder)
+            .arg("-o")
+            .arg(out.join(format!("{name}.wasm")))
+            .status()
+            .expect("run componentize-py");
+        assert!(status.success(), "componentize-py failed for plugins/{name}");
+    }
 }
 
 /// Adds the wasm target with rustup when it is missing (a fresh machine).

@@ -25,6 +25,53 @@ pub fn plugin_path(name: &str) -> PathBuf {
     PathBuf::from(env!("PLUGINS_DIR")).join(format!("{name}.wasm"))
 }
 
+/// A Python build of a shipped plugin (`plugins/<name>`), made by the build script with
+/// componentize-py.
+pub fn py_plugin_path(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("PY_PLUGINS_DIR")).join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: `cargo xtask test` installs componentize-py (target/componentize-py), with which \
+         the build script builds the Python plugins",
+        path.display()
+    );
+    path
+}
+
+/// The languages the shipped plugins are built in, and the prefix their routes have in
+/// `polyglot_config`: every behaviour test of echo and chat runs against each.
+pub const LANGUAGES: [(&str, &str); 2] = [("rust", "/ws"), ("python", "/ws/py")];
+
+/// `default_config` with the Python builds of echo and chat mounted under `/ws/py/...` beside the
+/// Rust ones, their compiled code cached across tests (they are 18 MB components).
+pub fn polyglot_config() -> String {
+    let cache = PathBuf::from(env!("PY_PLUGINS_DIR")).join("compile-cache");
+    default_config(&format!(
+        r#"
+[engine]
+cache_dir = "{cache}"
+
+[plugins.echo-py]
+path = "{echo}"
+
+[plugins.chat-py]
+path = "{chat}"
+
+[[routes]]
+path = "/ws/py/system"
+plugin = "echo-py"
+
+[[routes]]
+path = "/ws/py/chat/{{room}}"
+plugin = "chat-py"
+params.room = {{ pattern = "[A-Za-z0-9_-]+", max_length = 32 }}
+"#,
+        cache = cache.display(),
+        echo = py_plugin_path("echo-py").display(),
+        chat = py_plugin_path("chat-py").display(),
+    ))
+}
+
 /// The HTTP API key of `default_config`.
 pub const API_KEY: &str = "test-api-key";
 
@@ -194,7 +241,12 @@ impl Broker {
 
     /// Connects to the echo route and consumes its welcome frame.
     pub async fn echo_client(&self) -> Client {
-        let mut client = self.connect("/ws/system").await;
+        self.echo_client_at("/ws/system").await
+    }
+
+    /// Like `echo_client`, on another mount of an echo plugin.
+    pub async fn echo_client_at(&self, route: &str) -> Client {
+        let mut client = self.connect(route).await;
         let welcome = client.recv().await;
         assert_eq!(welcome["action"], "system_echo", "{welcome}");
         client

@@ -3,7 +3,7 @@
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::harness::{Broker, Client, Received, default_config};
+use crate::harness::{Broker, Client, LANGUAGES, Received, default_config, polyglot_config};
 
 fn chat(message: &str, name: &str) -> Value {
     json!({"action": "new_chat_message", "payload": {"message": message, "name": name}})
@@ -14,57 +14,71 @@ async fn assert_nothing_pending(client: &mut Client) {
     client.assert_alive().await;
 }
 
+/// A broker with chat in every language, and the route prefix of each: (language, `/ws/.../chat`).
+fn chats() -> (Broker, Vec<(&'static str, String)>) {
+    let prefixes = LANGUAGES.iter().map(|(lang, prefix)| (*lang, format!("{prefix}/chat"))).collect();
+    (Broker::with_config(&polyglot_config()), prefixes)
+}
+
 #[tokio::test]
 async fn a_message_reaches_the_rest_of_its_room_only() {
-    let broker = Broker::start();
-    let mut a = broker.connect("/ws/chat/room1/").await;
-    let mut b = broker.connect("/ws/chat/room1/").await;
-    let mut c = broker.connect("/ws/chat/room2/").await;
-    // Joining happens in on-connect: a ping round trip on each proves it is done.
-    for client in [&mut a, &mut b, &mut c] {
-        client.assert_alive().await;
+    let (broker, chats) = chats();
+    for (lang, chat_at) in chats {
+        let mut a = broker.connect(&format!("{chat_at}/room1/")).await;
+        let mut b = broker.connect(&format!("{chat_at}/room1/")).await;
+        let mut c = broker.connect(&format!("{chat_at}/room2/")).await;
+        // Joining happens in on-connect: a ping round trip on each proves it is done.
+        for client in [&mut a, &mut b, &mut c] {
+            client.assert_alive().await;
+        }
+
+        a.send(chat("hi", "Alice")).await;
+        assert_eq!(b.recv().await, chat("hi", "Alice"), "{lang}");
+        assert_nothing_pending(&mut a).await;
+        assert_nothing_pending(&mut c).await;
+
+        drop(b);
+        a.send(chat("still here?", "Alice")).await;
+        assert_nothing_pending(&mut a).await;
+        c.send(chat("room2 only", "Carol")).await;
+        assert_nothing_pending(&mut a).await;
     }
-
-    a.send(chat("hi", "Alice")).await;
-    assert_eq!(b.recv().await, chat("hi", "Alice"));
-    assert_nothing_pending(&mut a).await;
-    assert_nothing_pending(&mut c).await;
-
-    drop(b);
-    a.send(chat("still here?", "Alice")).await;
-    assert_nothing_pending(&mut a).await;
-    c.send(chat("room2 only", "Carol")).await;
-    assert_nothing_pending(&mut a).await;
 }
 
 #[tokio::test]
 async fn a_missing_name_is_a_missing_error() {
-    let broker = Broker::start();
-    let mut a = broker.connect("/ws/chat/room1").await;
-    let error = a.request(json!({"action": "new_chat_message", "payload": {"message": "hi"}})).await;
-    assert_eq!(
-        error,
-        json!({"action": "error", "payload": [
-            {"type": "missing", "loc": ["new_chat_message", "payload", "name"], "msg": "Field required"}
-        ]})
-    );
+    let (broker, chats) = chats();
+    for (lang, chat_at) in chats {
+        let mut a = broker.connect(&format!("{chat_at}/room1")).await;
+        let error = a.request(json!({"action": "new_chat_message", "payload": {"message": "hi"}})).await;
+        assert_eq!(
+            error,
+            json!({"action": "error", "payload": [
+                {"type": "missing", "loc": ["new_chat_message", "payload", "name"], "msg": "Field required"}
+            ]}),
+            "{lang}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn frames_of_one_sender_arrive_in_order() {
-    let broker = Broker::start();
-    let mut a = broker.connect("/ws/chat/ordered").await;
-    let mut b = broker.connect("/ws/chat/ordered").await;
-    let mut c = broker.connect("/ws/chat/ordered").await;
-    for client in [&mut a, &mut b, &mut c] {
-        client.assert_alive().await;
-    }
-    for n in 0..300 {
-        a.send(chat(&n.to_string(), "Alice")).await;
-    }
-    for client in [&mut b, &mut c] {
+    let (broker, chats) = chats();
+    for (lang, chat_at) in chats {
+        let route = format!("{chat_at}/ordered");
+        let mut a = broker.connect(&route).await;
+        let mut b = broker.connect(&route).await;
+        let mut c = broker.connect(&route).await;
+        for client in [&mut a, &mut b, &mut c] {
+            client.assert_alive().await;
+        }
         for n in 0..300 {
-            assert_eq!(client.recv().await, chat(&n.to_string(), "Alice"));
+            a.send(chat(&n.to_string(), "Alice")).await;
+        }
+        for client in [&mut b, &mut c] {
+            for n in 0..300 {
+                assert_eq!(client.recv().await, chat(&n.to_string(), "Alice"), "{lang}");
+            }
         }
     }
 }

@@ -164,8 +164,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 
 fn prepare(root: &Path) -> Result<()> {
     crate::build_plugins(root)?;
+    crate::ensure_componentize_py(root)?;
     let cargo = |args: &[&str]| crate::run(crate::cargo(root).args(args));
-    cargo(&["build", "--package", "broker", "--package", "bench"])?;
+    // The tests' build script builds the Python plugins (target/wasm/py).
+    cargo(&["build", "--package", "broker", "--package", "bench", "--package", "broker-tests"])?;
     cargo(&[
         "build",
         "--release",
@@ -216,6 +218,14 @@ max_sends_per_call = 1000
 path = "/ws/system"
 plugin = "echo"
 
+# The same echo in Python (componentize-py), for plugin-cost.
+[plugins.echo-py]
+path = "{echo_py}"
+
+[[routes]]
+path = "/ws/py/system"
+plugin = "echo-py"
+
 [[routes]]
 path = "/ws/chat/{{room}}"
 plugin = "chat"
@@ -229,6 +239,7 @@ path = "/ws/hostile"
 plugin = "hostile"
 "#,
         echo = plugins.join("echo.wasm").display(),
+        echo_py = bench.root.join("target/wasm/py/echo-py.wasm").display(),
         chat = plugins.join("chat.wasm").display(),
         testbed = bench.root.join("target/wasm/wasm32-wasip2/release/testbed.wasm").display(),
     );
@@ -294,16 +305,17 @@ fn plugin_cost(bench: &Bench) -> Result<Report> {
     let (broker, baseline) = (bench.broker()?, bench.baseline()?);
     let mut table = vec![["path", "round trips/s", "server CPU µs per message"].map(String::from).to_vec()];
     let cases = [
-        ("broker, user_message -> wasm echo plugin", &broker, "user_message"),
-        ("broker, ping answered natively", &broker, "ping"),
-        ("baseline, user_message", &baseline, "user_message"),
+        ("broker, user_message -> wasm echo plugin (Rust)", &broker, "user_message", "/ws/system"),
+        ("broker, user_message -> wasm echo plugin (Python)", &broker, "user_message", "/ws/py/system"),
+        ("broker, ping answered natively", &broker, "ping", "/ws/system"),
+        ("baseline, user_message", &baseline, "user_message", "/ws/system"),
     ];
-    for (label, server, action) in cases {
+    for (label, server, action, route) in cases {
         let mut per_second = Vec::new();
         let mut cost = Vec::new();
         for _ in 0..bench.runs {
             let before = server.cpu_seconds()?;
-            let result = bench.loadgen(&args(&["echo", &server.url("/ws/system"), "100", "3", "0", action]))?;
+            let result = bench.loadgen(&args(&["echo", &server.url(route), "100", "3", "0", action]))?;
             let cpu = server.cpu_seconds()? - before;
             let replies = result["replies"].as_f64().unwrap_or(1.0).max(1.0);
             per_second.push(result["per_second"].as_f64().unwrap_or(0.0));

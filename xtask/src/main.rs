@@ -41,6 +41,7 @@ fn main() -> Result<()> {
         "test" => {
             ensure_wasm_target()?;
             ensure_test_tools(&root)?;
+            ensure_componentize_py(&root)?;
             run(cargo(&root).arg("test").args(&rest))
         }
         "lint" => {
@@ -125,6 +126,21 @@ fn ensure_test_tools(root: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// componentize-py, which builds the Python plugins, pinned, in its own virtualenv under target/
+/// (Debian's Python refuses system-wide pip installs).
+pub(crate) fn ensure_componentize_py(root: &Path) -> Result<()> {
+    const VERSION: &str = "0.25.1";
+    let venv = root.join("target/componentize-py");
+    let tool = venv.join("bin/componentize-py");
+    let current = Command::new(&tool).arg("--version").output();
+    if current.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION)) {
+        return Ok(());
+    }
+    eprintln!("installing componentize-py {VERSION} into {}", venv.display());
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", &format!("componentize-py=={VERSION}")]))
 }
 
 /// The plugin crates in `dir`: every folder with a Cargo.toml (folder and package names agree).
