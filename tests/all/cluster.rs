@@ -2,8 +2,7 @@
 //! key-value state and the publish API across nodes; a node killed; Redis restarted.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -11,47 +10,33 @@ use serde_json::{Value, json};
 use crate::assistant::{ask, assistant};
 use crate::harness::{API_KEY, Broker, Received, WAIT, default_config, eventually};
 
-/// A redis-server of its own on a free loopback port, without persistence; killed when dropped.
+/// A Redis for one test, in its own folder (removed after the server is killed).
 struct Redis {
-    child: Child,
-    port: u16,
+    server: bench::Redis,
     _dir: tempfile::TempDir,
 }
 
 impl Redis {
     fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let dir = tempfile::tempdir().expect("temp dir");
-        let child = Redis::spawn(port, dir.path());
-        Redis { child, port, _dir: dir }
+        Redis { server: bench::Redis::start(dir.path()).expect("start redis-server"), _dir: dir }
     }
 
-    fn spawn(port: u16, dir: &std::path::Path) -> Child {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server (cargo xtask test installs it)");
-        let deadline = std::time::Instant::now() + WAIT;
-        while !Redis::pings(port) {
-            assert!(std::time::Instant::now() < deadline, "redis-server did not answer on port {port}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        child
+    fn port(&self) -> u16 {
+        self.server.port
     }
 
-    fn pings(port: u16) -> bool {
-        let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-        let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut answer = [0u8; 7];
-        tcp.write_all(b"PING\r\n").is_ok() && tcp.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
+    fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    fn restart(&mut self) {
+        self.server.restart().expect("restart redis-server");
     }
 
     /// How many clients (nodes) are subscribed to `channel`: `PUBSUB NUMSUB`, spoken in RESP2.
     fn subscribers(&self, channel: &str) -> u64 {
-        let mut tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.port())).expect("connect to redis");
         tcp.set_read_timeout(Some(WAIT)).expect("a read timeout");
         let command = format!("*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{channel}\r\n", channel.len());
         tcp.write_all(command.as_bytes()).expect("send PUBSUB");
@@ -65,23 +50,6 @@ impl Redis {
         }
         let count = reply.rsplit("\r\n:").next().and_then(|n| n.trim().parse().ok());
         count.unwrap_or_else(|| panic!("a PUBSUB NUMSUB reply: {reply:?}"))
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("kill redis-server");
-        self.child.wait().expect("reap redis-server");
-    }
-
-    /// Starts a fresh, empty Redis on the same port, as after a crash without persistence.
-    fn restart(&mut self) {
-        self.child = Redis::spawn(self.port, self._dir.path());
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -99,7 +67,7 @@ node_id = "{name}"
 heartbeat_ms = 100
 node_ttl_ms = 1000
 "#,
-        port = redis.port
+        port = redis.port()
     )))
 }
 

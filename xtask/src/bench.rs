@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 const SCENARIOS: &[&str] = &["echo", "plugin-cost", "fanout", "connections", "reload", "hostile", "cluster"];
@@ -375,40 +375,9 @@ fn fanout(bench: &Bench) -> Result<Report> {
     })
 }
 
-/// A redis-server on a free loopback port, without persistence, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Result<Redis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("redis-server is needed for the cluster scenario (apt-get install redis-server)")?;
-        let redis = Redis { child, port };
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(Instant::now() < deadline, "redis-server did not listen on port {port}");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        Ok(redis)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Fan-out across two nodes sharing a Redis against one node alone, same room sizes as `fanout`.
 fn cluster(bench: &Bench) -> Result<Report> {
-    let redis = Redis::start()?;
+    let redis = bench::Redis::start(&bench.dir.0)?;
     let config = std::fs::read_to_string(bench.dir.0.join("cluster.toml"))?;
     let config =
         format!("{config}\n[cluster]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\n", redis.port);

@@ -1,5 +1,7 @@
 //! Shared by the load generator and the baseline: the WebSocket settings both use, so that the
-//! broker and the baseline are measured with the same client and comparable buffers.
+//! broker and the baseline are measured with the same client and comparable buffers. Also shared
+//! by the benchmarks and the black-box tests: the generations of the `versioned` plugin, and a
+//! redis-server to run a cluster against.
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -36,4 +38,64 @@ pub fn versioned(component: &[u8], generation: u32) -> Option<Vec<u8>> {
         }
     }
     (replaced > 0).then_some(out)
+}
+
+/// A redis-server of its own on a free loopback port, without persistence, killed when dropped:
+/// for the cluster benchmark and the cluster tests.
+pub struct Redis {
+    child: std::process::Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    /// Starts redis-server (from PATH) with its files in `dir`, and waits until it answers PING.
+    pub fn start(dir: &std::path::Path) -> anyhow::Result<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Redis::spawn(port, dir)?;
+        Ok(Redis { child, port, dir: dir.to_owned() })
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> anyhow::Result<std::process::Child> {
+        use anyhow::Context;
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (Debian: apt-get install redis-server; `cargo xtask test` does)")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !pings(port) {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "redis-server did not answer on port {port}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(child)
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a fresh, empty server on the same port, as after a crash without persistence.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.child = Redis::spawn(self.port, &self.dir)?;
+        Ok(())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn pings(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = tcp.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+    let mut answer = [0u8; 7];
+    tcp.write_all(b"PING\r\n").is_ok() && tcp.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
 }
