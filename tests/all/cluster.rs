@@ -110,8 +110,9 @@ async fn chat_crosses_nodes_once_and_in_order() {
     let mut a = one.connect("/ws/chat/lobby").await;
     let mut b = two.connect("/ws/chat/lobby").await;
     let mut c = two.connect("/ws/chat/lobby").await;
+    // A node lists its own member at once and the others' once their joins reached Redis.
     let ids = await_members(&one, "chat:lobby", 3).await;
-    assert_eq!(members(&two, "chat:lobby").await, ids, "both nodes list the same members");
+    assert_eq!(await_members(&two, "chat:lobby", 3).await, ids, "both nodes list the same members");
 
     for i in 0..1000 {
         b.send(chat(&format!("m{i}"))).await;
