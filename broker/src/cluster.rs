@@ -194,13 +194,12 @@ impl Link {
     /// Refreshes the alive key; true when Redis still had it (nothing was lost).
     async fn beat(&self) -> Result<bool, ClusterError> {
         let mut redis = self.redis.clone();
-        let ttl = u64::try_from(self.node_ttl.as_millis()).unwrap_or(u64::MAX);
         let previous: Option<String> = within(
             redis::cmd("SET")
                 .arg(self.alive_key(self.node))
                 .arg(&self.name)
                 .arg("PX")
-                .arg(ttl)
+                .arg(ttl_ms(self.node_ttl))
                 .arg("GET")
                 .query_async(&mut redis),
         )
@@ -254,12 +253,9 @@ impl Link {
         self.queue(Op::Left { key, id, last });
     }
 
-    /// The members of a group on the other live nodes, with `local` (this node's) added.
-    pub async fn members(
-        &self,
-        key: &GroupKey,
-        mut local: Vec<ConnectionId>,
-    ) -> Result<Vec<ConnectionId>, ClusterError> {
+    /// The members of a group on the other live nodes (this node's are the registry's).
+    pub async fn remote_members(&self, key: &GroupKey) -> Result<Vec<ConnectionId>, ClusterError> {
+        let mut remote = Vec::new();
         let mut redis = self.redis.clone();
         let nodes: Vec<u64> = within(redis.smembers(self.index_key(key))).await?;
         let others: Vec<u64> = nodes.into_iter().filter(|n| *n != self.node).collect();
@@ -274,7 +270,7 @@ impl Link {
                     read.smembers(self.members_key(key, *node));
                 }
                 let sets: Vec<Vec<ConnectionId>> = within(read.query_async(&mut redis)).await?;
-                local.extend(sets.into_iter().flatten());
+                remote.extend(sets.into_iter().flatten());
             }
             if !dead.is_empty() {
                 // Whoever reads first cleans up after a dead node; failing here changes nothing read.
@@ -285,9 +281,7 @@ impl Link {
                 let _: Result<(), _> = within(clean.query_async(&mut redis)).await;
             }
         }
-        local.sort_unstable();
-        local.dedup();
-        Ok(local)
+        Ok(remote)
     }
 
     pub async fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<String>, ClusterError> {

@@ -294,15 +294,16 @@ impl Registry {
 
     /// A group's members, on every live node; this node's alone while Redis does not answer.
     pub async fn members(&self, key: &GroupKey) -> Vec<ConnectionId> {
-        let local = self.local_members(key);
-        let Some(link) = &self.cluster else { return local };
-        match link.members(key, local.clone()).await {
-            Ok(all) => all,
-            Err(error) => {
-                tracing::debug!(group = %key, %error, "listing this node's members only");
-                local
+        let mut members = self.local_members(key);
+        let Some(link) = &self.cluster else { return members };
+        match link.remote_members(key).await {
+            Ok(remote) => {
+                members.extend(remote);
+                members.sort_unstable();
             }
+            Err(error) => tracing::debug!(group = %key, %error, "listing this node's members only"),
         }
+        members
     }
 
     fn local_members(&self, key: &GroupKey) -> Vec<ConnectionId> {

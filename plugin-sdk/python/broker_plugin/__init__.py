@@ -227,7 +227,7 @@ class Plugin:
 
         def register(function: Callable) -> Callable:
             hints = typing.get_type_hints(function)
-            parameters = [p for p in function.__code__.co_varnames[: function.__code__.co_argcount]]
+            parameters = function.__code__.co_varnames[: function.__code__.co_argcount]
             payload = hints.get(parameters[1]) if len(parameters) > 1 else None
             reply = hints.get("return")
             if isinstance(reply, type) and issubclass(reply, Message):
