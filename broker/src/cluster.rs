@@ -12,7 +12,8 @@
 //!   that it has one, and refreshes its alive key every heartbeat. Sets of nodes whose alive key
 //!   expired are not listed, and are cleaned up by whoever reads them.
 //! - **Outages.** While Redis does not answer, local delivery goes on; frames for other nodes are
-//!   dropped and counted (`broker_cluster_dropped_total`), key-value calls fail with `unavailable`,
+//!   dropped and counted (`broker_cluster_dropped_total`) once Redis has not taken them within
+//!   `CALL_TIMEOUT` (a Redis back within it still gets them), key-value calls fail with `unavailable`,
 //!   and `members` lists this node's members. When Redis answers again the node writes its presence
 //!   anew and subscribes again.
 
