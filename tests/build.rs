@@ -1,8 +1,13 @@
 //! Builds the plugins the tests load (shipped and test-only) for wasm32-wasip2, so `cargo test`
 //! needs no manual step. The wasm build has its own target directory: the host build's is locked.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "../xtask/src/polyglot.rs"]
+mod polyglot;
+
+use polyglot::Language;
 
 const PLUGINS: &[&str] = &["echo", "chat", "assistant", "testbed", "legacy010", "versioned"];
 const TARGET: &str = "wasm32-wasip2";
@@ -10,7 +15,20 @@ const TARGET: &str = "wasm32-wasip2";
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.parent().expect("tests/ sits in the workspace root").to_owned();
-    for watched in ["plugin-sdk", "plugins", "tests/plugins", "Cargo.lock"] {
+    // plugin-sdk/js is watched file by file: its node_modules would be scanned on every build.
+    for watched in [
+        "plugin-sdk/Cargo.toml",
+        "plugin-sdk/src",
+        "plugin-sdk/wit",
+        "plugin-sdk/python",
+        "plugin-sdk/js/index.js",
+        "plugin-sdk/js/bin",
+        "plugin-sdk/js/package-lock.json",
+        "plugins",
+        "tests/plugins",
+        "xtask/src/polyglot.rs",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     ensure_target();
@@ -42,39 +60,35 @@ fn main() {
         std::fs::copy(out.join(&file), shipped.join(&file)).expect("copy a shipped plugin to target/plugins");
     }
     println!("cargo:rustc-env=PLUGINS_DIR={}", out.display());
-    build_python_plugins(&root);
+    build_other_languages(&root);
 }
 
-/// The Python builds of the shipped plugins (`plugins/*-py`), with componentize-py against the
-/// world `plugin-core`, into target/wasm/py. `cargo xtask test` installs componentize-py into
-/// target/componentize-py; without it they are skipped with a warning, and the tests that load
-/// them say how to get it.
-fn build_python_plugins(root: &std::path::Path) {
-    let out = root.join("target").join("wasm").join("py");
-    println!("cargo:rustc-env=PY_PLUGINS_DIR={}", out.display());
+/// The Python and JavaScript builds of the shipped plugins (`plugins/*-py`, `plugins/*-js`) into
+/// target/wasm/py and target/wasm/js. A language whose tool is missing is skipped with a warning,
+/// and the tests that load its plugins say how to get it.
+fn build_other_languages(root: &Path) {
     println!("cargo:rerun-if-env-changed=COMPONENTIZE_PY");
-    let installed = root.join("target/componentize-py/bin/componentize-py");
-    let tool = std::env::var_os("COMPONENTIZE_PY").map(PathBuf::from).unwrap_or(installed);
-    if Command::new(&tool).arg("--version").output().is_err() {
-        println!("cargo:warning=componentize-py not found at {}: Python plugins not built", tool.display());
-        return;
+    let out_dir = |language: Language| match language {
+        Language::Python => root.join("target/wasm/py"),
+        Language::JavaScript => root.join("target/wasm/js"),
+    };
+    println!("cargo:rustc-env=PY_PLUGINS_DIR={}", out_dir(Language::Python).display());
+    println!("cargo:rustc-env=JS_PLUGINS_DIR={}", out_dir(Language::JavaScript).display());
+    let mut builds = Vec::new();
+    for language in Language::ALL {
+        if let Some(missing) = language.missing_tool(root) {
+            println!("cargo:warning={missing}: plugins/*{} not built", language.entry());
+            continue;
+        }
+        let out = out_dir(language);
+        std::fs::create_dir_all(&out).expect("create the plugins' output folder");
+        for (name, folder) in language.plugins(root).expect("read plugins/") {
+            let command = language.build(root, &folder, &out.join(format!("{name}.wasm")));
+            builds.push((name, command));
+        }
     }
-    std::fs::create_dir_all(&out).expect("create target/wasm/py");
-    let plugins = std::fs::read_dir(root.join("plugins")).expect("read plugins/");
-    for folder in plugins.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("app.py").is_file()) {
-        let name = folder.file_name().and_then(|n| n.to_str()).expect("a UTF-8 folder name").to_owned();
-        let status = Command::new(&tool)
-            .arg("-d")
-            .arg(root.join("plugin-sdk/wit"))
-            .args(["-w", "plugin-core", "componentize", "app", "-p"])
-            .arg(root.join("plugin-sdk/python"))
-            .arg("-p")
-            .arg(&folder)
-            .arg("-o")
-            .arg(out.join(format!("{name}.wasm")))
-            .status()
-            .expect("run componentize-py");
-        assert!(status.success(), "componentize-py failed for plugins/{name}");
+    if let Err(error) = polyglot::run_all(builds) {
+        panic!("{error}");
     }
 }
 

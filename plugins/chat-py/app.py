@@ -42,3 +42,4 @@ def relay(ctx: Context, message: NewChatMessage) -> None:
 
 
 Handler = plugin.handler()
+Describe = plugin.describe()

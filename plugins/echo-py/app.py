@@ -40,3 +40,4 @@ def echo(ctx: Context, payload: UserMessage) -> SystemEcho:
 
 
 Handler = plugin.handler()
+Describe = plugin.describe()

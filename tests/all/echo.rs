@@ -86,3 +86,34 @@ async fn messages_of_one_connection_are_answered_in_order() {
         }
     }
 }
+
+#[tokio::test]
+async fn every_language_documents_the_same_actions_and_replies() {
+    let (broker, routes) = brokers();
+    let (status, body) = broker.http("GET", "/asyncapi.json", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("the document is JSON");
+    for (lang, route) in routes {
+        // Channel ids are the route with `_` for `/`; components are named by plugin.
+        let channel = route.trim_start_matches('/').replace('/', "_");
+        let plugin = match lang {
+            "python" => "echo-py",
+            "javascript" => "echo-js",
+            _ => "echo",
+        };
+        let reply = &doc["operations"][format!("{channel}.receive.user_message")]["reply"]["messages"];
+        assert_eq!(
+            reply,
+            &json!([
+                {"$ref": format!("#/channels/{channel}/messages/server.system_echo")},
+                {"$ref": format!("#/channels/{channel}/messages/server.error")},
+            ]),
+            "{lang}: the handler's reply is documented"
+        );
+        for (direction, action) in [("client", "user_message"), ("server", "system_echo")] {
+            let schema = &doc["components"]["schemas"][format!("{plugin}.{direction}.{action}")];
+            assert_eq!(schema["required"], json!(["message"]), "{lang}: {schema}");
+            assert_eq!(schema["properties"]["message"]["type"], "string", "{lang}: {schema}");
+        }
+    }
+}

@@ -28,48 +28,61 @@ pub fn plugin_path(name: &str) -> PathBuf {
 /// A Python build of a shipped plugin (`plugins/<name>`), made by the build script with
 /// componentize-py.
 pub fn py_plugin_path(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("PY_PLUGINS_DIR")).join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: `cargo xtask test` installs componentize-py (target/componentize-py), with which \
-         the build script builds the Python plugins",
-        path.display()
-    );
+    built_path(env!("PY_PLUGINS_DIR"), name, "`cargo xtask test` installs componentize-py (target/componentize-py)")
+}
+
+/// A JavaScript build of a shipped plugin (`plugins/<name>`), made by the build script with the
+/// SDK's `broker-plugin build`.
+pub fn js_plugin_path(name: &str) -> PathBuf {
+    built_path(env!("JS_PLUGINS_DIR"), name, "`cargo xtask test` installs componentize-js (plugin-sdk/js/node_modules)")
+}
+
+fn built_path(dir: &str, name: &str, how: &str) -> PathBuf {
+    let path = PathBuf::from(dir).join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: {how}, with which the build script builds it", path.display());
     path
 }
 
 /// The languages the shipped plugins are built in, and the prefix their routes have in
 /// `polyglot_config`: every behaviour test of echo and chat runs against each.
-pub const LANGUAGES: [(&str, &str); 2] = [("rust", "/ws"), ("python", "/ws/py")];
+pub const LANGUAGES: [(&str, &str); 3] = [("rust", "/ws"), ("python", "/ws/py"), ("javascript", "/ws/js")];
 
-/// `default_config` with the Python builds of echo and chat mounted under `/ws/py/...` beside the
-/// Rust ones, their compiled code cached across tests (they are 18 MB components).
+/// `default_config` with the Python and JavaScript builds of echo and chat mounted under
+/// `/ws/py/...` and `/ws/js/...` beside the Rust ones, their compiled code cached across tests
+/// (they are 12 to 18 MB components).
 pub fn polyglot_config() -> String {
-    let cache = PathBuf::from(env!("PY_PLUGINS_DIR")).join("compile-cache");
-    default_config(&format!(
-        r#"
-[engine]
-cache_dir = "{cache}"
+    polyglot_config_with("")
+}
 
-[plugins.echo-py]
+/// `polyglot_config` with `server` as its `[server]` table's keys.
+pub fn polyglot_config_with(server: &str) -> String {
+    let cache = PathBuf::from(env!("PY_PLUGINS_DIR")).join("compile-cache");
+    let mut extra = format!("\n[server]\n{server}\n[engine]\ncache_dir = \"{}\"\n", cache.display());
+    for (lang, prefix, path) in
+        [("py", "/ws/py", py_plugin_path as fn(&str) -> PathBuf), ("js", "/ws/js", js_plugin_path)]
+    {
+        extra.push_str(&format!(
+            r#"
+[plugins.echo-{lang}]
 path = "{echo}"
 
-[plugins.chat-py]
+[plugins.chat-{lang}]
 path = "{chat}"
 
 [[routes]]
-path = "/ws/py/system"
-plugin = "echo-py"
+path = "{prefix}/system"
+plugin = "echo-{lang}"
 
 [[routes]]
-path = "/ws/py/chat/{{room}}"
-plugin = "chat-py"
+path = "{prefix}/chat/{{room}}"
+plugin = "chat-{lang}"
 params.room = {{ pattern = "[A-Za-z0-9_-]+", max_length = 32 }}
 "#,
-        cache = cache.display(),
-        echo = py_plugin_path("echo-py").display(),
-        chat = py_plugin_path("chat-py").display(),
-    ))
+            echo = path(&format!("echo-{lang}")).display(),
+            chat = path(&format!("chat-{lang}")).display(),
+        ));
+    }
+    default_config(&extra)
 }
 
 /// The HTTP API key of `default_config`.
@@ -184,15 +197,18 @@ impl Broker {
         }
         let config = dir.path().join("broker.toml");
         std::fs::write(&config, toml).expect("write broker.toml");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_broker-under-test"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .envs(envs.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the broker");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_broker-under-test"));
+        command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config).envs(envs.iter().copied());
+        Broker::spawn(command, dir)
+    }
+
+    /// Starts a broker with `command` (a `broker serve` listening on `127.0.0.1:0`), which owns
+    /// `dir` for its life, and waits for its `listening on` line.
+    pub fn spawn(mut command: Command, dir: tempfile::TempDir) -> Broker {
+        if !command.get_envs().any(|(name, _)| name == "RUST_LOG") {
+            command.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start the broker");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -412,8 +428,10 @@ impl Client {
 
     /// The next text frame, parsed, or the close; pings and pongs are skipped.
     pub async fn next(&mut self) -> Received {
+        // One deadline for the whole wait: the broker's pings to a quiet client must not extend it.
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let message = tokio::time::timeout(WAIT, self.ws.next()).await.expect("no frame within the wait");
+            let message = tokio::time::timeout_at(deadline, self.ws.next()).await.expect("no frame within the wait");
             match message {
                 Some(Ok(Message::Text(text))) => {
                     return Received::Json(serde_json::from_str(&text).expect("the broker sent JSON"));

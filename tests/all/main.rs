@@ -19,4 +19,5 @@ mod plugins;
 mod reload;
 mod rooms;
 mod tls;
+mod tutorials;
 mod typed;

@@ -3,7 +3,7 @@
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::harness::{Broker, Client, LANGUAGES, Received, default_config, polyglot_config};
+use crate::harness::{Broker, Client, LANGUAGES, Received, default_config, polyglot_config, polyglot_config_with};
 
 fn chat(message: &str, name: &str) -> Value {
     json!({"action": "new_chat_message", "payload": {"message": message, "name": name}})
@@ -83,33 +83,44 @@ async fn frames_of_one_sender_arrive_in_order() {
     }
 }
 
+/// The groups namespace of each language's chat in `polyglot_config`, for the members API.
+fn namespace(lang: &str) -> &'static str {
+    match lang {
+        "python" => "chat-py",
+        "javascript" => "chat-js",
+        _ => "chat",
+    }
+}
+
 #[tokio::test]
 async fn a_burst_reaches_a_thousand_members_complete_and_in_order() {
     const MEMBERS: usize = 1000;
     const BURST: usize = 1000;
     // A thousand and one clients on one address, one of them sending as fast as it can.
-    let broker =
-        Broker::with_config(&default_config("[server]\nmax_connections_per_ip = 2000\nmessages_per_second = 0\n"));
-    let mut members = join_all((0..MEMBERS).map(|_| broker.connect("/ws/chat/big"))).await;
-    join_all(members.iter_mut().map(|m| m.assert_alive())).await;
-    let (status, body) = broker.http("GET", "/api/groups/chat:big/members", Some(crate::harness::API_KEY), "").await;
-    assert_eq!(status, 200);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["members"].as_array().unwrap().len(), MEMBERS);
+    let broker = Broker::with_config(&polyglot_config_with("max_connections_per_ip = 2000\nmessages_per_second = 0"));
+    for (lang, chat_at) in LANGUAGES.iter().map(|(lang, prefix)| (*lang, format!("{prefix}/chat/big"))) {
+        let mut members = join_all((0..MEMBERS).map(|_| broker.connect(&chat_at))).await;
+        join_all(members.iter_mut().map(|m| m.assert_alive())).await;
+        let api = format!("/api/groups/{}:big/members", namespace(lang));
+        let (status, body) = broker.http("GET", &api, Some(crate::harness::API_KEY), "").await;
+        assert_eq!(status, 200);
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["members"].as_array().unwrap().len(), MEMBERS);
 
-    let mut sender = broker.connect("/ws/chat/big").await;
-    sender.assert_alive().await;
-    let sending = async {
-        for n in 0..BURST {
-            sender.send(chat(&n.to_string(), "S")).await;
-        }
-    };
-    let receiving = join_all(members.iter_mut().map(|member| async move {
-        for n in 0..BURST {
-            let frame = member.recv().await;
-            assert_eq!(frame["payload"]["message"], n.to_string(), "{frame}");
-        }
-    }));
-    tokio::join!(sending, receiving);
+        let mut sender = broker.connect(&chat_at).await;
+        sender.assert_alive().await;
+        let sending = async {
+            for n in 0..BURST {
+                sender.send(chat(&n.to_string(), "S")).await;
+            }
+        };
+        let receiving = join_all(members.iter_mut().map(|member| async move {
+            for n in 0..BURST {
+                let frame = member.recv().await;
+                assert_eq!(frame["payload"]["message"], n.to_string(), "{lang}: {frame}");
+            }
+        }));
+        tokio::join!(sending, receiving);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,30 +172,31 @@ async fn a_client_that_stops_reading_is_closed_and_the_room_goes_on() {
 
 #[tokio::test]
 async fn connect_join_disconnect_cycles_leave_nothing_behind() {
-    const CYCLES: usize = 10_000;
+    const CYCLES: usize = 3_000;
     const PARALLEL: usize = 50;
-    let broker = Broker::start();
-    join_all((0..PARALLEL).map(|worker| {
-        let broker = &broker;
-        async move {
-            for cycle in 0..CYCLES / PARALLEL {
-                let mut client = broker.connect(&format!("/ws/chat/churn-{}", (worker + cycle) % 7)).await;
-                if cycle % 10 == 0 {
-                    client.assert_alive().await;
+    let (broker, chats) = chats();
+    for (lang, chat_at) in &chats {
+        join_all((0..PARALLEL).map(|worker| {
+            let broker = &broker;
+            async move {
+                for cycle in 0..CYCLES / PARALLEL {
+                    let mut client = broker.connect(&format!("{chat_at}/churn-{}", (worker + cycle) % 7)).await;
+                    if cycle % 10 == 0 {
+                        client.assert_alive().await;
+                    }
+                    drop(client);
                 }
-                drop(client);
             }
+        }))
+        .await;
+        broker.await_metric("broker_connections", 0.0).await;
+        assert_eq!(broker.metric("broker_groups").await, 0.0, "{lang}");
+        assert_eq!(broker.metric("broker_group_members").await, 0.0, "{lang}");
+        for room in 0..7 {
+            let api = format!("/api/groups/{}:churn-{room}/members", namespace(lang));
+            let (_, body) = broker.http("GET", &api, Some(crate::harness::API_KEY), "").await;
+            assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["members"], json!([]), "{lang}");
         }
-    }))
-    .await;
-    broker.await_metric("broker_connections", 0.0).await;
-    assert_eq!(broker.metric("broker_groups").await, 0.0);
-    assert_eq!(broker.metric("broker_group_members").await, 0.0);
-    for room in 0..7 {
-        let (_, body) = broker
-            .http("GET", &format!("/api/groups/chat:churn-{room}/members"), Some(crate::harness::API_KEY), "")
-            .await;
-        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["members"], json!([]));
     }
 }
 

@@ -164,9 +164,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 
 fn prepare(root: &Path) -> Result<()> {
     crate::build_plugins(root)?;
-    crate::ensure_componentize_py(root)?;
     let cargo = |args: &[&str]| crate::run(crate::cargo(root).args(args));
-    // The tests' build script builds the Python plugins (target/wasm/py).
     cargo(&["build", "--package", "broker", "--package", "bench", "--package", "broker-tests"])?;
     cargo(&[
         "build",
@@ -218,13 +216,20 @@ max_sends_per_call = 1000
 path = "/ws/system"
 plugin = "echo"
 
-# The same echo in Python (componentize-py), for plugin-cost.
+# The same echo in Python (componentize-py) and JavaScript (componentize-js), for plugin-cost.
 [plugins.echo-py]
 path = "{echo_py}"
 
 [[routes]]
 path = "/ws/py/system"
 plugin = "echo-py"
+
+[plugins.echo-js]
+path = "{echo_js}"
+
+[[routes]]
+path = "/ws/js/system"
+plugin = "echo-js"
 
 [[routes]]
 path = "/ws/chat/{{room}}"
@@ -239,7 +244,8 @@ path = "/ws/hostile"
 plugin = "hostile"
 "#,
         echo = plugins.join("echo.wasm").display(),
-        echo_py = bench.root.join("target/wasm/py/echo-py.wasm").display(),
+        echo_py = plugins.join("echo-py.wasm").display(),
+        echo_js = plugins.join("echo-js.wasm").display(),
         chat = plugins.join("chat.wasm").display(),
         testbed = bench.root.join("target/wasm/wasm32-wasip2/release/testbed.wasm").display(),
     );
@@ -307,6 +313,7 @@ fn plugin_cost(bench: &Bench) -> Result<Report> {
     let cases = [
         ("broker, user_message -> wasm echo plugin (Rust)", &broker, "user_message", "/ws/system"),
         ("broker, user_message -> wasm echo plugin (Python)", &broker, "user_message", "/ws/py/system"),
+        ("broker, user_message -> wasm echo plugin (JavaScript)", &broker, "user_message", "/ws/js/system"),
         ("broker, ping answered natively", &broker, "ping", "/ws/system"),
         ("baseline, user_message", &baseline, "user_message", "/ws/system"),
     ];

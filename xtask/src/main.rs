@@ -7,6 +7,9 @@ use anyhow::{Context, Result, bail, ensure};
 
 mod bench;
 mod fuzz;
+mod polyglot;
+
+use polyglot::Language;
 
 pub(crate) const WASM_TARGET: &str = "wasm32-wasip2";
 
@@ -15,7 +18,8 @@ usage: cargo xtask <command> [args...]
 
 commands:
   run [ARGS...]   build the plugins, then serve ./broker.toml (ARGS go to `broker serve`)
-  plugins         build every plugin in plugins/ into target/plugins/<name>.wasm
+  plugins         build every plugin in plugins/ (Rust, Python, JavaScript) into
+                  target/plugins/<name>.wasm, installing componentize-py and -js if missing
   test [ARGS...]  run every test of the workspace (ARGS go to `cargo test`)
   lint            cargo fmt --check and cargo clippy -D warnings, host and wasm crates
   bench NAME|all [--runs N] [--write]
@@ -42,6 +46,7 @@ fn main() -> Result<()> {
             ensure_wasm_target()?;
             ensure_test_tools(&root)?;
             ensure_componentize_py(&root)?;
+            ensure_js_sdk(&root)?;
             run(cargo(&root).arg("test").args(&rest))
         }
         "lint" => {
@@ -143,6 +148,16 @@ pub(crate) fn ensure_componentize_py(root: &Path) -> Result<()> {
     run(Command::new(venv.join("bin/pip")).args(["install", "-q", &format!("componentize-py=={VERSION}")]))
 }
 
+/// The JavaScript SDK's npm packages (componentize-js, rolldown), as its lock file pins them.
+pub(crate) fn ensure_js_sdk(root: &Path) -> Result<()> {
+    let sdk = root.join("plugin-sdk/js");
+    if Language::JavaScript.missing_tool(root).is_some() {
+        eprintln!("installing the npm packages of {}", sdk.display());
+        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&sdk))?;
+    }
+    Ok(())
+}
+
 /// The plugin crates in `dir`: every folder with a Cargo.toml (folder and package names agree).
 fn plugin_crates(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
@@ -158,8 +173,27 @@ fn plugin_crates(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Builds every plugin for wasm32-wasip2 and copies it to target/plugins/<name>.wasm.
+/// Builds every plugin, in every language, for wasm32-wasip2 and copies it to
+/// target/plugins/<name>.wasm.
 pub(crate) fn build_plugins(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut built = build_rust_plugins(root)?;
+    ensure_componentize_py(root)?;
+    ensure_js_sdk(root)?;
+    let out = root.join("target/plugins");
+    let mut builds = Vec::new();
+    for language in Language::ALL {
+        for (name, folder) in language.plugins(root)? {
+            let to = out.join(format!("{name}.wasm"));
+            builds.push((name, language.build(root, &folder, &to)));
+            built.push(to);
+        }
+    }
+    polyglot::run_all(builds).map_err(anyhow::Error::msg)?;
+    Ok(built)
+}
+
+/// Builds the Rust plugins and copies them to target/plugins/<name>.wasm.
+fn build_rust_plugins(root: &Path) -> Result<Vec<PathBuf>> {
     ensure_wasm_target()?;
     let names = plugin_crates(&root.join("plugins"))?;
     let mut build = cargo(root);

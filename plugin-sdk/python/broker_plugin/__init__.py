@@ -1,11 +1,12 @@
 """The Python side of plugin-sdk: typed handlers over the `broker:plugin` WIT world.
 
-Build a plugin with componentize-py against the world `plugin-core`:
+Build a plugin with componentize-py against the world `plugin`:
 
-    componentize-py -d plugin-sdk/wit -w plugin-core componentize app \\
+    componentize-py -d plugin-sdk/wit -w plugin componentize app \\
         -p plugin-sdk/python -p . -o my_plugin.wasm
 
-where `app.py` defines `Handler = plugin.handler()`. See plugins/echo-py and plugins/chat-py.
+where `app.py` defines `Handler = plugin.handler()` and `Describe = plugin.describe()` (the
+world `plugin-core` needs only `Handler`). See plugins/echo-py and plugins/chat-py.
 
 Payloads and frames are dataclasses. Each handler's payload class becomes the JSON Schema the
 broker checks payloads against before the handler runs, so a Python plugin refuses bad input with
@@ -150,6 +151,9 @@ class Context:
     def session_set(self, key: str, value: str) -> None:
         session.set(self.connection, key, value)
 
+    def session_delete(self, key: str) -> None:
+        session.delete(self.connection, key)
+
     def claims(self) -> Optional[dict]:
         text = identity.claims(self.connection)
         return None if text is None else json.loads(text)
@@ -197,6 +201,7 @@ def _reason(error: Exception) -> str:
 class _Route:
     payload: Any
     handler: Callable
+    replies: list
 
 
 class Plugin:
@@ -230,9 +235,9 @@ class Plugin:
             parameters = function.__code__.co_varnames[: function.__code__.co_argcount]
             payload = hints.get(parameters[1]) if len(parameters) > 1 else None
             reply = hints.get("return")
-            if isinstance(reply, type) and issubclass(reply, Message):
-                self.sends(reply)
-            self._routes[action] = _Route(payload, function)
+            replies = [reply] if isinstance(reply, type) and issubclass(reply, Message) else []
+            self.sends(*replies)
+            self._routes[action] = _Route(payload, function, replies)
             return function
 
         return register
@@ -292,3 +297,28 @@ class Plugin:
                     plugin._on_disconnect(Context(ctx))
 
         return Handler
+
+    def describe(self) -> type:
+        """The class componentize-py exports for the world `plugin`: `Describe = plugin.describe()`.
+
+        It tells the broker which frames each handler answers with (from the return annotation),
+        for the AsyncAPI document.
+        """
+        # Imported here: a build against the world `plugin-core` has no such export.
+        from wit_world.exports import Describe as Exported
+        from wit_world.exports import describe as wit
+
+        plugin = self
+
+        class Describe(Exported):
+            def replies(self) -> list:
+                return [
+                    wit.HandlerReplies(action=action, replies=[m.action for m in route.replies])
+                    for action, route in plugin._routes.items()
+                    if route.replies
+                ]
+
+            def raw_frames(self) -> list:
+                return []
+
+        return Describe

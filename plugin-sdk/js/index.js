@@ -1,0 +1,319 @@
+// The JavaScript side of plugin-sdk: typed handlers over the `broker:plugin` WIT world.
+//
+// A plugin module builds a `Plugin`, registers handlers, and exports what the world asks for:
+//
+//     export const { handler, describe } = plugin.exports();
+//
+// `broker-plugin build app.js -o app.wasm` bundles the module with this SDK and makes a
+// component of it with componentize-js. Payload types are written with `t` and become the JSON
+// Schemas the broker checks payloads against before a handler runs, so a JavaScript plugin
+// refuses bad input with the same error frames as a Rust or Python one.
+//
+// Handlers are synchronous: the WIT calls are, and a Promise returned by a handler is refused.
+
+import * as groups from 'broker:plugin/groups@0.1.3';
+import * as host from 'broker:plugin/host@0.1.3';
+import * as identity from 'broker:plugin/identity@0.1.3';
+import * as hostKv from 'broker:plugin/kv@0.1.3';
+import * as session from 'broker:plugin/session@0.1.3';
+
+const DRAFT_07 = 'http://json-schema.org/draft-07/schema#';
+const OPTIONAL = Symbol('optional');
+
+// Connection ids are u64, which the bindings hand over as BigInt; JSON has no BigInt, so a frame
+// carries one as a number when it is exact, as a string otherwise.
+function jsonValue(_key, value) {
+  if (typeof value !== 'bigint') return value;
+  return value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value.toString();
+}
+
+function dumps(value) {
+  return JSON.stringify(value, jsonValue);
+}
+
+/** A handler failure: the client gets a `plugin_error` frame with this message. */
+export class PluginError extends Error {}
+
+/** Thrown in `onConnect` to refuse a client with a WebSocket close code and reason. */
+export class Reject extends Error {
+  constructor(code, reason) {
+    super(reason);
+    this.code = code;
+    this.reason = reason;
+  }
+}
+
+/** A host call that failed: the WIT error variant as a sentence (`closed`, or its text). */
+function hostCall(call) {
+  try {
+    return call();
+  } catch (error) {
+    if (error && Object.hasOwn(error, 'payload')) {
+      const { tag, val } = error.payload;
+      throw new PluginError(typeof val === 'string' ? `${tag}: ${val}` : tag);
+    }
+    throw error;
+  }
+}
+
+/**
+ * Payload types. Each builder returns the JSON Schema (draft-07) of its values, the same schema
+ * schemars writes for the Rust type and the Python SDK for the dataclass.
+ */
+export const t = {
+  string: (limits = {}) => ({ type: 'string', ...limits }),
+  integer: (limits = {}) => ({ type: 'integer', ...limits }),
+  number: (limits = {}) => ({ type: 'number', ...limits }),
+  boolean: () => ({ type: 'boolean' }),
+  array: (items, limits = {}) => ({ type: 'array', items, ...limits }),
+  /** One of the given values. */
+  enum: (values) => ({ enum: [...values] }),
+  /** Exactly this value. */
+  literal: (value) => ({ const: value }),
+  /** A field that may be absent or null. */
+  optional: (inner) => {
+    const nullable =
+      typeof inner.type === 'string' ? { ...inner, type: [inner.type, 'null'] } : { anyOf: [inner, { type: 'null' }] };
+    return Object.defineProperty(nullable, OPTIONAL, { value: true });
+  },
+  /** An object with these fields; `{ extra: false }` refuses fields it does not name. */
+  object: (fields, { extra = true } = {}) => {
+    const schema = { type: 'object', properties: { ...fields } };
+    const required = Object.entries(fields)
+      .filter(([, field]) => !field[OPTIONAL])
+      .map(([name]) => name);
+    if (required.length) schema.required = required;
+    if (!extra) schema.additionalProperties = false;
+    return schema;
+  },
+};
+
+/**
+ * A message type: `{"action": ACTION, "payload": {fields}}`. Call it with the payload to make a
+ * frame: `SystemEcho({ message: 'hi' })`.
+ */
+export function message(action, fields, summary) {
+  const payload = t.object(fields);
+  const make = (values) => ({ action, payload: values });
+  return Object.assign(make, { action, payload, summary });
+}
+
+/**
+ * A checked payload as the handler sees it: fields its type does not name are left out, as serde
+ * and the Python SDK leave them out, so a relayed payload is the same in every language.
+ */
+function shape(schema, value) {
+  if (!schema || value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) return schema.items ? value.map((item) => shape(schema.items, item)) : value;
+  const inner = schema.anyOf ? schema.anyOf.find((s) => s.type !== 'null') : schema;
+  if (!inner?.properties) return value;
+  return Object.fromEntries(
+    Object.entries(value)
+      .filter(([key]) => Object.hasOwn(inner.properties, key))
+      .map(([key, field]) => [key, shape(inner.properties[key], field)]),
+  );
+}
+
+function spec(name, payload, summary, description) {
+  return {
+    name,
+    summary: summary ?? undefined,
+    description: description ?? undefined,
+    payloadSchema: payload === undefined ? undefined : dumps({ $schema: DRAFT_07, ...payload }),
+  };
+}
+
+/** The plugin's key-value store, kept by the host across calls, instances and reloads. */
+export const kv = {
+  get: (key) => hostCall(() => hostKv.get(key)),
+  set: (key, value, ttlMs) => hostCall(() => hostKv.set(key, value, ttlMs === undefined ? undefined : BigInt(ttlMs))),
+  delete: (key) => hostCall(() => hostKv.delete(key)),
+  compareAndSwap: (key, expected, value, ttlMs) =>
+    hostCall(() =>
+      hostKv.compareAndSwap(key, expected ?? undefined, value ?? undefined, ttlMs === undefined ? undefined : BigInt(ttlMs)),
+    ),
+};
+
+/** Writes to the broker's log, tagged with the plugin's name. */
+export const log = Object.fromEntries(
+  ['trace', 'debug', 'info', 'warn', 'error'].map((level) => [level, (text) => host.log(level, String(text))]),
+);
+
+/** Queues a frame for any connection (of any node of a cluster). */
+export function sendTo(connection, frame) {
+  hostCall(() => host.send(BigInt(connection), dumps(frame)));
+}
+
+/** The members of a group of this plugin's namespace. */
+export function members(group) {
+  return groups.members(group);
+}
+
+/** The plugin's `settings` table from broker.toml. */
+export function settings() {
+  return JSON.parse(host.settings());
+}
+
+/** Where a call runs: the connection, its route and path parameters, and what it may do. */
+export class Context {
+  constructor(raw) {
+    this.connection = raw.connection;
+    this.route = raw.route;
+    this.path = raw.path;
+    this.params = Object.fromEntries(raw.params);
+    this.user = raw.user ?? null;
+  }
+
+  param(name) {
+    return this.params[name] ?? null;
+  }
+
+  /** Queues a frame for this connection. */
+  send(frame) {
+    sendTo(this.connection, frame);
+  }
+
+  join(group) {
+    hostCall(() => groups.join(this.connection, group));
+  }
+
+  leave(group) {
+    groups.leave(this.connection, group);
+  }
+
+  /** Sends to every member of `group`, this connection included; returns how many it reached. */
+  broadcast(group, frame) {
+    return hostCall(() => groups.broadcast(group, dumps(frame), undefined));
+  }
+
+  broadcastToOthers(group, frame) {
+    return hostCall(() => groups.broadcast(group, dumps(frame), this.connection));
+  }
+
+  close(code, reason) {
+    host.close(this.connection, code, reason);
+  }
+
+  /** Values kept for this connection until it closes. */
+  get session() {
+    const connection = this.connection;
+    return {
+      get: (key) => session.get(connection, key) ?? null,
+      set: (key, value) => hostCall(() => session.set(connection, key, value)),
+      delete: (key) => session.delete(connection, key),
+    };
+  }
+
+  /** The claims of the connection's token that broker.toml hands to plugins, or null. */
+  claims() {
+    const text = identity.claims(this.connection);
+    return text === undefined ? null : JSON.parse(text);
+  }
+
+  settings() {
+    return settings();
+  }
+}
+
+function failed(message) {
+  return { payload: { tag: 'failed', val: message } };
+}
+
+/** A plugin: its name, the actions it accepts and the frames it sends. */
+export class Plugin {
+  constructor({ name, version, description, tags = [] }) {
+    Object.assign(this, { name, version, description, tags: [...tags] });
+    this.routes = new Map();
+    this.sent = [];
+    this.connect = undefined;
+    this.disconnect = undefined;
+  }
+
+  /** Declares message types the plugin sends besides its handlers' replies. */
+  sends(...messages) {
+    for (const message of messages) if (!this.sent.includes(message)) this.sent.push(message);
+    return this;
+  }
+
+  onConnect(handler) {
+    this.connect = handler;
+    return this;
+  }
+
+  onDisconnect(handler) {
+    this.disconnect = handler;
+    return this;
+  }
+
+  /**
+   * `handler(ctx, payload)` for `action`: it may return a frame to reply with. `options.payload`
+   * is the payload's type (from `t`), `options.replies` the message types it answers with.
+   */
+  handle(action, options, handler) {
+    const replies = [options.replies ?? []].flat();
+    this.sends(...replies);
+    this.routes.set(action, { ...options, replies, handler });
+    return this;
+  }
+
+  manifest() {
+    return {
+      name: this.name,
+      version: this.version,
+      description: this.description ?? undefined,
+      tags: this.tags,
+      accepts: [...this.routes].map(([action, route]) => spec(action, route.payload, route.summary, route.description)),
+      sends: this.sent.map((m) => spec(m.action, m.payload, m.summary)),
+    };
+  }
+
+  /** The interfaces the component exports: `export const { handler, describe } = plugin.exports();` */
+  exports() {
+    const plugin = this;
+    const handler = {
+      manifest: () => plugin.manifest(),
+      onConnect(raw) {
+        if (!plugin.connect) return;
+        try {
+          refuseAsync(plugin.connect(new Context(raw)));
+        } catch (error) {
+          if (error instanceof Reject) throw { payload: { code: error.code, reason: error.reason } };
+          // As in the Rust SDK: a failure while accepting is an internal error (1011).
+          if (error instanceof PluginError) throw { payload: { code: 1011, reason: error.message } };
+          throw error;
+        }
+      },
+      onMessage(raw, action, payload) {
+        const route = plugin.routes.get(action);
+        if (!route) throw failed(`no handler for ${JSON.stringify(action)}`);
+        const value = shape(route.payload, payload === undefined ? null : JSON.parse(payload));
+        let reply;
+        try {
+          reply = refuseAsync(route.handler(new Context(raw), value));
+        } catch (error) {
+          if (error instanceof PluginError) throw failed(error.message);
+          throw error;
+        }
+        return reply === undefined || reply === null ? undefined : dumps(reply);
+      },
+      onDisconnect(raw) {
+        if (plugin.disconnect) refuseAsync(plugin.disconnect(new Context(raw)));
+      },
+    };
+    const describe = {
+      replies: () =>
+        [...plugin.routes]
+          .filter(([, route]) => route.replies.length)
+          .map(([action, route]) => ({ action, replies: route.replies.map((m) => m.action) })),
+      rawFrames: () => [],
+    };
+    return { handler, describe };
+  }
+}
+
+function refuseAsync(value) {
+  if (value && typeof value.then === 'function') {
+    throw new PluginError('handlers are synchronous: this one returned a Promise');
+  }
+  return value;
+}
