@@ -35,6 +35,7 @@ pub struct Metrics {
     plugin_errors: Family<Labels, Counter>,
     payloads_refused: Family<Labels, Counter>,
     plugin_instances: Family<Labels, Gauge>,
+    instances_retired: Family<Labels, Counter>,
     limit_hits: Family<Labels, Counter>,
     /// Clients closed because their outbound queue was full (`server.outbound_queue*`).
     pub slow_consumer_closes: Counter,
@@ -67,6 +68,7 @@ impl Default for Metrics {
             plugin_errors: Family::default(),
             payloads_refused: Family::default(),
             plugin_instances: Family::default(),
+            instances_retired: Family::default(),
             limit_hits: Family::default(),
             slow_consumer_closes: Counter::default(),
             api_published: Counter::default(),
@@ -92,6 +94,11 @@ impl Default for Metrics {
             metrics.payloads_refused.clone(),
         );
         registry.register("plugin_instances", "Plugin instances by plugin and state", metrics.plugin_instances.clone());
+        registry.register(
+            "plugin_instances_retired",
+            "Plugin instances retired after a call, their memory past half the limit, by plugin",
+            metrics.instances_retired.clone(),
+        );
         registry.register(
             "limit_hits",
             "Times a limit of broker.toml refused something, by key",
@@ -256,6 +263,11 @@ impl Metrics {
                 .get_or_create(&vec![("plugin", plugin.to_owned()), ("state", state.to_owned())])
                 .set(count as i64);
         }
+    }
+
+    /// Counts an instance of `plugin` retired for its memory.
+    pub fn instance_retired(&self, plugin: &str) {
+        self.instances_retired.get_or_create(&vec![("plugin", plugin.to_owned())]).inc();
     }
 
     /// Counts a refusal by the limit `key` of broker.toml.

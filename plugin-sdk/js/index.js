@@ -146,7 +146,7 @@ export function sendTo(connection, frame) {
 
 /** The members of a group of this plugin's namespace. */
 export function members(group) {
-  return groups.members(group);
+  return Array.from(groups.members(group));
 }
 
 /** The plugin's `settings` table from broker.toml. */

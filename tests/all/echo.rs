@@ -117,3 +117,47 @@ async fn every_language_documents_the_same_actions_and_replies() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_whose_memory_only_grows_are_retired_before_they_run_out() {
+    // SpiderMonkey's heap grows by a few hundred bytes a call and is never given back, so an
+    // instance kept forever would trap when it reached its limit: after about 28,000 echoes here,
+    // where it starts at 9 MiB. Past half the limit an instance is retired after its call.
+    let cache = std::path::PathBuf::from(env!("PY_PLUGINS_DIR")).join("compile-cache");
+    let toml = format!(
+        r#"
+[api]
+key = "{key}"
+
+[server]
+messages_per_second = 0
+
+[engine]
+cache_dir = "{cache}"
+
+[plugins.echo-js]
+path = "{echo}"
+max_memory_bytes = 20971520
+
+[[routes]]
+path = "/ws/js/system"
+plugin = "echo-js"
+"#,
+        key = crate::harness::API_KEY,
+        cache = cache.display(),
+        echo = crate::harness::js_plugin_path("echo-js").display(),
+    );
+    let broker = Broker::with_config(&toml);
+    let mut client = broker.echo_client_at("/ws/js/system").await;
+    for batch in 0..400 {
+        for n in 0..100 {
+            client.send(json!({"action": "user_message", "payload": {"message": format!("{batch}-{n}")}})).await;
+        }
+        for n in 0..100 {
+            let reply = client.recv().await;
+            assert_eq!(reply["payload"]["message"], format!("🔧 System Echo: {batch}-{n}"), "{reply}");
+        }
+    }
+    let retired = broker.metric("broker_plugin_instances_retired_total{plugin=\"echo-js\"}").await;
+    assert!(retired >= 1.0, "no instance was retired");
+}

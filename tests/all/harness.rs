@@ -218,7 +218,9 @@ impl Broker {
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        // Generous: a first start compiles every plugin, and the Python and JavaScript ones take
+        // seconds each, more while other tests compile theirs; later starts take them from the cache.
+        let addr = match rx.recv_timeout(Duration::from_secs(300)) {
             Ok(addr) => addr.parse().expect("a socket address"),
             Err(_) => {
                 let _ = child.kill();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::harness::{API_KEY, Broker, Received, eventually, plugin_path};
+use crate::harness::{API_KEY, Broker, Received, eventually, js_plugin_path, plugin_path};
 
 /// The versioned test plugin with its marker set to `generation`: a new version without a compiler.
 fn version(generation: u32) -> Vec<u8> {
@@ -237,4 +237,71 @@ async fn a_reloaded_plugin_validates_against_its_new_schema() {
     assert_eq!(client.request(bounded(6)).await, over(5));
     let (_, doc) = broker.http("GET", "/asyncapi.json", None, "").await;
     assert_eq!(documented(serde_json::from_str(&doc).unwrap())["maximum"], 5, "the document follows the reload");
+}
+
+/// A broker serving `big.wasm` (a JavaScript component, 12 MB) at `/ws/big`, caching compiled code
+/// in `cache`, both in `dir`.
+fn big_plugin_broker(dir: &std::path::Path, component: &std::path::Path) -> Broker {
+    std::fs::copy(component, dir.join("big.wasm")).expect("copy the component");
+    let toml = format!(
+        r#"
+[api]
+key = "{API_KEY}"
+
+# The test sends as fast as replies come, for as long as the new build compiles.
+[server]
+messages_per_second = 0
+
+[engine]
+cache_dir = "cache"
+
+[plugins.big]
+path = "big.wasm"
+
+[[routes]]
+path = "/ws/big"
+plugin = "big"
+"#
+    );
+    std::fs::write(dir.join("broker.toml"), toml).expect("write broker.toml");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_broker-under-test"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(dir.join("broker.toml"));
+    Broker::spawn(command, tempfile::tempdir().expect("a temp dir"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_component_compiles_once_and_the_old_one_serves_while_a_new_one_compiles() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let first = big_plugin_broker(dir.path(), &js_plugin_path("echo-js"));
+    let status = first.plugin_status("big").await;
+    assert_eq!(status["compiled_from"], "compiled", "{status}");
+
+    // A new build (chat, where echo was) is compiled while the old generation goes on answering.
+    let mut client = first.connect("/ws/big").await;
+    assert_eq!(client.recv().await["action"], "system_echo");
+    let partial = dir.path().join(".big.wasm.partial");
+    std::fs::copy(js_plugin_path("chat-js"), &partial).expect("copy the new build");
+    std::fs::rename(&partial, dir.path().join("big.wasm")).expect("rename it over the old one");
+    let mut echoed = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the new build was not swapped in");
+        let reply = client.request(json!({"action": "user_message", "payload": {"message": "hi"}})).await;
+        match reply["action"].as_str() {
+            Some("system_echo") => echoed += 1,
+            // chat accepts no user_message: the new generation is in service.
+            Some("error") if reply["payload"][0]["type"] == "union_tag_invalid" => break,
+            _ => panic!("neither generation answers so: {reply}"),
+        }
+    }
+    assert!(echoed > 0, "no message was answered while the new build compiled");
+    let status = first.plugin_status("big").await;
+    assert_eq!((status["generation"].as_u64(), status["compiled_from"].as_str()), (Some(2), Some("compiled")));
+    drop(first);
+
+    // A restart finds both builds in the cache.
+    let second = big_plugin_broker(dir.path(), &js_plugin_path("echo-js"));
+    let status = second.plugin_status("big").await;
+    assert_eq!(status["compiled_from"], "cache", "{status}");
+    assert_eq!(second.echo_client_at("/ws/big").await.request(json!({"action": "ping"})).await["action"], "pong");
 }

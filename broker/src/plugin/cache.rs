@@ -25,6 +25,16 @@ pub enum Source {
     Compiled,
 }
 
+impl Source {
+    /// As `/api/plugins` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Compiled => "compiled",
+        }
+    }
+}
+
 impl Cache {
     pub fn new(dir: &Path) -> Cache {
         Cache { dir: (!dir.as_os_str().is_empty()).then(|| dir.to_owned()) }

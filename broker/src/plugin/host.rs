@@ -80,8 +80,42 @@ pub struct HostState {
     pub(crate) caller: ConnectionId,
     /// Frames and bytes the running call has sent.
     pub(crate) sent: (u32, u64),
-    /// The instance's memory limit.
-    pub(crate) limits: wasmtime::StoreLimits,
+    /// The instance's memory limit, and how much linear memory it holds.
+    pub(crate) limits: MemoryLimits,
+}
+
+/// wasmtime's `StoreLimits`, counting the linear memory the instance has grown to, so the pool can
+/// retire an instance whose memory only grows.
+pub(crate) struct MemoryLimits {
+    limits: wasmtime::StoreLimits,
+    /// Bytes of linear memory, all of the instance's memories together.
+    pub(crate) bytes: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.bytes += desired.saturating_sub(current);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 impl HostState {
@@ -92,8 +126,13 @@ impl HostState {
         let allow_hosts = env.allow_hosts.clone();
         // A grow past the limit traps with wasmtime's message rather than returning -1 to an
         // allocator that would abort with a vaguer one.
-        let limits =
-            wasmtime::StoreLimitsBuilder::new().memory_size(env.max_memory_bytes).trap_on_grow_failure(true).build();
+        let limits = MemoryLimits {
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(env.max_memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            bytes: 0,
+        };
         HostState {
             wasi,
             http: WasiHttpCtx::new(),

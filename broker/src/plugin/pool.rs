@@ -114,6 +114,8 @@ pub struct LoadedPlugin {
     pub hash: String,
     /// Whether it came from the compile cache.
     pub source: Source,
+    /// How long compiling (or taking it from the cache) and linking took.
+    pub compile_time: Duration,
     /// The configuration it was loaded with.
     pub config: config::Plugin,
 }
@@ -167,6 +169,7 @@ impl LoadedPlugin {
         let failed = |reason: String| PluginError::Load { plugin: name.to_owned(), path: config.path.clone(), reason };
         let compiler = runtime.clone();
         let PluginFile { bytes, hash } = file;
+        let compiling = Instant::now();
         let (component, source, hash) = tokio::task::spawn_blocking(move || {
             compiler.compile(&bytes, &hash).map(|(component, source)| (component, source, hash))
         })
@@ -221,6 +224,7 @@ impl LoadedPlugin {
             loaded_at: SystemTime::now(),
             hash,
             source,
+            compile_time: compiling.elapsed(),
             config: config.clone(),
         };
         let manifest = plugin
@@ -337,7 +341,14 @@ impl LoadedPlugin {
         let slack = self.timeout + Duration::from_millis(50);
         let result = match tokio::time::timeout(slack, f(&mut instance)).await {
             Ok(Ok(value)) => {
-                self.put_idle(instance);
+                // A guest whose memory only grows (a garbage-collected runtime that does not give
+                // its heap back, a leak) is replaced before it runs out in the middle of a call:
+                // instances are interchangeable, so retiring one loses nothing.
+                if instance.store.data().limits.bytes > self.env.max_memory_bytes / 2 {
+                    self.env.metrics.instance_retired(&self.env.name);
+                } else {
+                    self.put_idle(instance);
+                }
                 Ok(value)
             }
             Ok(Err(error)) if error.is::<DeadlineExceeded>() => Err(CallError::Timeout(self.timeout)),

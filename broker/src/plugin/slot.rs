@@ -76,6 +76,8 @@ impl Slot {
             "loaded_at": rfc3339(current.loaded_at),
             "path": current.config.path.display().to_string(),
             "sha256": current.hash,
+            "compiled_from": current.source.as_str(),
+            "compile_ms": current.compile_time.as_millis() as u64,
             "accepts": current.accepts(),
             "reloads": history.reloads,
             "failed_reloads": history.failed_reloads,
