@@ -1,6 +1,6 @@
 //! The system echo of the Chanx tutorial, frame for frame, in every language it is built in.
 
-use crate::harness::{Broker, LANGUAGES, polyglot_config};
+use crate::harness::{Broker, LANGUAGES, compile_cache, plugin_name, polyglot_config};
 use serde_json::json;
 
 /// A broker with echo in every language, and the route of each: (language, route).
@@ -96,11 +96,7 @@ async fn every_language_documents_the_same_actions_and_replies() {
     for (lang, route) in routes {
         // Channel ids are the route with `_` for `/`; components are named by plugin.
         let channel = route.trim_start_matches('/').replace('/', "_");
-        let plugin = match lang {
-            "python" => "echo-py",
-            "javascript" => "echo-js",
-            _ => "echo",
-        };
+        let plugin = plugin_name("echo", lang);
         let reply = &doc["operations"][format!("{channel}.receive.user_message")]["reply"]["messages"];
         assert_eq!(
             reply,
@@ -123,7 +119,6 @@ async fn instances_whose_memory_only_grows_are_retired_before_they_run_out() {
     // SpiderMonkey's heap grows by a few hundred bytes a call and is never given back, so an
     // instance kept forever would trap when it reached its limit: after about 28,000 echoes here,
     // where it starts at 9 MiB. Past half the limit an instance is retired after its call.
-    let cache = std::path::PathBuf::from(env!("PY_PLUGINS_DIR")).join("compile-cache");
     let toml = format!(
         r#"
 [api]
@@ -144,7 +139,7 @@ path = "/ws/js/system"
 plugin = "echo-js"
 "#,
         key = crate::harness::API_KEY,
-        cache = cache.display(),
+        cache = compile_cache().display(),
         echo = crate::harness::js_plugin_path("echo-js").display(),
     );
     let broker = Broker::with_config(&toml);

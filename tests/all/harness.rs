@@ -47,6 +47,21 @@ fn built_path(dir: &str, name: &str, how: &str) -> PathBuf {
 /// `polyglot_config`: every behaviour test of echo and chat runs against each.
 pub const LANGUAGES: [(&str, &str); 3] = [("rust", "/ws"), ("python", "/ws/py"), ("javascript", "/ws/js")];
 
+/// The name `polyglot_config` gives the `lang` build of a shipped plugin: `chat`, `chat-py`, `chat-js`
+/// (also its groups namespace).
+pub fn plugin_name(plugin: &str, lang: &str) -> String {
+    match lang {
+        "python" => format!("{plugin}-py"),
+        "javascript" => format!("{plugin}-js"),
+        _ => plugin.to_owned(),
+    }
+}
+
+/// The compile cache the tests share, so each large component is compiled once per build.
+pub fn compile_cache() -> PathBuf {
+    PathBuf::from(env!("PY_PLUGINS_DIR")).join("compile-cache")
+}
+
 /// `default_config` with the Python and JavaScript builds of echo and chat mounted under
 /// `/ws/py/...` and `/ws/js/...` beside the Rust ones, their compiled code cached across tests
 /// (they are 12 to 18 MB components).
@@ -56,8 +71,7 @@ pub fn polyglot_config() -> String {
 
 /// `polyglot_config` with `server` as its `[server]` table's keys.
 pub fn polyglot_config_with(server: &str) -> String {
-    let cache = PathBuf::from(env!("PY_PLUGINS_DIR")).join("compile-cache");
-    let mut extra = format!("\n[server]\n{server}\n[engine]\ncache_dir = \"{}\"\n", cache.display());
+    let mut extra = format!("\n[server]\n{server}\n[engine]\ncache_dir = \"{}\"\n", compile_cache().display());
     for (lang, prefix, path) in
         [("py", "/ws/py", py_plugin_path as fn(&str) -> PathBuf), ("js", "/ws/js", js_plugin_path)]
     {

@@ -3,7 +3,9 @@
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::harness::{Broker, Client, LANGUAGES, Received, default_config, polyglot_config, polyglot_config_with};
+use crate::harness::{
+    Broker, Client, LANGUAGES, Received, default_config, plugin_name, polyglot_config, polyglot_config_with,
+};
 
 fn chat(message: &str, name: &str) -> Value {
     json!({"action": "new_chat_message", "payload": {"message": message, "name": name}})
@@ -83,15 +85,6 @@ async fn frames_of_one_sender_arrive_in_order() {
     }
 }
 
-/// The groups namespace of each language's chat in `polyglot_config`, for the members API.
-fn namespace(lang: &str) -> &'static str {
-    match lang {
-        "python" => "chat-py",
-        "javascript" => "chat-js",
-        _ => "chat",
-    }
-}
-
 #[tokio::test]
 async fn a_burst_reaches_a_thousand_members_complete_and_in_order() {
     const MEMBERS: usize = 1000;
@@ -101,7 +94,7 @@ async fn a_burst_reaches_a_thousand_members_complete_and_in_order() {
     for (lang, chat_at) in LANGUAGES.iter().map(|(lang, prefix)| (*lang, format!("{prefix}/chat/big"))) {
         let mut members = join_all((0..MEMBERS).map(|_| broker.connect(&chat_at))).await;
         join_all(members.iter_mut().map(|m| m.assert_alive())).await;
-        let api = format!("/api/groups/{}:big/members", namespace(lang));
+        let api = format!("/api/groups/{}:big/members", plugin_name("chat", lang));
         let (status, body) = broker.http("GET", &api, Some(crate::harness::API_KEY), "").await;
         assert_eq!(status, 200);
         assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["members"].as_array().unwrap().len(), MEMBERS);
@@ -193,7 +186,7 @@ async fn connect_join_disconnect_cycles_leave_nothing_behind() {
         assert_eq!(broker.metric("broker_groups").await, 0.0, "{lang}");
         assert_eq!(broker.metric("broker_group_members").await, 0.0, "{lang}");
         for room in 0..7 {
-            let api = format!("/api/groups/{}:churn-{room}/members", namespace(lang));
+            let api = format!("/api/groups/{}:churn-{room}/members", plugin_name("chat", lang));
             let (_, body) = broker.http("GET", &api, Some(crate::harness::API_KEY), "").await;
             assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["members"], json!([]), "{lang}");
         }
