@@ -83,8 +83,11 @@ fn build_other_languages(root: &Path) {
         let out = out_dir(language);
         std::fs::create_dir_all(&out).expect("create the plugins' output folder");
         for (name, folder) in language.plugins(root).expect("read plugins/") {
-            let command = language.build(root, &folder, &out.join(format!("{name}.wasm")));
-            builds.push((name, command));
+            // This script reruns when any plugin or SDK changes; a component whose sources did not is kept.
+            let to = out.join(format!("{name}.wasm"));
+            if !polyglot::up_to_date(&to, &language.sources(root, &folder)) {
+                builds.push((name, language.build(root, &folder, &to)));
+            }
         }
     }
     if let Err(error) = polyglot::run_all(builds) {

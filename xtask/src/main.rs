@@ -184,11 +184,16 @@ pub(crate) fn build_plugins(root: &Path) -> Result<Vec<PathBuf>> {
     for language in Language::ALL {
         for (name, folder) in language.plugins(root)? {
             let to = out.join(format!("{name}.wasm"));
-            builds.push((name, language.build(root, &folder, &to)));
+            // Each takes seconds: `cargo xtask run` should not wait for them when nothing changed.
+            if !polyglot::up_to_date(&to, &language.sources(root, &folder)) {
+                builds.push((name, language.build(root, &folder, &to)));
+            }
             built.push(to);
         }
     }
     polyglot::run_all(builds).map_err(anyhow::Error::msg)?;
+    let names: Vec<_> = built.iter().filter_map(|path| path.file_stem()?.to_str()).collect();
+    eprintln!("plugins: {}", names.join(", "));
     Ok(built)
 }
 
@@ -211,6 +216,5 @@ fn build_rust_plugins(root: &Path) -> Result<Vec<PathBuf>> {
         std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
         built.push(to);
     }
-    eprintln!("plugins: {}", names.join(", "));
     Ok(built)
 }

@@ -88,6 +88,33 @@ impl Language {
             }
         }
     }
+
+    /// What a build of the plugin in `folder` is made from: the folder, the WIT and the SDK.
+    pub fn sources(self, root: &Path, folder: &Path) -> Vec<PathBuf> {
+        let sdk: &[&str] = match self {
+            Language::Python => &["plugin-sdk/python"],
+            Language::JavaScript => &["plugin-sdk/js/index.js", "plugin-sdk/js/bin", "plugin-sdk/js/package-lock.json"],
+        };
+        let mut sources = vec![folder.to_owned(), root.join("plugin-sdk/wit")];
+        sources.extend(sdk.iter().map(|path| root.join(path)));
+        sources
+    }
+}
+
+/// Whether `out` is newer than every file of `sources` (folders are walked), so building it again
+/// would make the same component.
+pub fn up_to_date(out: &Path, sources: &[PathBuf]) -> bool {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(out) else { return false };
+    let mut pending: Vec<PathBuf> = sources.to_vec();
+    while let Some(path) = pending.pop() {
+        match std::fs::read_dir(&path) {
+            Ok(entries) => pending.extend(entries.filter_map(Result::ok).map(|e| e.path())),
+            Err(_) if modified(&path).is_none_or(|m| m > built) => return false,
+            Err(_) => {}
+        }
+    }
+    true
 }
 
 fn componentize_py(root: &Path) -> PathBuf {
