@@ -14,6 +14,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::plugin::rfc3339;
+use crate::protocol;
 use crate::registry::{Delivery, GroupKey};
 use crate::server::{Shared, text};
 
@@ -80,11 +81,33 @@ pub enum DocFormat {
     Html,
 }
 
+impl Endpoint {
+    /// The methods the endpoint answers, as its `Allow` header lists them; `HEAD` is `GET` without
+    /// the body. `None`: nothing is there.
+    fn allow(&self) -> Option<&'static str> {
+        match self {
+            Endpoint::Publish => Some("POST"),
+            Endpoint::Unknown => None,
+            _ => Some("GET, HEAD"),
+        }
+    }
+}
+
 type Reply = Response<Full<Bytes>>;
 
 /// Answers one API request.
 pub(crate) async fn serve(shared: &Shared, endpoint: Endpoint, request: Request<Incoming>) -> Reply {
-    let method = request.method().clone();
+    let mut method = request.method().clone();
+    // A wrong method is told so before any key is asked for: it is wrong with any key.
+    if let Some(allow) = endpoint.allow() {
+        if method == Method::HEAD && allow.contains("HEAD") {
+            method = Method::GET;
+        } else if !allow.split(", ").any(|m| m == method.as_str()) {
+            let mut response = error(StatusCode::METHOD_NOT_ALLOWED, &format!("{method} is not allowed here: {allow}"));
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+            return response;
+        }
+    }
     match (endpoint, method) {
         (Endpoint::Demo, Method::GET) => {
             let mut response = text(StatusCode::OK, DEMO_PAGE.to_owned());
@@ -114,6 +137,7 @@ pub(crate) async fn serve(shared: &Shared, endpoint: Endpoint, request: Request<
                 (Endpoint::Publish, Method::POST) => publish(shared, request).await,
                 (Endpoint::Members(group), Method::GET) => members(shared, &group).await,
                 (Endpoint::Plugins, Method::GET) => plugins(shared),
+                // Every other pair was answered 405 above.
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
             }
         }
@@ -150,10 +174,24 @@ struct Publish {
 }
 
 async fn publish(shared: &Shared, request: Request<Incoming>) -> Reply {
-    let limit = shared.live.load().config.server.max_message_bytes;
-    let body = match Limited::new(request.into_body(), limit).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is over {limit} bytes")),
+    let (limit, deadline) = {
+        let server = &shared.live.load().config.server;
+        (server.max_message_bytes, server.handshake_timeout())
+    };
+    // The body shares the request head's deadline: a client that stalls mid-body (slowloris) would
+    // otherwise hold the connection for as long as it likes.
+    let body = match tokio::time::timeout(deadline, Limited::new(request.into_body(), limit).collect()).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is over {limit} bytes")),
+        Err(_) => {
+            shared.metrics.limit_hit("server.handshake_timeout_ms");
+            let mut response = error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the body did not arrive within server.handshake_timeout_ms ({} ms)", deadline.as_millis()),
+            );
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
     };
     let publish: Publish = match serde_json::from_slice(&body) {
         Ok(publish) => publish,
@@ -166,6 +204,27 @@ async fn publish(shared: &Shared, request: Request<Incoming>) -> Reply {
     };
     if !publish.frame.get().starts_with('{') {
         return error(StatusCode::BAD_REQUEST, "`frame` must be a JSON object");
+    }
+    if let Err(refusal) = protocol::published_frame(publish.frame.get()) {
+        let why: Vec<String> = refusal
+            .problems
+            .iter()
+            .map(|p| match p.loc.as_slice() {
+                [] => p.msg.clone(),
+                loc => {
+                    let at: Vec<String> =
+                        loc.iter().map(|l| l.as_str().map_or_else(|| l.to_string(), str::to_owned)).collect();
+                    format!("`{}`: {}", at.join("."), p.msg)
+                }
+            })
+            .collect();
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "error": format!("`frame` breaks the frame rules (README, \"The wire protocol\"): {}", why.join("; ")),
+                "problems": refusal.problems,
+            }),
+        );
     }
     let delivery = Delivery::new(publish.frame.get().to_owned(), API_SENDER.to_owned());
     let delivered = shared.registry.broadcast(&group, &delivery, None);

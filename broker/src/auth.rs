@@ -81,15 +81,20 @@ impl Verifier {
         let mut validation = Validation::new(*algorithm);
         validation.leeway = self.leeway_s;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured audience or issuer is required, not only checked when present: otherwise a
+        // token minted for another service with the same key, without the claim, gets in.
+        let mut required = vec!["exp", "sub"];
         if self.audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&self.audience);
+            required.push("aud");
         }
         if !self.issuer.is_empty() {
             validation.set_issuer(&self.issuer);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let data =
             jsonwebtoken::decode::<BTreeMap<String, Value>>(token, key, &validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => "the token has expired".to_owned(),

@@ -118,6 +118,7 @@ pub fn main() -> ExitCode {
         }
         None => ServeArgs { config: PathBuf::from("broker.toml"), listen: None },
     };
+    give_large_buffers_back();
     block_on(async {
         match serve(args).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -127,6 +128,19 @@ pub fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Large buffers (a big frame, the write buffer of a client that stopped reading) are mapped and
+/// unmapped on their own, so memory a closed connection held goes back to the system. glibc
+/// otherwise raises its mmap threshold after the first large free, and later large buffers stay
+/// in its heaps after they are freed: a burst of slow consumers would keep the broker's memory
+/// high for good.
+fn give_large_buffers_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 fn block_on(work: impl Future<Output = ExitCode>) -> ExitCode {

@@ -89,14 +89,18 @@ pub struct Server {
     pub max_connections: usize,
     /// Open connections from one IP address; more are refused with HTTP 429. Default 1000.
     pub max_connections_per_ip: usize,
-    /// Longest a client may take to send its HTTP request head; slower ones are disconnected.
-    /// Default 10,000 ms.
+    /// Longest a client may take to send its HTTP request head; slower ones are disconnected. Also
+    /// the longest an HTTP API request's body may take (408, then disconnected). Default 10,000 ms.
     pub handshake_timeout_ms: u64,
     /// A connection that sent nothing for this long is sent a WebSocket ping. Default 25,000 ms.
     pub ping_interval_ms: u64,
     /// A connection that sent nothing (not even a pong) for this long is closed with 1001 and
     /// cleaned up: a dead peer. Default 60,000 ms.
     pub idle_timeout_ms: u64,
+    /// Longest one write to a client's socket may wait (a client that stopped reading fills TCP and
+    /// stalls it); past it the connection is closed as a slow consumer (4008) and its socket
+    /// dropped. Default 10,000 ms.
+    pub write_timeout_ms: u64,
     /// TLS on the listener (`wss://`); none: plain `ws://`. Restart to change.
     pub tls: Option<Tls>,
     /// Browser origins (`https://app.example`) allowed to open WebSocket connections; a handshake
@@ -123,6 +127,7 @@ impl Default for Server {
             handshake_timeout_ms: 10_000,
             ping_interval_ms: 25_000,
             idle_timeout_ms: 60_000,
+            write_timeout_ms: 10_000,
             tls: None,
             allowed_origins: Vec::new(),
         }
@@ -132,6 +137,10 @@ impl Default for Server {
 impl Server {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -271,6 +280,16 @@ pub struct Plugin {
     /// Bytes of frames one call may send, likewise. Default 64 MiB.
     #[serde(default = "Plugin::default_max_send_bytes_per_call")]
     pub max_send_bytes_per_call: u64,
+    /// Largest client message on this plugin's routes; larger ones close the connection with 1009
+    /// before the plugin sees them, so a message the broker accepts fits in the plugin's memory.
+    /// Default: a 256th of the plugin's memory limit (256 KiB for 64 MiB: the JavaScript echo runs
+    /// out of 64 MiB on a 384 KiB message), at most `server.max_message_bytes`.
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
+    /// Calls of one connection that may trap or time out before that connection is closed with
+    /// 1011; 0: never. Default 3.
+    #[serde(default = "Plugin::default_crashes_per_connection")]
+    pub crashes_per_connection: u32,
 }
 
 impl Plugin {
@@ -288,6 +307,17 @@ impl Plugin {
 
     fn default_max_send_bytes_per_call() -> u64 {
         64 << 20
+    }
+
+    fn default_crashes_per_connection() -> u32 {
+        3
+    }
+
+    /// The largest client message its routes take: its own limit, or a 256th of its memory, never
+    /// more than the server's.
+    pub fn max_message_bytes(&self, engine: &Engine, server: &Server) -> usize {
+        let memory = self.max_memory_bytes.unwrap_or(engine.max_memory_bytes);
+        self.max_message_bytes.unwrap_or(memory / 256).min(server.max_message_bytes)
     }
 
     pub fn timeout(&self) -> Duration {
@@ -482,6 +512,7 @@ impl Config {
             ("server.max_connections_per_ip", self.server.max_connections_per_ip as u64),
             ("server.handshake_timeout_ms", self.server.handshake_timeout_ms),
             ("server.ping_interval_ms", self.server.ping_interval_ms),
+            ("server.write_timeout_ms", self.server.write_timeout_ms),
             ("engine.max_instances", u64::from(self.engine.max_instances)),
             ("engine.max_memory_bytes", self.engine.max_memory_bytes as u64),
             ("engine.epoch_tick_ms", self.engine.epoch_tick_ms),

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::limits::{MessageRate, Verdict};
 use crate::metrics::ConnectionMetrics;
-use crate::outbound::{self, Bounds, CloseReason, Delivery, Handle, Outbound, Queue};
+use crate::outbound::{self, Bounds, CloseReason, Delivery, Handle, Outbound, Queue, SLOW_CONSUMER};
 use crate::plugin::host::{Context, HandlerError, LocItem};
 use crate::plugin::{CallError, Slot};
 use crate::protocol::{self, PING, Problem, Request};
@@ -57,8 +57,13 @@ pub struct Setup {
     /// How many messages it may send.
     pub rate: MessageRate,
     pub bounds: Bounds,
-    /// How long to wait for the client's half of a close handshake.
+    /// How long our close frame may take to go out, and then how long we read what the client still
+    /// sends before the socket is dropped.
     pub close_grace: Duration,
+    /// Longest one write to the socket may wait before the client is closed as a slow consumer.
+    pub write_timeout: Duration,
+    /// The setting that bounds its messages, for the metric when one is over it.
+    pub message_limit: &'static str,
     pub shutdown: CancellationToken,
 }
 
@@ -96,6 +101,8 @@ async fn serve<S>(
         mut rate,
         bounds,
         close_grace,
+        write_timeout,
+        message_limit,
         shutdown,
     } = *setup;
     let (handle, queue) = outbound::queue(&bounds, route.metadata);
@@ -106,13 +113,18 @@ async fn serve<S>(
     };
     let id = registry.register(handle.clone(), Arc::from(route.pattern.as_str()), claims);
     let metrics = Arc::new(metrics);
-    let writer = tokio::spawn(write_loop(sink, queue, control.clone(), metrics.clone()));
+    let deadlines =
+        WriteDeadlines { write: write_timeout, close: close_grace, slow_closes: bounds.slow_closes.clone() };
+    let mut writer = tokio::spawn(write_loop(sink, queue, control.clone(), metrics.clone(), deadlines));
     let connection = Connection {
         id,
         ctx: Context { connection: id, route: route.pattern.clone(), path, params, user },
         slot,
         handle,
         metrics,
+        crashes: Default::default(),
+        message_limit,
+        peer: peer.ip(),
     };
     let started = std::time::Instant::now();
     tracing::info!(connection = id, route = %connection.ctx.route, path = %connection.ctx.path, %peer, "connection opened");
@@ -125,26 +137,29 @@ async fn serve<S>(
     } else {
         Ended::WeClosed
     };
-    // When we closed, wait (briefly) for our close frame to go out and for the client's answer, so
-    // the client sees a clean close handshake rather than a reset.
-    if ended == Ended::WeClosed {
-        let _ = Box::pin(tokio::time::timeout(close_grace, async {
-            control.closed().await;
-            while let Some(Ok(message)) = stream.next().await {
-                if message.is_close() {
-                    break;
-                }
-            }
-        }))
-        .await;
-    }
     registry.remove(id);
-    if let Err(error) = Box::pin(connection.slot.current().on_disconnect(&connection.ctx)).await {
+    if let Err(error) = Box::pin(connection.slot.current().on_disconnect(&connection.ctx, peer.ip())).await {
         tracing::warn!(connection = id, plugin = connection.slot.name(), %error, "on-disconnect failed");
     }
     let Connection { handle, ctx, .. } = connection;
     drop(handle);
-    let _ = Box::pin(tokio::time::timeout(close_grace, writer)).await;
+    // The write loop ends on its own deadlines; past them (and a little slack) it is stopped, and its
+    // half of the socket goes with it. Either way the socket is gone before `_admitted` is given back.
+    let sink = match Box::pin(tokio::time::timeout(close_grace * 2 + Duration::from_millis(100), &mut writer)).await {
+        Ok(Ok(sink)) => sink,
+        _ => {
+            writer.abort();
+            let _ = (&mut writer).await;
+            None
+        }
+    };
+    // When we closed and our close frame went out, linger so the client reads it rather than a reset.
+    if ended == Ended::WeClosed
+        && let Some(sink) = sink
+        && let Ok(mut ws) = stream.reunite(sink)
+    {
+        Box::pin(linger(ws.get_mut(), close_grace)).await;
+    }
     // The close code we sent, or none when the client closed first.
     let close = control.reason().map(|r| r.code);
     tracing::info!(
@@ -172,17 +187,22 @@ struct Connection {
     slot: Arc<Slot>,
     handle: Handle,
     metrics: Arc<ConnectionMetrics>,
+    /// Calls about this connection that trapped or timed out.
+    crashes: std::sync::atomic::AtomicU32,
+    message_limit: &'static str,
+    /// The client's address: the plugin's failures are charged to it.
+    peer: std::net::IpAddr,
 }
 
 impl Connection {
     /// Runs the plugin's `on-connect`; false when the connection is refused.
     async fn accept(&self) -> bool {
-        let refusal = match self.slot.current().on_connect(&self.ctx).await {
+        let refusal = match self.slot.current().on_connect(&self.ctx, self.peer).await {
             Ok(Ok(())) => return true,
             Ok(Err(rejection)) => CloseReason::new(rejection.code, rejection.reason),
             Err(error) => {
                 tracing::warn!(connection = self.id, plugin = self.slot.name(), %error, "on-connect failed");
-                CloseReason::new(INTERNAL_ERROR, format!("plugin {}: {error}", self.slot.name()))
+                CloseReason::new(INTERNAL_ERROR, format!("plugin {}: {}", self.slot.name(), error.public_message()))
             }
         };
         // Queued, so frames the plugin sent before refusing still arrive first.
@@ -245,7 +265,7 @@ impl Connection {
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => return Ended::Peer,
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                    self.metrics.shared().limit_hit("server.max_message_bytes");
+                    self.metrics.shared().limit_hit(self.message_limit);
                     let reason = format!("message of {size} bytes is over the limit of {max_size} bytes");
                     self.handle.control.close_now(CloseReason::new(MESSAGE_TOO_BIG, reason));
                     return Ended::WeClosed;
@@ -295,7 +315,7 @@ impl Connection {
             self.metrics.shared().payload_refused(self.slot.name());
             return self.reply(protocol::error_frame(&problems, reference)).await;
         }
-        let answer = plugin.on_message(&self.ctx, &action, payload.map(|p| p.get())).await;
+        let answer = plugin.on_message(&self.ctx, self.peer, &action, payload.map(|p| p.get())).await;
         let problems = match answer {
             Ok(Ok(None)) => return,
             Ok(Ok(Some(frame))) => match protocol::plugin_frame(frame, reference) {
@@ -329,16 +349,34 @@ impl Connection {
             Err(error) => {
                 let (kind, counted) = match error {
                     CallError::Timeout(_) => ("plugin_timeout", "timeout"),
-                    CallError::Trap(_) | CallError::Instantiate(_) | CallError::BackedOff(_) => {
+                    CallError::Trap { .. } | CallError::Instantiate(_) | CallError::BackedOff(_) => {
                         ("plugin_crashed", "crashed")
                     }
                 };
                 self.metrics.shared().plugin_error(self.slot.name(), counted);
                 tracing::warn!(connection = self.id, plugin = self.slot.name(), %action, %error, "call failed");
-                vec![Problem::at_action(kind, &action, error.to_string())]
+                let problems = vec![Problem::at_action(kind, &action, error.public_message())];
+                if error.is_crash() {
+                    self.charge_crash(&plugin.config, &problems, reference).await;
+                    return;
+                }
+                problems
             }
         };
         self.reply(protocol::error_frame(&problems, reference)).await;
+    }
+
+    /// A call about this connection trapped or timed out: answered, and charged to the connection,
+    /// which is closed (1011) after `plugins.<name>.crashes_per_connection` of them. A client
+    /// that makes a plugin fail on purpose loses its connection, not everyone their plugin.
+    async fn charge_crash(&self, plugin: &crate::config::Plugin, problems: &[Problem], reference: Option<&str>) {
+        self.reply(protocol::error_frame(problems, reference)).await;
+        let crashes = self.crashes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if plugin.crashes_per_connection > 0 && crashes >= plugin.crashes_per_connection {
+            self.metrics.shared().limit_hit("plugins.crashes_per_connection");
+            let reason = format!("the plugin failed on {crashes} of this connection's messages");
+            self.queue_close(CloseReason::new(INTERNAL_ERROR, reason)).await;
+        }
     }
 
     /// Queues a frame for this connection, waiting for room: a client that does not read its
@@ -357,49 +395,111 @@ impl Connection {
     }
 }
 
-/// Writes queued frames until a close frame is written or the queue ends.
+/// The write loop's deadlines.
+struct WriteDeadlines {
+    /// One write (a frame, a batch, a ping).
+    write: Duration,
+    /// Our close frame, including what was still unwritten ahead of it.
+    close: Duration,
+    slow_closes: prometheus_client::metrics::counter::Counter,
+}
+
+/// Writes queued frames until a close frame is written or the queue ends. Gives the sink back when
+/// our close frame went out, so the connection can linger; `None` when the socket is to be dropped.
+///
+/// A client that stops reading fills TCP and then stalls the write in progress: every write runs
+/// under a deadline and is abandoned when the connection is closed meanwhile, so neither a full
+/// socket nor a long queue can keep a closed connection's socket open.
 async fn write_loop<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     mut queue: Queue,
     control: Arc<outbound::Control>,
     metrics: Arc<ConnectionMetrics>,
-) where
+    deadlines: WriteDeadlines,
+) -> Option<futures_util::stream::SplitSink<WebSocketStream<S>, Message>>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let closed = control.closed();
     tokio::pin!(closed);
-    loop {
+    let reason = loop {
         let item = tokio::select! {
             biased;
-            reason = &mut closed => Outbound::Close(reason),
+            reason = &mut closed => break reason,
             item = queue.recv() => match item {
                 Some(item) => item,
-                None => break,
+                None => {
+                    let _ = tokio::time::timeout(deadlines.close, sink.close()).await;
+                    return None;
+                }
             },
         };
-        let result = match item {
-            // The permit (the frame's share of the byte bound) is released once the frame is written.
-            Outbound::Frame(text, _permit) => {
-                metrics.frame_out(text.as_str());
-                // Batch: flush only when nothing else is waiting.
-                if queue.is_empty() {
-                    sink.send(Message::Text(text)).await
-                } else {
-                    sink.feed(Message::Text(text)).await
-                }
-            }
+        let (message, _permit) = match item {
             Outbound::Close(reason) => {
                 control.close_now(reason.clone());
-                let _ = sink.send(Message::Close(Some(close_frame(&reason)))).await;
-                break;
+                break reason;
             }
-            Outbound::Ping => sink.send(Message::Ping(Default::default())).await,
+            // The permit (the frame's share of the byte bound) is released once the frame is written.
+            Outbound::Frame(text, permit) => {
+                metrics.frame_out(text.as_str());
+                (Message::Text(text), Some(permit))
+            }
+            Outbound::Ping => (Message::Ping(Default::default()), None),
         };
-        if result.is_err() {
-            break;
+        // Batch: flush only when nothing else is waiting.
+        let flush = queue.is_empty() || !matches!(message, Message::Text(_));
+        let write = async { if flush { sink.send(message).await } else { sink.feed(message).await } };
+        let written = tokio::select! {
+            biased;
+            // What was left unwritten stays in tungstenite's buffer, ahead of the close frame.
+            reason = &mut closed => break reason,
+            written = tokio::time::timeout(deadlines.write, write) => written,
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                let waited = deadlines.write.as_millis() as u64;
+                let reason = CloseReason::new(SLOW_CONSUMER, format!("slow consumer: a write waited {waited} ms"));
+                if control.close_now(reason) {
+                    tracing::warn!(waited_ms = waited, "closed a slow consumer: its socket took no data");
+                    deadlines.slow_closes.inc();
+                }
+                // The socket takes nothing: a close frame would only wait behind the stalled write.
+                return None;
+            }
         }
+    };
+    let frame = Message::Close(Some(close_frame(&reason)));
+    match tokio::time::timeout(deadlines.close, sink.send(frame)).await {
+        Ok(Ok(())) => Some(sink),
+        _ => None,
     }
-    let _ = sink.close().await;
+}
+
+/// After our close frame: shut our side down and read, and drop, what the client still sends, for a
+/// bounded time and amount. Closing with unread bytes in the receive buffer makes the kernel send a
+/// reset, which can destroy the close frame before the client reads it (a client still writing a
+/// frame over the size limit would see a reset instead of 1009).
+async fn linger<S>(io: &mut S, within: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// Past this much, a client still sending is not worth waiting for.
+    const LINGER_BYTES: usize = 64 << 20;
+    let _ = tokio::time::timeout(within, async {
+        let _ = io.shutdown().await;
+        let mut buffer = vec![0; 16 << 10];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match io.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// A close frame the protocol allows: a valid code and a reason of at most 123 bytes.

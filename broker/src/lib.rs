@@ -22,3 +22,4 @@ pub mod schema;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod unique_keys;

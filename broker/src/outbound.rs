@@ -192,13 +192,31 @@ impl Handle {
 
     /// Queues a frame, waiting for room: for the connection's own replies, so a client that does
     /// not read them stops being read instead of being buffered for.
+    /// Gives up when the connection is closed meanwhile: a reader blocked here must still see the
+    /// close (an idle or slow-consumer close of a client that stopped reading).
     pub async fn send(&self, frame: Utf8Bytes) -> Result<(), SendError> {
+        if self.control.is_closing() {
+            return Err(SendError::Closed);
+        }
         let cost = self.cost(&frame);
         let permit = match self.bytes.clone().try_acquire_many_owned(cost) {
             Ok(permit) => permit,
-            Err(_) => self.bytes.clone().acquire_many_owned(cost).await.map_err(|_| SendError::Closed)?,
+            Err(_) => tokio::select! {
+                biased;
+                _ = self.control.closed() => return Err(SendError::Closed),
+                permit = self.bytes.clone().acquire_many_owned(cost) => permit.map_err(|_| SendError::Closed)?,
+            },
         };
-        self.outbound.send(Outbound::Frame(frame, permit)).await.map_err(|_| SendError::Closed)
+        let item = Outbound::Frame(frame, permit);
+        match self.outbound.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::TrySendError::Full(item)) => tokio::select! {
+                biased;
+                _ = self.control.closed() => Err(SendError::Closed),
+                sent = self.outbound.send(item) => sent.map_err(|_| SendError::Closed),
+            },
+        }
     }
 
     /// Queues a close frame after what is queued; closes at once when the queue is full.
@@ -218,9 +236,15 @@ impl Handle {
     }
 
     /// Like [`Handle::close`], waiting for room instead of skipping the queue.
+    /// Stops waiting when the connection closes meanwhile (a queue that never drains is closed by
+    /// the write deadline).
     pub async fn close_after_queue(&self, reason: CloseReason) {
-        if let Err(mpsc::error::SendError(Outbound::Close(reason))) = self.outbound.send(Outbound::Close(reason)).await
-        {
+        let queued = tokio::select! {
+            biased;
+            _ = self.control.closed() => return,
+            queued = self.outbound.send(Outbound::Close(reason)) => queued,
+        };
+        if let Err(mpsc::error::SendError(Outbound::Close(reason))) = queued {
             self.control.close_now(reason);
         }
     }

@@ -4,11 +4,25 @@
 //! wrong maps to one pydantic-style entry `{"type", "loc", "msg"}` in an `error` frame, so Chanx
 //! clients parse our errors as they parse theirs.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// The action the broker answers itself on every route.
 pub const PING: &str = "ping";
+
+/// The most characters of client input an error frame quotes (in a `loc` entry or a `msg`).
+pub const QUOTE_CHARS: usize = 64;
+
+/// `text` as an error frame quotes it: its first `QUOTE_CHARS` characters, and `…` when cut.
+/// Without the cut a 1 MB action would be answered with a 1 MB error frame.
+pub fn quote(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(QUOTE_CHARS) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
+    }
+}
 
 /// A well-formed client frame.
 #[derive(Debug)]
@@ -30,13 +44,21 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A problem at `loc`, whose keys (a client's action and payload keys) are quoted as `quote` cuts them.
     pub fn new(kind: impl Into<String>, loc: Vec<serde_json::Value>, msg: impl Into<String>) -> Self {
+        let loc = loc
+            .into_iter()
+            .map(|item| match item {
+                serde_json::Value::String(key) if key.chars().nth(QUOTE_CHARS).is_some() => quote(&key).into(),
+                other => other,
+            })
+            .collect();
         Problem { kind: kind.into(), loc, msg: msg.into() }
     }
 
     /// A problem located at `[action]`: how plugin failures are reported.
     pub fn at_action(kind: &str, action: &str, msg: impl Into<String>) -> Self {
-        Problem::new(kind, vec![action.into()], msg)
+        Problem::new(kind, vec![quote(action).into()], msg)
     }
 }
 
@@ -59,6 +81,12 @@ struct RawEnvelope<'a> {
 
 /// Parses a client's text frame; `accepted` are the route's actions, for the error message.
 pub fn parse<'a>(text: &'a str, accepted: &[String]) -> Result<Request<'a>, Refusal> {
+    envelope(text, Some(accepted))
+}
+
+/// The rules of a client frame's envelope: JSON, an object, each of `action`, `payload`, `ref` at
+/// most once, a string `action` (one of `accepted`, or any with `None`), a string `ref` if any.
+fn envelope<'a>(text: &'a str, accepted: Option<&[String]>) -> Result<Request<'a>, Refusal> {
     let refuse = |problem: Problem| Refusal { problems: vec![problem], reference: None };
     let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
         let msg =
@@ -90,13 +118,16 @@ pub fn parse<'a>(text: &'a str, accepted: &[String]) -> Result<Request<'a>, Refu
             None
         }
         Some(raw) => match serde_json::from_str::<String>(raw.get()) {
-            Ok(action) if action == PING || accepted.contains(&action) => Some(action),
+            Ok(action) if accepted.is_none_or(|accepted| action == PING || accepted.contains(&action)) => Some(action),
             Ok(action) => {
-                problems.push(unknown_action(&action, accepted));
+                problems.push(unknown_action(&action, accepted.unwrap_or_default()));
                 None
             }
             Err(_) => {
-                problems.push(unknown_action(raw.get(), accepted));
+                problems.push(match accepted {
+                    Some(accepted) => unknown_action(raw.get(), accepted),
+                    None => Problem::new("string_type", vec!["action".into()], "Input should be a valid string"),
+                });
                 None
             }
         },
@@ -117,7 +148,8 @@ fn unknown_action(tag: &str, accepted: &[String]) -> Problem {
         "union_tag_invalid",
         vec![],
         format!(
-            "Input tag '{tag}' found using 'action' does not match any of the expected tags: {}",
+            "Input tag '{}' found using 'action' does not match any of the expected tags: {}",
+            quote(tag),
             expected.join(", ")
         ),
     )
@@ -160,6 +192,27 @@ pub fn plugin_frame(frame: String, reference: Option<&str>) -> Result<String, St
         serde_json::from_str(&frame).map_err(|e| format!("not a JSON object: {e}"))?;
     object.insert("ref".into(), reference.into());
     Ok(to_json(&object))
+}
+
+/// The keys `stamp` adds. The broker owns them: a frame published through the HTTP API may not set
+/// them (`published_frame`).
+pub const STAMPED_KEYS: [&str; 3] = ["message_id", "timestamp", "sender"];
+
+/// Checks a frame published through the HTTP API (`POST /api/publish`) by the rules of client frames:
+/// the envelope's (`parse`, with any action), and nesting within serde_json's 128 levels, the limit a
+/// client's payload meets when it is validated. The keys the broker stamps (`STAMPED_KEYS`) are
+/// refused, so no publisher can pose as another sender on a route with `metadata`.
+pub fn published_frame(text: &str) -> Result<(), Refusal> {
+    envelope(text, None)?;
+    let refuse = |problems: Vec<Problem>| Refusal { problems, reference: None };
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+        .map_err(|e| refuse(vec![Problem::new("json_invalid", vec![], format!("Invalid JSON: {e}"))]))?;
+    let owned: Vec<Problem> = STAMPED_KEYS
+        .iter()
+        .filter(|key| object.contains_key(**key))
+        .map(|key| Problem::new("extra_forbidden", vec![(*key).into()], "Set by the broker; a frame may not set it"))
+        .collect();
+    if owned.is_empty() { Ok(()) } else { Err(refuse(owned)) }
 }
 
 /// Adds `message_id` (a UUID v4), `timestamp` (RFC 3339, UTC) and `sender` to a frame (a JSON object),
@@ -218,6 +271,15 @@ mod tests {
     }
 
     #[test]
+    fn quoted_client_input_is_cut_on_a_char_boundary() {
+        assert_eq!(quote("dance"), "dance");
+        let long = "é".repeat(QUOTE_CHARS + 1);
+        assert_eq!(quote(&long), format!("{}…", "é".repeat(QUOTE_CHARS)));
+        let problem = Problem::at_action("plugin_error", &long, "boom");
+        assert_eq!(problem.loc, vec![serde_json::Value::from(quote(&long))]);
+    }
+
+    #[test]
     fn a_valid_ref_is_kept_when_the_action_is_wrong() {
         assert_eq!(refused(r#"{"action":"dance","ref":"r9"}"#).reference.as_deref(), Some("r9"));
     }
@@ -246,5 +308,19 @@ mod tests {
         assert!(plugin_frame("{".into(), None).is_err());
         let framed = plugin_frame(r#"{"action":"a","payload":1}"#.into(), Some("r")).unwrap();
         assert_eq!(framed, r#"{"action":"a","payload":1,"ref":"r"}"#);
+    }
+
+    #[test]
+    fn published_frames_keep_the_envelope_rules_and_leave_stamps_to_the_broker() {
+        assert!(published_frame(r#"{"action":"news","payload":{"a":[1]},"ref":"r","x":2}"#).is_ok());
+        let kind = |text: &str| published_frame(text).unwrap_err().problems[0].kind.clone();
+        assert_eq!(kind(r#"{"payload":1}"#), "union_tag_not_found");
+        assert_eq!(kind(r#"{"action":1}"#), "string_type");
+        assert_eq!(kind(r#"{"action":"a","ref":1}"#), "string_type");
+        let deep = format!(r#"{{"action":"a","payload":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+        assert_eq!(kind(&deep), "json_invalid");
+        let owned = published_frame(r#"{"action":"a","sender":"admin","timestamp":"t"}"#).unwrap_err();
+        let at: Vec<_> = owned.problems.iter().map(|p| p.loc.clone()).collect();
+        assert_eq!(at, vec![vec![json!("timestamp")], vec![json!("sender")]]);
     }
 }

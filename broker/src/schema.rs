@@ -11,7 +11,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::plugin::host::PluginManifest;
-use crate::protocol::Problem;
+use crate::protocol::{self, Problem};
+use crate::unique_keys;
 
 /// The compiled payload schemas of one plugin generation, by action.
 #[derive(Default)]
@@ -45,10 +46,17 @@ impl Validators {
     /// Checks `payload` (`None`: absent or null) of `action`; `Err` holds one problem per fault.
     pub fn check(&self, action: &str, payload: Option<&RawValue>) -> Result<(), Vec<Problem>> {
         let Some(validator) = self.by_action.get(action) else { return Ok(()) };
-        let instance = match payload {
+        let instance = match payload.map(|raw| unique_keys::parse(raw.get())) {
             None => Value::Null,
-            Some(raw) => serde_json::from_str(raw.get())
-                .map_err(|e| vec![Problem::new("json_invalid", located(action, &[]), format!("Invalid JSON: {e}"))])?,
+            Some(Ok(instance)) => instance,
+            Some(Err(unique_keys::Refused::Invalid(e))) => {
+                return Err(vec![Problem::new("json_invalid", located(action, &[]), format!("Invalid JSON: {e}"))]);
+            }
+            Some(Err(unique_keys::Refused::Duplicate { at })) => {
+                let key = at.last().and_then(Value::as_str).map(protocol::quote).unwrap_or_default();
+                let msg = format!("Value error, the key '{key}' is given twice");
+                return Err(vec![Problem::new("value_error", located(action, &at), msg)]);
+            }
         };
         let problems: Vec<Problem> =
             validator.iter_errors(&instance).flat_map(|error| problems_of(action, payload.is_none(), &error)).collect();
@@ -145,11 +153,16 @@ fn problems_of(action: &str, payload_absent: bool, error: &ValidationError<'_>) 
         ValidationErrorKind::Format { format } => one("value_error", format!("Input should be a valid {format}")),
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
             union_problems(action, payload_absent, error.instance_path(), context)
-                .unwrap_or_else(|| one("union_error", error.to_string()))
+                .unwrap_or_else(|| one("union_error", sentence(error)))
         }
         // The rest have no pydantic counterpart; the validator's sentence says what is wrong.
-        _ => one("value_error", capitalize(&error.to_string())),
+        _ => one("value_error", capitalize(&sentence(error))),
     }
+}
+
+/// The validator's sentence, the client's value in it cut as `protocol::quote` cuts client input.
+fn sentence(error: &ValidationError<'_>) -> String {
+    error.masked_with(protocol::quote(&error.instance().to_string())).to_string()
 }
 
 /// A value that fits no branch of a union: report the branch it came closest to. A branch that
@@ -254,6 +267,16 @@ mod tests {
             "required": ["name"],
             "additionalProperties": false
         }))
+    }
+
+    #[test]
+    fn a_value_the_validator_quotes_is_cut() {
+        let v = validators(json!({"type": "array", "uniqueItems": true}));
+        let long = "x".repeat(100_000);
+        let payload = json!([long, long]).to_string();
+        let problems = v.check("act", Some(&RawValue::from_string(payload).unwrap())).unwrap_err();
+        assert_eq!(problems[0].kind, "value_error");
+        assert!(problems[0].msg.len() < 200 && problems[0].msg.contains("…"), "{}", problems[0].msg);
     }
 
     #[test]

@@ -307,11 +307,17 @@ async fn handle(
             return Ok(text(StatusCode::BAD_REQUEST, format!("{path}: {why}\n")));
         }
     };
-    let Some(key) = websocket_key(&request) else {
-        return Ok(text(
-            StatusCode::UPGRADE_REQUIRED,
-            format!("{path} is a WebSocket route: connect with a WebSocket client\n"),
-        ));
+    let key = match websocket_key(&request) {
+        Ok(key) => key,
+        Err(NotHandshake::NotWebSocket) => {
+            return Ok(upgrade_required(format!("{path} is a WebSocket route: connect with a WebSocket client\n")));
+        }
+        Err(NotHandshake::Version) => {
+            return Ok(upgrade_required(format!("{path} speaks WebSocket version 13 (RFC 6455) only\n")));
+        }
+        Err(NotHandshake::Malformed(why)) => {
+            return Ok(text(StatusCode::BAD_REQUEST, format!("not a valid WebSocket handshake: {why}\n")));
+        }
     };
     let Some(slot) = live.slots.get(&matched.route.plugin).cloned() else {
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, format!("plugin {} is not loaded\n", matched.route.plugin)));
@@ -353,6 +359,18 @@ async fn handle(
         // Configuration validation refuses auth routes without a key; refuse rather than let in.
         (_, None, Some(_)) => return Ok(unauthorized("tokens cannot be checked: `[auth]` has no key")),
     };
+    // The plugin's own message limit, when smaller, is the connection's: a message is refused
+    // before it is read whole, rather than after it made the plugin run out of memory.
+    let max_message_bytes = live
+        .config
+        .plugins
+        .get(&matched.route.plugin)
+        .map_or(limits.max_message_bytes, |plugin| plugin.max_message_bytes(&live.config.engine, limits));
+    let message_limit = if max_message_bytes < limits.max_message_bytes {
+        "plugins.max_message_bytes"
+    } else {
+        "server.max_message_bytes"
+    };
     // Boxed: the upgrade task keeps what it captures for the connection's whole life, and the
     // setup is only needed at its start.
     let setup = Box::new(Setup {
@@ -372,6 +390,8 @@ async fn handle(
             slow_closes: shared.metrics.slow_consumer_closes.clone(),
         },
         close_grace: limits.shutdown_grace(),
+        write_timeout: limits.write_timeout(),
+        message_limit,
         shutdown: shared.shutdown.clone(),
     });
     // tungstenite's default read buffer is 128 KiB, allocated up front: per idle connection, that is
@@ -381,8 +401,8 @@ async fn handle(
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(limits.read_buffer_bytes)
         .write_buffer_size(WRITE_BATCH_BYTES)
-        .max_message_size(Some(limits.max_message_bytes))
-        .max_frame_size(Some(limits.max_message_bytes));
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes));
     let upgrade = hyper::upgrade::on(request);
     shared.tracker.spawn(async move {
         match upgrade.await {
@@ -418,8 +438,18 @@ fn unauthorized(reason: &str) -> Response<Full<Bytes>> {
     response
 }
 
-/// The `Sec-WebSocket-Key` of a valid upgrade request (RFC 6455 §4.2.1), or `None`.
-fn websocket_key(request: &Request<Incoming>) -> Option<String> {
+/// Why a request to a WebSocket route is not a handshake the broker takes.
+enum NotHandshake {
+    /// No `Upgrade: websocket` with `Connection: upgrade`: plain HTTP (426).
+    NotWebSocket,
+    /// A `Sec-WebSocket-Version` other than 13, or none (426 naming 13, RFC 6455 §4.4).
+    Version,
+    /// A WebSocket request that breaks RFC 6455 §4.2.1 otherwise (400), and how.
+    Malformed(&'static str),
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request (RFC 6455 §4.2.1), or why there is none.
+fn websocket_key(request: &Request<Incoming>) -> Result<String, NotHandshake> {
     let headers = request.headers();
     let has_token = |name: header::HeaderName, token: &str| {
         headers
@@ -429,14 +459,46 @@ fn websocket_key(request: &Request<Incoming>) -> Option<String> {
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
-    let upgrade = request.method() == hyper::Method::GET
-        && has_token(header::CONNECTION, "upgrade")
-        && has_token(header::UPGRADE, "websocket")
-        && headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
-    if !upgrade {
-        return None;
+    if !(has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")) {
+        return Err(NotHandshake::NotWebSocket);
     }
-    headers.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    if request.method() != hyper::Method::GET {
+        return Err(NotHandshake::Malformed("the handshake is a GET request"));
+    }
+    // HTTP/1.0 has no upgrade: hyper would answer 101 and then end the connection.
+    if request.version() != hyper::Version::HTTP_11 {
+        return Err(NotHandshake::Malformed("the handshake needs HTTP/1.1"));
+    }
+    if headers.get_all(header::HOST).iter().count() != 1 {
+        return Err(NotHandshake::Malformed("the handshake needs one `Host` header"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        return Err(NotHandshake::Version);
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    match (keys.next().and_then(|v| v.to_str().ok()), keys.next()) {
+        (Some(key), None) if is_websocket_key(key) => Ok(key.to_owned()),
+        _ => Err(NotHandshake::Malformed("`Sec-WebSocket-Key` must be one base64-encoded 16-byte value")),
+    }
+}
+
+/// Whether `key` is the base64 of 16 bytes: 22 characters of the alphabet, then `==`. The 22nd holds
+/// the last byte's low 2 bits and 4 zero bits, so it is one of `A`, `Q`, `g`, `w`.
+fn is_websocket_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    bytes.len() == 24
+        && bytes[..21].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        && matches!(bytes[21], b'A' | b'Q' | b'g' | b'w')
+        && &bytes[22..] == b"=="
+}
+
+/// HTTP 426: how to upgrade, with the one WebSocket version the broker speaks (RFC 6455 §4.4).
+fn upgrade_required(body: String) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::UPGRADE_REQUIRED, body);
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    response
 }
 
 pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

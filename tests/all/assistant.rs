@@ -12,7 +12,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use serde_json::{Value, json};
 
-use crate::harness::{Broker, Client, default_config};
+use crate::harness::{Broker, Client, default_config, eventually};
 
 /// One answer of the scripted model.
 struct Scripted {
@@ -322,4 +322,162 @@ async fn a_host_off_the_allow_list_is_never_contacted() {
     let accepted = forbidden.accept();
     assert!(matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "{accepted:?}");
     client.assert_alive().await;
+}
+
+/// The default config with `[plugins.assistant.settings.orders]` set to `orders` (TOML lines) and
+/// `extra` appended.
+fn orders_config(orders: &str, extra: &str) -> String {
+    default_config(&format!("{extra}\n[plugins.assistant.settings.orders]\n{orders}\n"))
+}
+
+/// The order a `tool_result` of `place_order` answered.
+fn placed(frames: &[Value]) -> Value {
+    assert_eq!(stages(frames), ["initial_response", "tool_result:place_order", "final_response"], "{frames:?}");
+    serde_json::from_str(frames[1]["response"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_quantity_past_the_bounds_is_refused_as_bad_arguments_and_nothing_is_stored() {
+    let broker = Broker::start();
+    let mut client = assistant(&broker, "/ws/assistant").await;
+    // 3368133419 × $8.99 wraps a u32 to one cent; a number past u64 must not become "one pizza".
+    for message in [
+        "I'd like 3368133419 small Margherita",
+        "I'd like 51 small Margherita",
+        "order 99999999999999999999999 large Veggie",
+    ] {
+        let frames = ask(&mut client, message).await;
+        assert_eq!(
+            stages(&frames),
+            ["initial_response", "tool_args:place_order", "final_response"],
+            "{message}: {frames:?}"
+        );
+        assert_eq!(frames[1]["status"], "error");
+        assert!(frames[1]["error"].as_str().unwrap().contains("between 1 and 50"), "{}", frames[1]);
+        assert_eq!(frames[2]["content"], "I could not place that order.");
+    }
+    let status = ask(&mut client, "status of ORD-0001").await;
+    assert_eq!(stages(&status), ["initial_response", "tool_exec:order_status", "final_response"], "{status:?}");
+    // Nothing was stored, not even an order number: the first good order is ORD-0001.
+    let order = placed(&ask(&mut client, "I'd like 50 large Hawaiian").await);
+    assert_eq!((order["order_id"].as_str(), order["total"].as_str()), (Some("ORD-0001"), Some("$824.50")));
+}
+
+#[tokio::test]
+async fn a_model_asking_for_too_many_pizzas_or_lines_gets_tool_args() {
+    let line = |quantity: u64| json!({"item": "margherita", "size": "small", "quantity": quantity});
+    let eleven_lines = json!({"items": vec![line(1); 11]}).to_string();
+    let huge = json!({"items": [line(3_368_133_419)]}).to_string();
+    let too_many = json!({"items": [line(1), line(51)]}).to_string();
+    let none = json!({"items": [line(0)]}).to_string();
+    let llm = ScriptedLlm::start(vec![
+        tool_calls(
+            "",
+            &[
+                ("c1", "place_order", &huge),
+                ("c2", "place_order", &too_many),
+                ("c3", "place_order", &none),
+                ("c4", "place_order", &eleven_lines),
+                ("c5", "order_status", r#"{"order_id": "ORD-0001"}"#),
+            ],
+        ),
+        answer("None of that could be ordered."),
+    ])
+    .await;
+    let broker = start_with_llm(&llm, 5000);
+    let mut client = assistant(&broker, "/ws/assistant-llm").await;
+    let frames = ask(&mut client, "lots of pizza").await;
+    assert_eq!(
+        stages(&frames),
+        [
+            "initial_response",
+            "tool_args:place_order",
+            "tool_args:place_order",
+            "tool_args:place_order",
+            "tool_args:place_order",
+            "tool_exec:order_status",
+            "final_response"
+        ],
+        "{frames:?}"
+    );
+    assert!(frames[4]["error"].as_str().unwrap().contains("at most 10 lines"), "{}", frames[4]);
+    // The model is told why, in the tool's answer.
+    let requests = llm.requests();
+    let told: Vec<&Value> =
+        requests[1].1["messages"].as_array().unwrap().iter().filter(|m| m["role"] == "tool").collect();
+    assert!(told[0]["content"].as_str().unwrap().contains("between 1 and 50"), "{told:?}");
+}
+
+#[tokio::test]
+async fn one_connection_past_its_order_quota_is_refused_and_another_still_orders() {
+    let broker = Broker::with_config(&orders_config("max_per_client = 3", ""));
+    let mut greedy = assistant(&broker, "/ws/assistant").await;
+    for n in 1..=3 {
+        let order = placed(&ask(&mut greedy, "I'd like 1 small Margherita").await);
+        assert_eq!(order["order_id"], format!("ORD-000{n}"));
+    }
+    for _ in 0..2 {
+        let refused = ask(&mut greedy, "I'd like 1 small Margherita").await;
+        assert_eq!(stages(&refused), ["initial_response", "tool_exec:place_order", "final_response"], "{refused:?}");
+        let error = refused[1]["error"].as_str().unwrap();
+        assert!(error.contains("at most 3 orders") && error.contains("max_per_client"), "{error}");
+    }
+    // The refusals stored nothing, and the quota is the connection's, not the shop's.
+    let mut other = assistant(&broker, "/ws/assistant").await;
+    assert_eq!(placed(&ask(&mut other, "I'd like 2 large Veggie").await)["order_id"], "ORD-0004");
+    greedy.assert_alive().await;
+}
+
+#[tokio::test]
+async fn an_authenticated_user_has_one_quota_over_all_its_connections() {
+    const SECRET: &str = "assistant-test-secret";
+    let extra = format!(
+        r#"
+[[routes]]
+path = "/ws/assistant-auth"
+plugin = "assistant"
+auth = "optional"
+
+[auth]
+hs256_secret = "{SECRET}"
+audience = ["assistant-tests"]
+"#
+    );
+    let broker = Broker::with_config(&orders_config("max_per_client = 2", &extra));
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let token = |sub: &str| {
+        let claims = json!({"sub": sub, "exp": exp, "aud": "assistant-tests"});
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let ada = format!("/ws/assistant-auth?token={}", token("ada"));
+    let mut first = assistant(&broker, &ada).await;
+    let mut second = assistant(&broker, &ada).await;
+    placed(&ask(&mut first, "I'd like 1 small Pepperoni").await);
+    placed(&ask(&mut second, "I'd like 1 small Pepperoni").await);
+    for client in [&mut first, &mut second, &mut assistant(&broker, &ada).await] {
+        let refused = ask(client, "I'd like 1 small Pepperoni").await;
+        assert_eq!(stages(&refused), ["initial_response", "tool_exec:place_order", "final_response"], "{refused:?}");
+        assert!(refused[1]["error"].as_str().unwrap().contains("\"ada\" may place at most 2 orders"), "{}", refused[1]);
+    }
+    let mut grace = assistant(&broker, &format!("/ws/assistant-auth?token={}", token("grace"))).await;
+    placed(&ask(&mut grace, "I'd like 1 small Pepperoni").await);
+    let mut anonymous = assistant(&broker, "/ws/assistant-auth").await;
+    placed(&ask(&mut anonymous, "I'd like 1 small Pepperoni").await);
+}
+
+#[tokio::test]
+async fn an_order_expires_after_its_ttl() {
+    let broker = Broker::with_config(&orders_config("ttl_s = 1", ""));
+    let mut client = assistant(&broker, "/ws/assistant").await;
+    let placed_at = Instant::now();
+    let id = placed(&ask(&mut client, "I'd like 1 small Margherita").await)["order_id"].as_str().unwrap().to_owned();
+    let (client, id) = (&tokio::sync::Mutex::new(client), &id);
+    let status = || async move { stages(&ask(&mut *client.lock().await, &format!("status of {id}")).await) };
+    assert_eq!(status().await, ["initial_response", "tool_result:order_status", "final_response"]);
+    eventually("the order expired", || async move {
+        status().await == ["initial_response", "tool_exec:order_status", "final_response"]
+    })
+    .await;
+    assert!(placed_at.elapsed() >= Duration::from_millis(900), "gone after {:?}", placed_at.elapsed());
 }

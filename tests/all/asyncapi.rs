@@ -174,3 +174,15 @@ print("ok")
     let output = run(Command::new("python3").args(["-c", check]).current_dir(work.path()));
     assert!(output.status.success() && text(&output).contains("ok"), "{}", text(&output));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documents_do_not_tell_where_broker_toml_lives() {
+    let broker = Broker::start();
+    let folder = broker.dir().display().to_string();
+    for path in ["/asyncapi.json", "/asyncapi.yaml", "/asyncapi"] {
+        let (status, body) = broker.http("GET", path, None, "").await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(!body.contains(&folder), "{path} names the folder of broker.toml, {folder}");
+        assert!(body.contains("broker.toml"), "{path} no longer names its configuration file");
+    }
+}

@@ -165,6 +165,42 @@ async fn bad_or_missing_tokens_are_refused_with_401_and_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_audience_and_issuer_must_be_in_the_token() {
+    // A token minted for another service with the same key carries no `aud` (or `iss`) of ours.
+    const ISSUER: &str = "https://issuer.example";
+    let toml = auth_config().replace("claims = [\"role\"]", &format!("claims = [\"role\"]\nissuer = [\"{ISSUER}\"]"));
+    let broker = Broker::launch(&toml, &[], &[(SECRET_VAR, SECRET)]);
+    let mut right = claims("ada");
+    right["iss"] = json!(ISSUER);
+    let without = |claim: &str| {
+        let mut token = right.clone();
+        token.as_object_mut().unwrap().remove(claim);
+        token
+    };
+    let with = |claim: &str, value: &str| {
+        let mut token = right.clone();
+        token[claim] = json!(value);
+        token
+    };
+    let cases = [
+        ("no audience", without("aud"), "the token has no `aud` claim"),
+        ("no issuer", without("iss"), "the token has no `iss` claim"),
+        ("another audience", with("aud", "another-app"), "the token is not for this audience"),
+        ("another issuer", with("iss", "https://elsewhere.example"), "the token's issuer is not accepted"),
+    ];
+    for (case, token, reason) in cases {
+        let bearer = format!("Bearer {}", hs256(&token, SECRET));
+        match handshake(&broker, "/ws/private/lab", &[("authorization", &bearer)]).await {
+            Err((status, body, _)) => assert!(status == 401 && body.starts_with(reason), "{case}: {status} {body}"),
+            Ok(_) => panic!("{case}: accepted"),
+        }
+    }
+    let bearer = format!("Bearer {}", hs256(&right, SECRET));
+    let (mut client, _) = handshake(&broker, "/ws/private/lab", &[("authorization", &bearer)]).await.unwrap();
+    assert_eq!(whoami(&mut client).await["user"], "ada");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_routes_admit_the_anonymous_and_other_routes_ignore_tokens() {
     let broker = start();
     let (mut anonymous, _) = handshake(&broker, "/ws/maybe", &[]).await.unwrap();

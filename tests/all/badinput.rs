@@ -187,6 +187,74 @@ async fn json_at_its_edges_gets_error_frames() {
     assert_eq!(raw.next().await, Got::Text(json!({"action": "pong", "payload": null})));
 }
 
+/// A key twice anywhere in a payload the plugin publishes a schema for is refused at that key:
+/// keys the schema names or not, nested ones, and a hundred thousand of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_twice_anywhere_in_a_payload_is_refused_at_the_key() {
+    let broker = Broker::start();
+    let mut raw = Raw::connect(&broker, "/ws/system").await;
+    assert!(matches!(raw.next().await, Got::Text(welcome) if welcome["action"] == "system_echo"));
+    let many = format!(r#"{{"action":"user_message","payload":{{"message":"m"{}}}}}"#, r#","k":0"#.repeat(100_000));
+    let cases = [
+        ("an unknown key twice", r#"{"action":"user_message","payload":{"message":"m","x":1,"x":2}}"#, json!(["x"])),
+        (
+            "a nested key twice",
+            r#"{"action":"user_message","payload":{"message":"m","meta":{"tags":[{"a":1,"a":1}]}}}"#,
+            json!(["meta", "tags", 0, "a"]),
+        ),
+        ("an unknown key 100,000 times", many.as_str(), json!(["k"])),
+    ];
+    for (case, text, at) in cases {
+        raw.text(text).await;
+        match raw.next().await {
+            Got::Text(reply) => {
+                let problems = reply["payload"].as_array().expect("problems");
+                assert_eq!(problems.len(), 1, "{case}: {reply}");
+                assert_eq!(problems[0]["type"], "value_error", "{case}: {reply}");
+                let mut loc = json!(["user_message", "payload"]);
+                loc.as_array_mut().unwrap().extend(at.as_array().unwrap().iter().cloned());
+                assert_eq!(problems[0]["loc"], loc, "{case}: {reply}");
+            }
+            other => panic!("{case}: {other:?}"),
+        }
+    }
+    raw.text(r#"{"action":"user_message","payload":{"message":"once"}}"#).await;
+    assert!(matches!(raw.next().await, Got::Text(echo) if echo["payload"]["message"] == "🔧 System Echo: once"));
+}
+
+/// A client still writing when the broker closes it finishes its write and reads the close frame
+/// with its code, rather than a TCP reset: after the close frame the broker shuts its side down and
+/// reads (and drops) what is still coming, for a bounded time and amount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_writing_when_closed_reads_the_close_code() {
+    let broker = Broker::with_config(&default_config("[server]\nmax_message_bytes = 65536\n"));
+    // More than the socket buffers of both ends hold, so the client is still writing when closed.
+    const MORE: usize = 24 << 20;
+    let masked = |first: &[u8]| {
+        let mut bytes = first.to_vec();
+        bytes.resize(MORE, b'x');
+        bytes
+    };
+    // A text frame header (FIN, masked, 64-bit length) and its mask, then the payload.
+    let mut oversized = vec![0x81, 0x80 | 127];
+    oversized.extend_from_slice(&(MORE as u64).to_be_bytes());
+    oversized.extend_from_slice(&[0, 0, 0, 0]);
+    let cases = [
+        ("a 24 MiB message over the 64 KiB limit", 1009, masked(&oversized)),
+        // A reserved opcode (0x3), then more bytes.
+        ("a reserved opcode", 1002, masked(&[0x83, 0x81, 0, 0, 0, 0, b'?'])),
+        // A text frame `{\xff}`, then more bytes.
+        ("text that is not UTF-8", 1007, masked(&[0x81, 0x83, 0, 0, 0, 0, b'{', 0xff, b'}'])),
+    ];
+    for (case, code, bytes) in cases {
+        let mut raw = Raw::connect(&broker, "/ws/testbed").await;
+        let written = tokio::time::timeout(WAIT, raw.tcp.write_all(&bytes)).await.expect("written within the wait");
+        assert!(written.is_ok(), "{case}: the write was cut off: {written:?}");
+        assert_eq!(raw.next().await, Got::Close(code), "{case}");
+    }
+    broker.connect("/ws/testbed").await.assert_alive().await;
+}
+
 /// A flood of tiny frames runs into the rate limit, then the close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_tiny_frames_is_limited_then_closed() {

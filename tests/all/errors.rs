@@ -130,3 +130,34 @@ async fn instances_are_reused_and_a_crashed_one_is_replaced() {
     // The trapped instance was dropped, not returned: a fresh one starts from zero.
     assert_eq!(client.request(json!({"action": "count"})).await["payload"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_frame_quotes_a_huge_action_or_key_only_in_part() {
+    let broker = Broker::start();
+    let mut echo = broker.echo_client().await;
+    let mut testbed = broker.connect("/ws/testbed").await;
+    let quotes = format!("[\"{}\"]", "\\\"".repeat(100_000));
+    let cases = [
+        ("a 200 KB action", false, json!({"action": "a".repeat(200_000)}).to_string()),
+        ("a 1 MB action", false, json!({"action": "é".repeat(500_000)}).to_string()),
+        // Quotes in a non-string action are escaped again when quoted: 200 KB became 400 KB.
+        ("a 200 KB action of quotes", false, format!("{{\"action\": {quotes}}}")),
+        (
+            "a 1 MB payload key",
+            true,
+            json!({"action": "strict", "payload": {"name": "a", "count": 1, "kind": "plain", ("k".repeat(1 << 20)): 1}})
+                .to_string(),
+        ),
+    ];
+    for (case, on_testbed, frame) in cases {
+        let client = if on_testbed { &mut testbed } else { &mut echo };
+        client.send_text(&frame).await;
+        let error = client.recv().await;
+        assert_eq!(error["action"], "error", "{case}");
+        let size = error.to_string().len();
+        assert!(size < 1024, "{case}: a {size}-byte error frame for a {}-byte frame", frame.len());
+        let quoted = error["payload"][0]["msg"].as_str().unwrap().to_owned() + &error["payload"][0]["loc"].to_string();
+        assert!(quoted.contains('…'), "{case}: the cut is not marked: {error}");
+        client.assert_alive().await;
+    }
+}

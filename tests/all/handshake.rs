@@ -52,3 +52,90 @@ async fn route_and_path_parameters_reach_the_plugin() {
         json!({"route": "/ws/testbed/{room}", "path": "/ws/testbed/room1/", "params": {"room": "room1"}})
     );
 }
+
+/// Sends `request` over raw TCP and returns the response head (status line and headers), headers
+/// lowercased: a WebSocket client library would not send these malformed handshakes.
+async fn raw_handshake(broker: &Broker, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let read = async {
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).await.unwrap() == 1 {
+            head.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(crate::harness::WAIT, read).await.expect("a response head");
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+/// A handshake to `/ws/system` with these header lines (each ending in `\r\n`) and HTTP version.
+fn handshake(version: &str, headers: &str) -> String {
+    format!("GET /ws/system HTTP/{version}\r\n{headers}\r\n")
+}
+
+const UPGRADE: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+const HOST: &str = "Host: localhost\r\n";
+const VERSION_13: &str = "Sec-WebSocket-Version: 13\r\n";
+const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+fn status(head: &str) -> &str {
+    head.split(' ').nth(1).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_well_formed_raw_handshake_is_upgraded() {
+    let broker = Broker::start();
+    let head = raw_handshake(&broker, &handshake("1.1", &format!("{HOST}{UPGRADE}{VERSION_13}{KEY}"))).await;
+    assert_eq!(status(&head), "101", "{head}");
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+}
+
+/// RFC 6455 §4.2.1: the key is the base64 of 16 bytes; anything else is refused before any upgrade.
+#[tokio::test]
+async fn a_malformed_websocket_key_is_refused_with_400() {
+    let broker = Broker::start();
+    for key in [
+        "not base64 at all!",
+        "c2hvcnQ=",                 // "short": 5 bytes
+        "dGhlIHNhbXBsZSBub25jZSE=", // 17 bytes
+        "dGhlIHNhbXBsZSBub25jZR==", // 16 bytes with stray bits in the last character
+        "dGhlIHNhbXBsZSBub25jZQ==, dGhlIHNhbXBsZSBub25jZQ==",
+        "",
+    ] {
+        let headers = format!("{HOST}{UPGRADE}{VERSION_13}Sec-WebSocket-Key: {key}\r\n");
+        let head = raw_handshake(&broker, &handshake("1.1", &headers)).await;
+        assert_eq!(status(&head), "400", "{key:?}: {head}");
+    }
+    // Without the key at all.
+    let head = raw_handshake(&broker, &handshake("1.1", &format!("{HOST}{UPGRADE}{VERSION_13}"))).await;
+    assert_eq!(status(&head), "400", "{head}");
+    broker.echo_client().await.assert_alive().await;
+}
+
+/// HTTP/1.0 has no upgrade: the broker used to answer 101 and then end the connection.
+#[tokio::test]
+async fn an_http_1_0_upgrade_is_refused_with_400() {
+    let broker = Broker::start();
+    let head = raw_handshake(&broker, &handshake("1.0", &format!("{HOST}{UPGRADE}{VERSION_13}{KEY}"))).await;
+    assert_eq!(status(&head), "400", "{head}");
+}
+
+#[tokio::test]
+async fn an_upgrade_without_host_is_refused_with_400() {
+    let broker = Broker::start();
+    let head = raw_handshake(&broker, &handshake("1.1", &format!("{UPGRADE}{VERSION_13}{KEY}"))).await;
+    assert_eq!(status(&head), "400", "{head}");
+}
+
+/// RFC 6455 §4.4: a version the server does not speak gets 426 with the versions it does.
+#[tokio::test]
+async fn an_unsupported_version_gets_426_naming_version_13() {
+    let broker = Broker::start();
+    for version in ["Sec-WebSocket-Version: 8\r\n", ""] {
+        let head = raw_handshake(&broker, &handshake("1.1", &format!("{HOST}{UPGRADE}{version}{KEY}"))).await;
+        assert_eq!(status(&head), "426", "{version:?}: {head}");
+        assert!(head.contains("\r\nsec-websocket-version: 13\r\n"), "{version:?}: {head}");
+    }
+}

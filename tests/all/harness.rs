@@ -271,6 +271,20 @@ impl Broker {
         Client { ws }
     }
 
+    /// Connects to `path` from the source address `from` (any 127.0.0.0/8 address works on Linux):
+    /// the client, or the HTTP status of a refused handshake.
+    pub async fn connect_from(&self, from: &str, path: &str) -> Result<Client, u16> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let tcp = socket.connect(self.addr).await.unwrap();
+        let handshake = tokio_tungstenite::client_async(self.url(path), MaybeTlsStream::Plain(tcp));
+        match tokio::time::timeout(WAIT, handshake).await.expect("handshake timed out") {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+            Err(other) => panic!("handshake failed: {other}"),
+        }
+    }
+
     /// Connects to the echo route and consumes its welcome frame.
     pub async fn echo_client(&self) -> Client {
         self.echo_client_at("/ws/system").await
@@ -289,6 +303,15 @@ impl Broker {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("read /proc status");
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
         line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS in kB")
+    }
+
+    /// Sockets the broker process holds open, its listener among them (Linux `/proc`): what a
+    /// connection really costs, whatever the broker's own gauges say.
+    pub fn open_sockets(&self) -> usize {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", self.child.id())) else { return 0 };
+        fds.filter_map(Result::ok)
+            .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to.to_string_lossy().starts_with("socket:")))
+            .count()
     }
 
     /// Kills the process (SIGKILL): a node that dies without a word.
@@ -402,6 +425,20 @@ where
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "not within {WAIT:?}: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `check` holds, failing the test if it does not within `limit`: for promises with a
+/// deadline of their own (a socket released within the close grace), tighter than `eventually`.
+pub async fn within<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

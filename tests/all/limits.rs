@@ -1,16 +1,16 @@
 //! Limits on hostile or broken clients: message rate, connections in total and per address,
-//! the handshake deadline, and idle connections pinged and, when dead, closed.
+//! the handshake deadline, idle connections pinged and, when dead, closed, and clients that stop
+//! reading: every closed connection gives back its socket, its memory and its place.
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{Broker, Client, Received, WAIT, default_config};
+use crate::harness::{Broker, Client, Received, WAIT, default_config, within};
 
 fn with_server(keys: &str) -> Broker {
     Broker::with_config(&default_config(&format!("[server]\n{keys}\n")))
@@ -51,32 +51,20 @@ async fn a_client_over_its_rate_is_refused_then_closed_with_1008() {
     broker.connect("/ws/testbed").await.assert_alive().await;
 }
 
-/// Connects to `path` from the source address `from` (any 127.0.0.0/8 address works on Linux).
-async fn connect_from(broker: &Broker, from: &str, path: &str) -> Result<Client, u16> {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let tcp = socket.connect(broker.addr).await.unwrap();
-    match tokio_tungstenite::client_async(broker.url(path), tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await {
-        Ok((ws, _)) => Ok(Client { ws }),
-        Err(WsError::Http(response)) => Err(response.status().as_u16()),
-        Err(other) => panic!("handshake failed: {other}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_limited_per_address_and_in_total() {
     let broker = with_server("max_connections_per_ip = 2\nmax_connections = 3");
-    let first = connect_from(&broker, "127.0.0.2", "/ws/testbed").await.unwrap();
-    let _second = connect_from(&broker, "127.0.0.2", "/ws/testbed").await.unwrap();
-    assert_eq!(connect_from(&broker, "127.0.0.2", "/ws/testbed").await.err(), Some(429));
-    let _third = connect_from(&broker, "127.0.0.3", "/ws/testbed").await.unwrap();
-    assert_eq!(connect_from(&broker, "127.0.0.4", "/ws/testbed").await.err(), Some(503));
+    let first = broker.connect_from("127.0.0.2", "/ws/testbed").await.unwrap();
+    let _second = broker.connect_from("127.0.0.2", "/ws/testbed").await.unwrap();
+    assert_eq!(broker.connect_from("127.0.0.2", "/ws/testbed").await.err(), Some(429));
+    let _third = broker.connect_from("127.0.0.3", "/ws/testbed").await.unwrap();
+    assert_eq!(broker.connect_from("127.0.0.4", "/ws/testbed").await.err(), Some(503));
     assert_eq!(broker.metric("broker_limit_hits_total{limit=\"server.max_connections_per_ip\"}").await, 1.0);
     assert_eq!(broker.metric("broker_limit_hits_total{limit=\"server.max_connections\"}").await, 1.0);
     // A place is given back when its connection closes.
     drop(first);
     crate::harness::eventually("the closed connection's place is free", || async {
-        match connect_from(&broker, "127.0.0.2", "/ws/testbed").await {
+        match broker.connect_from("127.0.0.2", "/ws/testbed").await {
             Ok(mut client) => {
                 client.assert_alive().await;
                 true
@@ -149,4 +137,137 @@ async fn quiet_clients_are_pinged_and_dead_ones_closed_and_cleaned_up() {
     drop(dead);
     stop.send(()).unwrap();
     keep_alive.await.expect("the live client answered every ping").assert_alive().await;
+}
+
+/// The broker's sockets and memory once it serves `clients` clients.
+struct Baseline {
+    sockets: usize,
+    rss_kib: u64,
+}
+
+impl Baseline {
+    fn of(broker: &Broker) -> Baseline {
+        Baseline { sockets: broker.open_sockets(), rss_kib: broker.rss_kib() }
+    }
+
+    /// Waits until the broker holds no more sockets than at the baseline, and its memory is back
+    /// within 10% of it, failing past `limit`.
+    async fn back_within(&self, broker: &Broker, limit: Duration, after: &str) {
+        within(limit, &format!("sockets back to {} after {after}", self.sockets), || async {
+            broker.open_sockets() <= self.sockets
+        })
+        .await;
+        let what = format!("memory back within 10% of {} KiB after {after}", self.rss_kib);
+        let mut last = 0;
+        let back = tokio::time::timeout(limit, async {
+            loop {
+                last = broker.rss_kib();
+                if last <= self.rss_kib + self.rss_kib / 10 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert!(back.await.is_ok(), "not within {limit:?}: {what}; it holds {last} KiB");
+    }
+}
+
+/// Connects `n` members to a room from `from`, each proven served once; they never read again.
+async fn members(broker: &Broker, from: &str, room: &str, n: usize) -> Vec<Client> {
+    let mut members = Vec::new();
+    while members.len() < n {
+        match broker.connect_from(from, &format!("/ws/chat/{room}")).await {
+            Ok(mut member) => {
+                member.assert_alive().await;
+                members.push(member);
+            }
+            // The last round's sockets are not all released yet: their places are still taken.
+            Err(429) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(status) => panic!("refused with {status}"),
+        }
+    }
+    members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumers_closed_with_4008_give_back_sockets_memory_and_places() {
+    const GRACE_MS: u64 = 1000;
+    const PER_IP: usize = 25;
+    let broker = with_server(&format!(
+        "messages_per_second = 0\nshutdown_grace_ms = {GRACE_MS}\nmax_connections_per_ip = {PER_IP}"
+    ));
+    let mut sender = broker.connect_from("127.0.0.2", "/ws/chat/flood").await.unwrap();
+    // 200 KB frames (within the chat plugin's message limit), 160 per round: far more than a
+    // member's socket buffers and 8 MiB outbound queue hold.
+    let big = "x".repeat(200_000);
+    let frame = json!({"action": "new_chat_message", "payload": {"message": big, "name": "S"}});
+    // The baseline is a broker that has served a round of such frames (plugin instances and the
+    // sender's read buffer grown to fit them) to a member that reads.
+    let mut reader = broker.connect("/ws/chat/flood").await;
+    reader.assert_alive().await;
+    for _ in 0..160 {
+        sender.send(frame.clone()).await;
+        assert_eq!(reader.recv().await["payload"]["name"], "S");
+    }
+    drop(reader);
+    broker.await_metric("broker_connections", 1.0).await;
+    sender.assert_alive().await;
+    let baseline = Baseline::of(&broker);
+    for round in 0..2 {
+        // Each member holds a place of 127.0.0.5 until its socket is really gone.
+        let stalled = members(&broker, "127.0.0.5", "flood", 20).await;
+        assert!(
+            broker.open_sockets() <= baseline.sockets + PER_IP,
+            "round {round}: the broker holds {} sockets, more than its places allow",
+            broker.open_sockets()
+        );
+        for _ in 0..160 {
+            sender.send(frame.clone()).await;
+        }
+        sender.assert_alive().await;
+        crate::harness::eventually("every stalled member is closed", || async {
+            broker.metric("broker_slow_consumer_closes_total").await >= 20.0 * (round + 1) as f64
+        })
+        .await;
+        // Closed: within the close grace (the close frame cannot go out) and the write loop's
+        // slack, every socket, every buffer and every place is given back, though the members
+        // still hold their ends open.
+        baseline.back_within(&broker, Duration::from_millis(4 * GRACE_MS + 2000), "the 4008 closes").await;
+        drop(stalled);
+    }
+    assert_eq!(broker.metric("broker_connections").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_but_never_reads_is_closed_and_released() {
+    const IDLE_MS: u64 = 3000;
+    const GRACE_MS: u64 = 1000;
+    let broker = with_server(&format!(
+        "messages_per_second = 0\nping_interval_ms = 1000\nidle_timeout_ms = {IDLE_MS}\n\
+         shutdown_grace_ms = {GRACE_MS}\noutbound_queue_bytes = 1048576"
+    ));
+    // Echoes of 64 KiB: the baseline is a broker that has answered one.
+    let message = json!({"action": "user_message", "payload": {"message": "y".repeat(64 * 1024)}}).to_string();
+    let mut bystander = broker.echo_client().await;
+    bystander.send_text(&message).await;
+    assert_eq!(bystander.recv().await["action"], "system_echo");
+    let baseline = Baseline::of(&broker);
+    let mut greedy = broker.echo_client().await;
+    // Never reading a reply: the broker's replies fill the socket and the outbound queue, then it
+    // stops reading, then TCP stops the sender.
+    let mut sent = 0;
+    while sent < 2000 {
+        match tokio::time::timeout(Duration::from_millis(500), greedy.ws.send(Message::text(message.clone()))).await {
+            Ok(Ok(())) => sent += 1,
+            _ => break,
+        }
+    }
+    assert!(sent < 2000, "the broker kept reading {sent} echoes nobody read");
+    // It went quiet when the broker stopped reading it: closed after the idle timeout, whatever
+    // is queued, and released within the close grace.
+    let limit = Duration::from_millis(IDLE_MS + 4 * GRACE_MS + 2000);
+    baseline.back_within(&broker, limit, "a client that never reads").await;
+    assert!(broker.metric("broker_limit_hits_total{limit=\"server.idle_timeout_ms\"}").await >= 1.0);
+    broker.echo_client().await.assert_alive().await;
+    drop((bystander, greedy));
 }

@@ -1,6 +1,9 @@
 //! The host interface as plugins use it: send, close, settings.
 
-use crate::harness::Broker;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::harness::{API_KEY, Broker, plugin_path};
 use serde_json::json;
 
 #[tokio::test]
@@ -59,4 +62,92 @@ fn javascript_plugins_are_built_without_the_wasi_http_import() {
         let http: Vec<_> = imports.iter().filter(|name| name.starts_with("wasi:http/")).collect();
         assert!(http.is_empty(), "{plugin} imports {http:?}");
     }
+}
+
+/// A broker serving a copy of `component` at `/ws/cached`, caching compiled code in `dir/cache`;
+/// `dir` (its broker.toml, the cache and the cache's key) outlives the broker.
+fn cached_broker(dir: &Path, component: &Path) -> Broker {
+    std::fs::copy(component, dir.join("plugin.wasm")).expect("copy the component");
+    let toml = format!(
+        r#"
+[api]
+key = "{API_KEY}"
+
+[engine]
+cache_dir = "cache"
+
+[plugins.cached]
+path = "plugin.wasm"
+
+[[routes]]
+path = "/ws/cached"
+plugin = "cached"
+"#
+    );
+    std::fs::write(dir.join("broker.toml"), toml).expect("write broker.toml");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_broker-under-test"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(dir.join("broker.toml"));
+    Broker::spawn(command, tempfile::tempdir().expect("a temp dir"))
+}
+
+/// The compiled components in `dir/cache`.
+fn cache_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir.join("cache"))
+        .expect("the cache exists")
+        .map(|entry| entry.expect("an entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// Restarts the echo broker of `dir`: where its code came from, once it serves as the echo plugin.
+async fn echo_restarted_from(dir: &Path) -> String {
+    let broker = cached_broker(dir, &plugin_path("echo"));
+    let from = broker.plugin_status("cached").await["compiled_from"].as_str().expect("compiled_from").to_owned();
+    let mut client = broker.connect("/ws/cached").await;
+    // The echo greets at once; other code (another plugin's entry) does not.
+    let welcome = tokio::time::timeout(std::time::Duration::from_secs(10), client.recv()).await;
+    assert!(
+        welcome.as_ref().is_ok_and(|frame| frame["action"] == "system_echo"),
+        "the code from the {from} does not behave as the echo plugin: {welcome:?}"
+    );
+    let reply = client.request(json!({"action": "user_message", "payload": {"message": "hi"}})).await;
+    assert_eq!(reply["action"], "system_echo", "{reply}");
+    from
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_or_altered_cache_entry_is_not_run() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let testbed = cached_broker(dir.path(), &plugin_path("testbed"));
+    assert_eq!(testbed.plugin_status("cached").await["compiled_from"], "compiled");
+    drop(testbed);
+    let [testbed_entry] = <[PathBuf; 1]>::try_from(cache_entries(dir.path())).expect("one entry");
+    assert_eq!(echo_restarted_from(dir.path()).await, "compiled");
+    let echo_entry = cache_entries(dir.path()).into_iter().find(|e| *e != testbed_entry).expect("the echo's entry");
+    assert_eq!(echo_restarted_from(dir.path()).await, "cache", "an entry the broker wrote is used");
+
+    // A genuine entry of another plugin under this one's name: the testbed would run as the echo.
+    std::fs::copy(&testbed_entry, &echo_entry).expect("plant the entry");
+    assert_eq!(echo_restarted_from(dir.path()).await, "compiled");
+    assert_eq!(echo_restarted_from(dir.path()).await, "cache", "the planted entry was replaced");
+
+    // One byte of the entry changed.
+    let mut bytes = std::fs::read(&echo_entry).expect("read the entry");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&echo_entry, &bytes).expect("alter the entry");
+    assert_eq!(echo_restarted_from(dir.path()).await, "compiled");
+
+    // This very component's entry, written by another broker (another key): a file anyone could
+    // have compiled with the same wasmtime.
+    let elsewhere = tempfile::tempdir().expect("a temp dir");
+    assert_eq!(echo_restarted_from(elsewhere.path()).await, "compiled");
+    std::fs::copy(&cache_entries(elsewhere.path())[0], &echo_entry).expect("plant the entry");
+    assert_eq!(echo_restarted_from(dir.path()).await, "compiled");
+
+    // The key that vouches for entries is beside the cache, not in it, and the broker's user's alone.
+    let key = std::fs::metadata(dir.path().join("cache.key")).expect("the cache's key");
+    assert_eq!((key.len(), key.permissions().mode() & 0o777), (32, 0o600));
 }

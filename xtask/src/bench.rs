@@ -550,26 +550,44 @@ fn hostile(bench: &Bench) -> Result<Report> {
             .map(String::from)
             .to_vec(),
     ];
-    let echo = || bench.loadgen(&args(&["echo", &broker.url("/ws/system"), "10", "3", "1"]));
-    let mut normal_p99 = None;
-    for action in ["none", "spin", "allocate", "recurse", "panic", "flood"] {
+    // Bystanders: the echo plugin, or the attacked plugin itself (its `params` handler answers).
+    let echo = |route: &str, action: &str| bench.loadgen(&args(&["echo", &broker.url(route), "10", "3", "1", action]));
+    let other = ("/ws/system", "user_message");
+    let same = ("/ws/hostile", "params");
+    // (row, bystanders, attacked route, action, attacking clients). The last rows attack the
+    // bystanders' own plugin: a message too large for it (refused with 1009 before any call), and
+    // three clients making it trap (each connection closed after three crashes, and reopened).
+    let big = format!("big:{}", 12 << 20);
+    let rows: [(&str, (&str, &str), &str, &str, &str); 9] = [
+        ("none", other, "", "", ""),
+        ("spin", other, "/ws/hostile", "spin", "1"),
+        ("allocate", other, "/ws/hostile", "allocate", "1"),
+        ("recurse", other, "/ws/hostile", "recurse", "1"),
+        ("panic", other, "/ws/hostile", "panic", "1"),
+        ("flood", other, "/ws/hostile", "flood", "1"),
+        ("12 MiB echo x3, same plugin", other, "/ws/system", &big, "3"),
+        ("none, test plugin", same, "", "", ""),
+        ("panic x3, same plugin", same, "/ws/hostile", "panic", "3"),
+    ];
+    let mut normal_p99 = std::collections::HashMap::new();
+    for (row, (by_route, by_action), route, action, clients) in rows {
         let mut runs = Vec::new();
         let mut attacks = Vec::new();
         for _ in 0..bench.runs {
-            if action == "none" {
-                runs.push(echo()?);
+            if route.is_empty() {
+                runs.push(echo(by_route, by_action)?);
                 continue;
             }
             // The attacker outlasts the measurement (1 s warm-up, 3 s measured).
             let attacker = Command::new(bench.bin("loadgen"))
-                .args(["attack", &broker.url("/ws/hostile"), action, "5"])
+                .args(["attack", &broker.url(route), action, "5", clients])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()?;
-            runs.push(echo()?);
+            runs.push(echo(by_route, by_action)?);
             let output = attacker.wait_with_output()?;
             if !output.status.success() {
-                bail!("the {action} attacker failed");
+                bail!("the {row} attacker failed");
             }
             let line = String::from_utf8(output.stdout)?;
             let result: Value = serde_json::from_str(line.lines().last().unwrap_or_default())?;
@@ -577,9 +595,9 @@ fn hostile(bench: &Bench) -> Result<Report> {
         }
         let r = median_run(runs, "p99_us");
         let p99 = r["p99_us"].as_f64().unwrap_or(0.0);
-        let normal = *normal_p99.get_or_insert(p99);
+        let normal = *normal_p99.entry(by_route).or_insert(p99);
         table.push(vec![
-            action.to_owned(),
+            row.to_owned(),
             if attacks.is_empty() { "-".into() } else { format!("{:.0}", median(attacks)) },
             num(&r["per_second"]),
             format!("{}/{}", r["p50_us"], r["p99_us"]),
@@ -587,7 +605,7 @@ fn hostile(bench: &Bench) -> Result<Report> {
         ]);
     }
     Ok(Report {
-        title: "hostile: bystanders' echo latency while a plugin misbehaves on another route".into(),
+        title: "hostile: bystanders' echo latency while a plugin misbehaves, on another route or on theirs".into(),
         command: "cargo xtask bench hostile".into(),
         table,
     })

@@ -49,7 +49,8 @@ pub fn document(config: &Config, plugins: &Plugins) -> Value {
                 "The WebSocket routes of {}, served by the plugins {}. Every frame is a JSON object \
                  `{{\"action\": ..., \"payload\": ..., \"ref\": ...}}`; a frame that cannot be handled is \
                  answered with an `error` frame listing each problem as pydantic does (`type`, `loc`, `msg`).",
-                config.source.display(),
+                // The file's name only: its absolute path tells a visitor how the host is laid out.
+                config.source.file_name().map_or_else(|| "broker.toml".into(), |name| name.to_string_lossy()),
                 if plugin_list.is_empty() { "(none)".to_owned() } else { plugin_list.join(", ") },
             ),
         },

@@ -90,11 +90,13 @@ pub(crate) struct MemoryLimits {
     limits: wasmtime::StoreLimits,
     /// Bytes of linear memory, all of the instance's memories together.
     pub(crate) bytes: usize,
+    /// A grow was refused: the trap that follows is the plugin running out of memory.
+    pub(crate) refused: bool,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimits {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        let allowed = self.limits.memory_growing(current, desired, maximum).inspect_err(|_| self.refused = true)?;
         if allowed {
             self.bytes += desired.saturating_sub(current);
         }
@@ -132,6 +134,7 @@ impl HostState {
                 .trap_on_grow_failure(true)
                 .build(),
             bytes: 0,
+            refused: false,
         };
         HostState {
             wasi,

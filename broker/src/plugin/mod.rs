@@ -26,15 +26,49 @@ pub enum PluginError {
     Load { plugin: String, path: PathBuf, reason: String },
 }
 
-/// Why a call into a plugin produced no answer.
+/// Why a call into a plugin produced no answer. The `Display` text is for the log (it quotes
+/// wasmtime); clients get [`CallError::public_message`].
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
-    #[error("the plugin crashed: {0}")]
-    Trap(String),
+    #[error("the plugin crashed: {detail}")]
+    Trap { cause: TrapCause, detail: String },
     #[error("the plugin ran past its {}ms deadline", .0.as_millis())]
     Timeout(Duration),
     #[error("the plugin could not be started: {0}")]
     Instantiate(String),
     #[error("the plugin crashed on its last calls and is backed off for {}ms more", .0.as_millis())]
     BackedOff(Duration),
+}
+
+/// What made a call trap, as far as the broker can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrapCause {
+    /// It grew its memory past its limit.
+    OutOfMemory,
+    /// It sent more than its per-call limits; the broker's own words, naming the limit.
+    SendLimit(String),
+    /// Anything else: a panic, a stack overflow, an `unreachable`.
+    Failed,
+}
+
+impl CallError {
+    /// What the client is told: what happened in the broker's words, never wasmtime's internals
+    /// (those go to the log).
+    pub fn public_message(&self) -> String {
+        match self {
+            CallError::Trap { cause: TrapCause::OutOfMemory, .. } => {
+                "the plugin ran out of memory while handling this message".into()
+            }
+            CallError::Trap { cause: TrapCause::SendLimit(limit), .. } => format!("the plugin was stopped: {limit}"),
+            CallError::Trap { cause: TrapCause::Failed, .. } => "the plugin failed while handling this message".into(),
+            CallError::Timeout(_) | CallError::BackedOff(_) => self.to_string(),
+            CallError::Instantiate(_) => "the plugin could not be started".into(),
+        }
+    }
+
+    /// Whether the failure came from the call itself (a trap or a timeout), which the connection
+    /// that made it is charged for, rather than from the plugin as a whole.
+    pub fn is_crash(&self) -> bool {
+        matches!(self, CallError::Trap { .. } | CallError::Timeout(_))
+    }
 }

@@ -4,6 +4,7 @@
 //! (durable state lives in the host), so any idle instance can serve any call. An instance whose
 //! call trapped or timed out may be corrupt and is dropped, never returned to the pool.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,8 +18,9 @@ use super::host::broker::plugin::types::ActionSpec;
 use super::host::documented::DocumentedIndices;
 use super::host::{
     Context, HandlerError, HostState, PluginCore, PluginCoreIndices, PluginEnv, PluginManifest, Rejection,
+    SendLimitExceeded,
 };
-use super::{CallError, PluginError, Runtime};
+use super::{CallError, PluginError, Runtime, TrapCause};
 use crate::config;
 use crate::metrics::Metrics;
 use crate::protocol::Problem;
@@ -56,16 +58,35 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
 }
 
-/// Calls failing in a row (traps or timeouts) before a plugin is backed off.
-const CRASHES_BEFORE_BACKOFF: u32 = 5;
+/// Calls failing in a row before a plugin is backed off; when the failures are traps or timeouts,
+/// they must also come from this many different client addresses.
+const CRASHES_BEFORE_BACKOFF: usize = 5;
 /// The first backoff; it doubles while probes keep failing, up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Consecutive crashes of one generation, and the backoff they earned.
+/// How one call ended, for the backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Answered,
+    /// A trap or a timeout in a call for a client at this address (none: an internal call).
+    Crashed(Option<IpAddr>),
+    /// The plugin could not even be started: its own failure, whoever called.
+    Unstartable,
+}
+
+/// Consecutive failures of one generation, and the backoff they earned.
+///
+/// A client can make a plugin trap on purpose (a payload its code mishandles): such crashes are
+/// charged to that client's connection (closed after `plugins.<name>.crashes_per_connection`), and
+/// back the whole plugin off only when they come from many addresses, so one client, however many
+/// times it reconnects, cannot take a plugin away from everyone.
 #[derive(Debug, Default)]
 struct Crashes {
-    in_a_row: u32,
+    in_a_row: usize,
+    /// The different client addresses among them, up to `CRASHES_BEFORE_BACKOFF`.
+    callers: Vec<IpAddr>,
+    unstartable: bool,
     backoff: Duration,
     until: Option<Instant>,
 }
@@ -76,13 +97,24 @@ impl Crashes {
         self.until.filter(|until| *until > now).map(|until| until - now)
     }
 
-    fn record(&mut self, crashed: bool, now: Instant) {
-        if !crashed {
-            *self = Crashes::default();
-            return;
+    fn record(&mut self, outcome: Outcome, now: Instant) {
+        match outcome {
+            Outcome::Answered => {
+                *self = Crashes::default();
+                return;
+            }
+            Outcome::Unstartable => self.unstartable = true,
+            // A call for no client (an internal one) is the plugin's own.
+            Outcome::Crashed(None) => self.unstartable = true,
+            Outcome::Crashed(Some(caller)) => {
+                if self.callers.len() < CRASHES_BEFORE_BACKOFF && !self.callers.contains(&caller) {
+                    self.callers.push(caller);
+                }
+            }
         }
         self.in_a_row += 1;
-        if self.in_a_row >= CRASHES_BEFORE_BACKOFF {
+        let many_clients = self.callers.len() >= CRASHES_BEFORE_BACKOFF;
+        if self.in_a_row >= CRASHES_BEFORE_BACKOFF && (self.unstartable || many_clients) {
             self.backoff = if self.backoff.is_zero() { FIRST_BACKOFF } else { (self.backoff * 2).min(MAX_BACKOFF) };
             self.until = Some(now + self.backoff);
         }
@@ -228,12 +260,12 @@ impl LoadedPlugin {
             config: config.clone(),
         };
         let manifest = plugin
-            .call(0, async |i| i.bindings.broker_plugin_handler().call_manifest(&mut i.store).await)
+            .call(0, None, async |i| i.bindings.broker_plugin_handler().call_manifest(&mut i.store).await)
             .await
             .map_err(|e| failed(format!("asking for its manifest failed: {e}")))?;
         if let Some(documented) = documented {
             let (replies, raw_frames) = plugin
-                .call(0, async |i| {
+                .call(0, None, async |i| {
                     let describe = documented.load(&mut i.store, &i.instance)?;
                     let replies = describe.broker_plugin_describe().call_replies(&mut i.store).await?;
                     let raw_frames = describe.broker_plugin_describe().call_raw_frames(&mut i.store).await?;
@@ -284,35 +316,40 @@ impl LoadedPlugin {
         self.replies.iter().find(|(name, _)| name == action).map_or(&[], |(_, replies)| replies)
     }
 
-    pub async fn on_connect(&self, ctx: &Context) -> Result<Result<(), Rejection>, CallError> {
-        self.call(ctx.connection, async |i| i.bindings.broker_plugin_handler().call_on_connect(&mut i.store, ctx).await)
-            .await
+    /// The calls about a connection take its client's address: failures are charged to it.
+    pub async fn on_connect(&self, ctx: &Context, client: IpAddr) -> Result<Result<(), Rejection>, CallError> {
+        self.call(ctx.connection, Some(client), async |i| {
+            i.bindings.broker_plugin_handler().call_on_connect(&mut i.store, ctx).await
+        })
+        .await
     }
 
     pub async fn on_message(
         &self,
         ctx: &Context,
+        client: IpAddr,
         action: &str,
         payload: Option<&str>,
     ) -> Result<Result<Option<String>, HandlerError>, CallError> {
-        self.call(ctx.connection, async |i| {
+        self.call(ctx.connection, Some(client), async |i| {
             i.bindings.broker_plugin_handler().call_on_message(&mut i.store, ctx, action, payload).await
         })
         .await
     }
 
-    pub async fn on_disconnect(&self, ctx: &Context) -> Result<(), CallError> {
-        self.call(ctx.connection, async |i| {
+    pub async fn on_disconnect(&self, ctx: &Context, client: IpAddr) -> Result<(), CallError> {
+        self.call(ctx.connection, Some(client), async |i| {
             i.bindings.broker_plugin_handler().call_on_disconnect(&mut i.store, ctx).await
         })
         .await
     }
 
-    /// Runs one export, about connection `caller` (0: none), on an idle instance (or a new one)
-    /// under the plugin's deadline.
+    /// Runs one export, about connection `caller` (0: none) of a client at `client`, on an idle
+    /// instance (or a new one) under the plugin's deadline.
     async fn call<R>(
         &self,
         caller: ConnectionId,
+        client: Option<IpAddr>,
         f: impl AsyncFnOnce(&mut Instance) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         if let Some(remaining) = self.lock_crashes().backed_off(Instant::now()) {
@@ -329,7 +366,13 @@ impl LoadedPlugin {
         let deadline = Instant::now() + self.timeout;
         let mut instance = match self.take_idle() {
             Some(instance) => instance,
-            None => self.instantiate(deadline).await?,
+            None => match self.instantiate(deadline).await {
+                Ok(instance) => instance,
+                Err(error) => {
+                    self.lock_crashes().record(Outcome::Unstartable, Instant::now());
+                    return Err(error);
+                }
+            },
         };
         let state = instance.store.data_mut();
         state.deadline = deadline;
@@ -352,11 +395,21 @@ impl LoadedPlugin {
                 Ok(value)
             }
             Ok(Err(error)) if error.is::<DeadlineExceeded>() => Err(CallError::Timeout(self.timeout)),
-            Ok(Err(error)) => Err(CallError::Trap(trap_message(&error))),
+            Ok(Err(error)) => {
+                let cause = if let Some(limit) = error.downcast_ref::<SendLimitExceeded>() {
+                    TrapCause::SendLimit(limit.0.clone())
+                } else if instance.store.data().limits.refused {
+                    TrapCause::OutOfMemory
+                } else {
+                    TrapCause::Failed
+                };
+                Err(CallError::Trap { cause, detail: trap_message(&error) })
+            }
             Err(_) => Err(CallError::Timeout(self.timeout)),
         };
         self.calls.observe(started.elapsed().as_secs_f64());
-        self.lock_crashes().record(result.is_err(), Instant::now());
+        let outcome = if result.is_ok() { Outcome::Answered } else { Outcome::Crashed(client) };
+        self.lock_crashes().record(outcome, Instant::now());
         result
     }
 
@@ -416,21 +469,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_starts_after_five_crashes_and_grows_until_a_success() {
+    fn backoff_starts_after_five_crashes_from_five_clients_and_grows_until_a_success() {
         let now = Instant::now();
+        let client = |n: u8| Outcome::Crashed(Some(IpAddr::from([127, 0, 0, n])));
         let mut crashes = Crashes::default();
-        for _ in 0..4 {
-            crashes.record(true, now);
+        for n in 1..5 {
+            crashes.record(client(n), now);
         }
         assert_eq!(crashes.backed_off(now), None);
-        crashes.record(true, now);
+        crashes.record(client(5), now);
         assert_eq!(crashes.backed_off(now), Some(FIRST_BACKOFF));
         let later = now + FIRST_BACKOFF;
         assert_eq!(crashes.backed_off(later), None, "the probe after the backoff may run");
-        crashes.record(true, later);
+        crashes.record(client(1), later);
         assert_eq!(crashes.backed_off(later), Some(FIRST_BACKOFF * 2));
-        crashes.record(false, later);
+        crashes.record(Outcome::Answered, later);
         assert_eq!(crashes.backed_off(later), None);
         assert_eq!(crashes.in_a_row, 0);
+    }
+
+    #[test]
+    fn crashes_from_one_address_never_back_the_plugin_off() {
+        let now = Instant::now();
+        let mut crashes = Crashes::default();
+        for _ in 0..100 {
+            crashes.record(Outcome::Crashed(Some(IpAddr::from([127, 0, 0, 1]))), now);
+        }
+        assert_eq!(crashes.backed_off(now), None);
+    }
+
+    #[test]
+    fn a_plugin_that_cannot_start_is_backed_off_whoever_calls() {
+        let now = Instant::now();
+        let mut crashes = Crashes::default();
+        for _ in 0..CRASHES_BEFORE_BACKOFF {
+            crashes.record(Outcome::Unstartable, now);
+        }
+        assert_eq!(crashes.backed_off(now), Some(FIRST_BACKOFF));
     }
 }

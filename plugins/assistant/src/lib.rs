@@ -5,6 +5,7 @@
 
 mod frames;
 mod llm;
+mod orders;
 mod planner;
 mod shop;
 
@@ -17,6 +18,15 @@ use frames::{Exception, Notice, Response, ToolFailure, ToolResult};
 
 use shop::ToolError;
 
+/// `[plugins.assistant.settings]` in broker.toml.
+#[derive(Deserialize)]
+struct Settings {
+    /// The model; without it the planner picks the tools.
+    llm: Option<llm::Settings>,
+    #[serde(default)]
+    orders: orders::Rules,
+}
+
 /// A question or request for the pizza shop, in plain words.
 #[derive(Deserialize, JsonSchema)]
 struct UserMessage {
@@ -26,6 +36,7 @@ struct UserMessage {
 /// Where the assistant's frames go, in the wire format of the pizza assistant.
 pub struct Out<'a> {
     ctx: &'a Context,
+    orders: &'a orders::Rules,
 }
 
 impl Out<'_> {
@@ -48,7 +59,7 @@ impl Out<'_> {
     /// Runs a tool and reports it: `tool_result`, or the error stage that fits. Returns the text to
     /// give a model as the tool's answer.
     pub fn tool(&self, name: &str, arguments: &str) -> Result<String> {
-        match shop::call(name, arguments) {
+        match shop::call(self.ctx, self.orders, name, arguments) {
             Ok(response) => {
                 self.send(&ToolResult { status: "success", stage: "tool_result", tool: name, response: &response })?;
                 Ok(response)
@@ -80,9 +91,10 @@ fn plugin() -> Plugin {
             Ok(ctx.send(&Notice { status: "success", kind: "welcome", message: welcome })?)
         })
         .handle("user_message", |ctx, message: UserMessage| {
-            let out = Out { ctx };
-            match llm::Settings::of(ctx)? {
-                Some(settings) => llm::converse(ctx, &out, &settings, &message.message),
+            let settings: Settings = ctx.settings()?;
+            let out = Out { ctx, orders: &settings.orders };
+            match &settings.llm {
+                Some(llm) => llm::converse(ctx, &out, llm, &message.message),
                 None => planner::answer(ctx, &out, &message.message),
             }
         })

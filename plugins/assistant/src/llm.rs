@@ -35,18 +35,6 @@ fn default_timeout_ms() -> u64 {
 }
 
 #[derive(Deserialize)]
-struct AllSettings {
-    llm: Option<Settings>,
-}
-
-impl Settings {
-    /// The LLM settings, or `None` when broker.toml configures no LLM.
-    pub fn of(ctx: &Context) -> Result<Option<Settings>> {
-        Ok(ctx.settings::<AllSettings>()?.llm)
-    }
-}
-
-#[derive(Deserialize)]
 struct Completion {
     choices: Vec<Choice>,
 }

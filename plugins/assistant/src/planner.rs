@@ -92,8 +92,13 @@ fn order_id_in(message: &str) -> Option<String> {
     (!digits.is_empty()).then(|| format!("ORD-{digits}"))
 }
 
-fn first_number(text: &str) -> Option<u32> {
-    text.split(|c: char| !c.is_ascii_digit()).find(|w| !w.is_empty()).and_then(|w| w.parse().ok()).filter(|n| *n > 0)
+/// The first number in `text`, when it is not 0; a number past `u64` is `u64::MAX`, so that the
+/// tool refuses it rather than the planner ordering one pizza instead.
+fn first_number(text: &str) -> Option<u64> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap_or(u64::MAX))
+        .filter(|n| *n > 0)
 }
 
 fn describe(items: &Value) -> String {

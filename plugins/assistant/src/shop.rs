@@ -1,11 +1,13 @@
 //! The pizza shop: its menu and the four tools the assistant can call.
 
-use plugin_sdk::{Error, Result, kv};
+use plugin_sdk::{Context, Error, Level, Result, kv};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::orders::Rules;
+
 /// (name, small, medium, large) prices in cents.
-const MENU: &[(&str, u32, u32, u32)] = &[
+const MENU: &[(&str, u64, u64, u64)] = &[
     ("Margherita", 899, 1199, 1499),
     ("Pepperoni", 999, 1299, 1599),
     ("Hawaiian", 1049, 1349, 1649),
@@ -13,6 +15,11 @@ const MENU: &[(&str, u32, u32, u32)] = &[
 ];
 
 pub const SIZES: &[&str] = &["small", "medium", "large"];
+
+/// Pizzas one line of an order may ask for.
+pub const MAX_QUANTITY: u64 = 50;
+/// Lines one order may have.
+pub const MAX_LINES: usize = 10;
 
 /// The tools, as an OpenAI-compatible `tools` list.
 pub fn tool_definitions() -> Value {
@@ -25,8 +32,10 @@ pub fn tool_definitions() -> Value {
                 "properties": {"item": string, "size": {"type": "string", "enum": SIZES}}}}},
         {"type": "function", "function": {"name": "place_order", "description": "Orders pizzas; returns the order id",
             "parameters": {"type": "object", "required": ["items"], "properties": {"items": {"type": "array",
+                "minItems": 1, "maxItems": MAX_LINES,
                 "items": {"type": "object", "required": ["item", "size"], "properties": {
-                    "item": string, "size": {"type": "string", "enum": SIZES}, "quantity": {"type": "integer", "minimum": 1}}}}}}}},
+                    "item": string, "size": {"type": "string", "enum": SIZES},
+                    "quantity": {"type": "integer", "minimum": 1, "maximum": MAX_QUANTITY}}}}}}}},
         {"type": "function", "function": {"name": "order_status", "description": "The status of an order by id",
             "parameters": {"type": "object", "required": ["order_id"], "properties": {"order_id": string}}}},
     ])
@@ -59,10 +68,10 @@ pub struct OrderItem {
     pub item: String,
     pub size: String,
     #[serde(default = "one")]
-    pub quantity: u32,
+    pub quantity: u64,
 }
 
-fn one() -> u32 {
+fn one() -> u64 {
     1
 }
 
@@ -78,8 +87,9 @@ struct StatusArgs {
     order_id: String,
 }
 
-/// Runs tool `name` with `arguments` (JSON text); the result is the text the client sees.
-pub fn call(name: &str, arguments: &str) -> std::result::Result<String, ToolError> {
+/// Runs tool `name` with `arguments` (JSON text) for the client of `ctx`, orders bound by `rules`;
+/// the result is the text the client sees.
+pub fn call(ctx: &Context, rules: &Rules, name: &str, arguments: &str) -> std::result::Result<String, ToolError> {
     fn args<T: serde::de::DeserializeOwned>(text: &str) -> std::result::Result<T, ToolError> {
         let text = if text.trim().is_empty() { "{}" } else { text };
         serde_json::from_str(text).map_err(|e| ToolError::Args(e.to_string()))
@@ -90,7 +100,9 @@ pub fn call(name: &str, arguments: &str) -> std::result::Result<String, ToolErro
         "get_price" => args::<PriceArgs>(arguments).and_then(|a| {
             exec(price(&a.item, &a.size).map(|(pizza, size, cents)| format!("{pizza} ({size}): {}", dollars(cents))))
         }),
-        "place_order" => args::<OrderArgs>(arguments).and_then(|a| exec(place_order(&a.items).map(|o| o.to_string()))),
+        "place_order" => {
+            args::<OrderArgs>(arguments).and_then(|a| place_order(ctx, rules, &a.items).map(|o| o.to_string()))
+        }
         "order_status" => {
             args::<StatusArgs>(arguments).and_then(|a| exec(order_status(&a.order_id).map(|o| o.to_string())))
         }
@@ -98,7 +110,7 @@ pub fn call(name: &str, arguments: &str) -> std::result::Result<String, ToolErro
     }
 }
 
-pub fn dollars(cents: u32) -> String {
+pub fn dollars(cents: u64) -> String {
     format!("${}.{:02}", cents / 100, cents % 100)
 }
 
@@ -110,7 +122,7 @@ pub fn menu_text() -> String {
 }
 
 /// The menu's name for `item` (case-insensitive), with its prices.
-pub fn find(item: &str) -> Option<(&'static str, u32, u32, u32)> {
+pub fn find(item: &str) -> Option<(&'static str, u64, u64, u64)> {
     MENU.iter().copied().find(|(name, ..)| name.eq_ignore_ascii_case(item.trim()))
 }
 
@@ -120,7 +132,7 @@ pub fn mentioned(text: &str) -> Vec<&'static str> {
     MENU.iter().map(|(name, ..)| *name).filter(|name| text.contains(&name.to_lowercase())).collect()
 }
 
-fn price(item: &str, size: &str) -> Result<(&'static str, &'static str, u32)> {
+fn price(item: &str, size: &str) -> Result<(&'static str, &'static str, u64)> {
     let (name, s, m, l) =
         find(item).ok_or_else(|| Error::msg(format!("there is no pizza called {item:?} on the menu")))?;
     let (size, cents) = match size.trim().to_lowercase().as_str() {
@@ -132,22 +144,48 @@ fn price(item: &str, size: &str) -> Result<(&'static str, &'static str, u32)> {
     Ok((name, size, cents))
 }
 
-/// Stores a new order under a fresh id (`ORD-0001`, ...) and returns it.
-pub fn place_order(items: &[OrderItem]) -> Result<Value> {
+/// Stores a new order under a fresh id (`ORD-0001`, ...), kept for `rules.ttl_s`, and returns it.
+/// Lines out of bounds are refused as bad arguments before anything is stored; an order past the
+/// client's quota is refused as the tool's failure.
+fn place_order(ctx: &Context, rules: &Rules, items: &[OrderItem]) -> std::result::Result<Value, ToolError> {
+    let exec = |error: Error| ToolError::Exec(error.to_string());
     if items.is_empty() {
-        return Err(Error::msg("an order needs at least one pizza"));
+        return Err(ToolError::Args("an order needs at least one pizza".into()));
     }
-    let mut total = 0;
+    if items.len() > MAX_LINES {
+        return Err(ToolError::Args(format!("an order has at most {MAX_LINES} lines, not {}", items.len())));
+    }
+    let mut total: u64 = 0;
     let mut lines = Vec::new();
     for item in items {
-        let (name, size, cents) = price(&item.item, &item.size)?;
-        total += cents * item.quantity.max(1);
-        lines.push(json!({"item": name, "size": size, "quantity": item.quantity.max(1)}));
+        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+            return Err(ToolError::Args(format!(
+                "quantity {} of {:?} is not between 1 and {MAX_QUANTITY}",
+                item.quantity, item.item
+            )));
+        }
+        let (name, size, cents) = price(&item.item, &item.size).map_err(exec)?;
+        total = cents
+            .checked_mul(item.quantity)
+            .and_then(|line| total.checked_add(line))
+            .ok_or_else(|| ToolError::Args("the order's total is too large".into()))?;
+        lines.push(json!({"item": name, "size": size, "quantity": item.quantity}));
     }
-    let id = format!("ORD-{:04}", next_order_number()?);
-    let order = json!({"order_id": id, "items": lines, "total": dollars(total), "status": "received"});
-    kv::set(&format!("order:{id}"), &order, None)?;
-    Ok(order)
+    rules.check().map_err(exec)?;
+    rules.take(ctx).map_err(exec)?.map_err(ToolError::Exec)?;
+    let stored = next_order_number().and_then(|number| {
+        let id = format!("ORD-{number:04}");
+        let order = json!({"order_id": id, "items": lines, "total": dollars(total), "status": "received"});
+        kv::set(&format!("order:{id}"), &order, Some(rules.ttl()))?;
+        Ok(order)
+    });
+    if stored.is_err() {
+        // The client is not charged for an order the store refused; the refusal is what it sees.
+        if let Err(error) = rules.give_back(ctx) {
+            ctx.log(Level::Warn, &format!("an order's quota was not given back: {error}"));
+        }
+    }
+    stored.map_err(exec)
 }
 
 /// A shop-wide counter, safe against concurrent orders from other connections and instances.

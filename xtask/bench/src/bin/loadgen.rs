@@ -7,7 +7,9 @@
 //!                                                                   (on MEMBERS_URL: another node)
 //! loadgen hold    URL COUNT                                         COUNT idle connections until stdin closes
 //! loadgen reload  URL CONNECTIONS FILE MARKER=VERSION_FILE...       echo while FILE is replaced
-//! loadgen attack  URL ACTION SECONDS                                one client repeating a hostile action
+//! loadgen attack  URL ACTION SECONDS [CLIENTS]                      clients repeating a hostile action
+//!                                                                   (big:BYTES: an oversized user_message),
+//!                                                                   reconnecting when closed for it
 //! ```
 //! Connections are spread over 16 source addresses (127.0.0.1-16), so 100,000 of them do not run
 //! out of ephemeral ports.
@@ -60,7 +62,10 @@ async fn main() -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             reload(&arg(1)?, num(2)? as usize, &arg(3)?, &versions).await?
         }
-        "attack" => attack(&arg(1)?, &arg(2)?, Duration::from_secs(num(3)?)).await?,
+        "attack" => {
+            let clients = args.get(4).map_or(Ok(1), |n| n.parse()).context("CLIENTS is a number")?;
+            attack(&arg(1)?, &arg(2)?, Duration::from_secs(num(3)?), clients).await?
+        }
         other => bail!("unknown scenario {other:?}"),
     };
     // The caller may have stopped reading (it reads `hold`'s first line only).
@@ -195,18 +200,59 @@ async fn echo(
 /// Sends `action` (a misbehaving handler of the test plugin) again and again for `duration`, each
 /// time waiting for its error frame; a successful call in between keeps the plugin out of crash
 /// backoff, so every attack runs for real.
-async fn attack(url: &str, action: &str, duration: Duration) -> Result<serde_json::Value> {
-    let mut ws = connect(url, 0).await?;
-    let (attack, recover) = (json!({"action": action}).to_string(), r#"{"action":"count"}"#);
-    let (end, mut attacks) = (Instant::now() + duration, 0u64);
-    while Instant::now() < end {
-        ws.send(Message::text(attack.as_str())).await?;
-        while !next_text(&mut ws).await?.contains(r#""action":"error""#) {}
-        ws.send(Message::text(recover)).await?;
-        while !next_text(&mut ws).await?.contains(r#""action":"count""#) {}
-        attacks += 1;
+/// `clients` clients repeating a hostile action for `duration`; a connection the broker closes for
+/// it is replaced by a new one. `big:BYTES` sends a `user_message` of BYTES instead of an action.
+async fn attack(url: &str, action: &str, duration: Duration, clients: usize) -> Result<serde_json::Value> {
+    let attack = match action.strip_prefix("big:") {
+        Some(bytes) => {
+            json!({"action": "user_message", "payload": {"message": "x".repeat(bytes.parse()?)}}).to_string()
+        }
+        None => json!({"action": action}).to_string(),
+    };
+    // After an error frame, the plugin must serve the next message (the test plugin's `count`).
+    let recover = (!action.starts_with("big:")).then_some(r#"{"action":"count"}"#);
+    let end = Instant::now() + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let (url, attack) = (url.to_owned(), attack.clone());
+            tokio::spawn(async move {
+                let (mut attacks, mut closed) = (0u64, 0u64);
+                let mut ws = connect(&url, client).await?;
+                while Instant::now() < end {
+                    ws.send(Message::text(attack.as_str())).await?;
+                    attacks += 1;
+                    if answered_with_error(&mut ws).await {
+                        if let Some(recover) = recover {
+                            ws.send(Message::text(recover)).await?;
+                            while !next_text(&mut ws).await?.contains(r#""action":"count""#) {}
+                        }
+                    } else {
+                        closed += 1;
+                        ws = connect(&url, client).await?;
+                    }
+                }
+                Ok::<_, anyhow::Error>((attacks, closed))
+            })
+        })
+        .collect();
+    let (mut attacks, mut closed) = (0, 0);
+    for task in tasks {
+        let (a, c) = task.await??;
+        attacks += a;
+        closed += c;
     }
-    Ok(json!({"action": action, "attacks": attacks}))
+    Ok(json!({"action": action, "attacks": attacks, "closed": closed}))
+}
+
+/// Reads until an error frame (true) or the end of the connection (false).
+async fn answered_with_error(ws: &mut Ws) -> bool {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains(r#""action":"error""#) => return true,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return false,
+            Some(Ok(_)) => continue,
+        }
+    }
 }
 
 async fn fanout(url: &str, members_url: &str, members: usize, messages: u64) -> Result<serde_json::Value> {
