@@ -158,7 +158,7 @@ async fn serve<S>(
         && let Some(sink) = sink
         && let Ok(mut ws) = stream.reunite(sink)
     {
-        Box::pin(linger(ws.get_mut(), close_grace)).await;
+        Box::pin(linger(&mut ws, close_grace)).await;
     }
     // The close code we sent, or none when the client closed first.
     let close = control.reason().map(|r| r.code);
@@ -477,25 +477,40 @@ where
     }
 }
 
-/// After our close frame: shut our side down and read, and drop, what the client still sends, for a
-/// bounded time and amount. Closing with unread bytes in the receive buffer makes the kernel send a
-/// reset, which can destroy the close frame before the client reads it (a client still writing a
-/// frame over the size limit would see a reset instead of 1009).
-async fn linger<S>(io: &mut S, within: Duration)
+/// After our close frame: shut our side down and wait, for a bounded time, for the client's close
+/// frame; a client that sends something else (the rest of a frame over the size limit, bytes
+/// after a protocol error) has it read and dropped, up to a bounded amount. Closing with unread
+/// bytes in the receive buffer makes the kernel send a reset, which a client still writing sees
+/// instead of the close frame waiting for it.
+async fn linger<S>(ws: &mut WebSocketStream<S>, within: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     /// Past this much, a client still sending is not worth waiting for.
     const LINGER_BYTES: usize = 64 << 20;
+    /// A client that sent nothing for this long has nothing more coming.
+    const LINGER_PAUSE: Duration = Duration::from_millis(500);
     let _ = tokio::time::timeout(within, async {
-        let _ = io.shutdown().await;
+        let _ = ws.get_mut().shutdown().await;
+        // A client that answers with its close frame has completed the handshake.
+        loop {
+            match ws.next().await {
+                Some(Ok(message)) if message.is_close() => return,
+                Some(Ok(_)) => continue,
+                // The socket ended (then the read below ends at once), or what follows is no
+                // longer frames (tungstenite stops reading after an error).
+                Some(Err(_)) | None => break,
+            }
+        }
+        // Read what is left as bytes until the client stops, or pauses (nginx's lingering_timeout).
+        let io = ws.get_mut();
         let mut buffer = vec![0; 16 << 10];
         let mut read = 0;
         while read < LINGER_BYTES {
-            match io.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => read += n,
+            match tokio::time::timeout(LINGER_PAUSE, io.read(&mut buffer)).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => read += n,
             }
         }
     })

@@ -191,8 +191,8 @@ async fn json_at_its_edges_gets_error_frames() {
 /// keys the schema names or not, nested ones, and a hundred thousand of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_twice_anywhere_in_a_payload_is_refused_at_the_key() {
-    let broker = Broker::start();
-    let mut raw = Raw::connect(&broker, "/ws/system").await;
+    let broker = Broker::with_config(&crate::harness::large_messages_config());
+    let mut raw = Raw::connect(&broker, "/ws/large/system").await;
     assert!(matches!(raw.next().await, Got::Text(welcome) if welcome["action"] == "system_echo"));
     let many = format!(r#"{{"action":"user_message","payload":{{"message":"m"{}}}}}"#, r#","k":0"#.repeat(100_000));
     let cases = [
@@ -227,7 +227,9 @@ async fn a_key_twice_anywhere_in_a_payload_is_refused_at_the_key() {
 /// reads (and drops) what is still coming, for a bounded time and amount.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_still_writing_when_closed_reads_the_close_code() {
-    let broker = Broker::with_config(&default_config("[server]\nmax_message_bytes = 65536\n"));
+    let broker = Broker::with_config(&default_config(
+        "[server]\nmax_message_bytes = 65536\nmessages_per_second = 10\nmessage_burst = 10\nrate_limit_close_after = 5\n",
+    ));
     // More than the socket buffers of both ends hold, so the client is still writing when closed.
     const MORE: usize = 24 << 20;
     let masked = |first: &[u8]| {
@@ -239,8 +241,15 @@ async fn a_client_still_writing_when_closed_reads_the_close_code() {
     let mut oversized = vec![0x81, 0x80 | 127];
     oversized.extend_from_slice(&(MORE as u64).to_be_bytes());
     oversized.extend_from_slice(&[0, 0, 0, 0]);
+    // 24 MiB of 16 KiB text frames: over the message rate after ten.
+    let mut flood = Vec::with_capacity(MORE);
+    while flood.len() < MORE {
+        flood.extend_from_slice(&[0x81, 0x80 | 126, 0x40, 0x00, 0, 0, 0, 0]);
+        flood.resize(flood.len() + (16 << 10), b' ');
+    }
     let cases = [
         ("a 24 MiB message over the 64 KiB limit", 1009, masked(&oversized)),
+        ("1,536 frames past the message rate", 1008, flood),
         // A reserved opcode (0x3), then more bytes.
         ("a reserved opcode", 1002, masked(&[0x83, 0x81, 0, 0, 0, 0, b'?'])),
         // A text frame `{\xff}`, then more bytes.
@@ -250,7 +259,12 @@ async fn a_client_still_writing_when_closed_reads_the_close_code() {
         let mut raw = Raw::connect(&broker, "/ws/testbed").await;
         let written = tokio::time::timeout(WAIT, raw.tcp.write_all(&bytes)).await.expect("written within the wait");
         assert!(written.is_ok(), "{case}: the write was cut off: {written:?}");
-        assert_eq!(raw.next().await, Got::Close(code), "{case}");
+        // The answers to what was handled before the close come first.
+        let mut got = raw.next().await;
+        while let Got::Text(_) = got {
+            got = raw.next().await;
+        }
+        assert_eq!(got, Got::Close(code), "{case}");
     }
     broker.connect("/ws/testbed").await.assert_alive().await;
 }

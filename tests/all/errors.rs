@@ -133,9 +133,9 @@ async fn instances_are_reused_and_a_crashed_one_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_frame_quotes_a_huge_action_or_key_only_in_part() {
-    let broker = Broker::start();
-    let mut echo = broker.echo_client().await;
-    let mut testbed = broker.connect("/ws/testbed").await;
+    let broker = Broker::with_config(&crate::harness::large_messages_config());
+    let mut echo = broker.echo_client_at("/ws/large/system").await;
+    let mut testbed = broker.connect("/ws/large/testbed").await;
     let quotes = format!("[\"{}\"]", "\\\"".repeat(100_000));
     let cases = [
         ("a 200 KB action", false, json!({"action": "a".repeat(200_000)}).to_string()),

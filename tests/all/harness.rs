@@ -99,6 +99,33 @@ params.room = {{ pattern = "[A-Za-z0-9_-]+", max_length = 32 }}
     default_config(&extra)
 }
 
+/// `default_config` with the echo and the test plugin mounted again at `/ws/large/system` and
+/// `/ws/large/testbed`, taking messages of up to 4 MiB (their default limit is 256 KiB): for
+/// tests of what the broker does with huge input before any plugin sees it.
+pub fn large_messages_config() -> String {
+    default_config(&format!(
+        r#"
+[plugins.echo-large]
+path = "{echo}"
+max_message_bytes = 4194304
+
+[plugins.testbed-large]
+path = "{testbed}"
+max_message_bytes = 4194304
+
+[[routes]]
+path = "/ws/large/system"
+plugin = "echo-large"
+
+[[routes]]
+path = "/ws/large/testbed"
+plugin = "testbed-large"
+"#,
+        echo = plugin_path("echo").display(),
+        testbed = plugin_path("testbed").display(),
+    ))
+}
+
 /// The HTTP API key of `default_config`.
 pub const API_KEY: &str = "test-api-key";
 
