@@ -278,7 +278,7 @@ fn plugins(shared: &Shared) -> Reply {
 fn asyncapi(shared: &Shared, format: DocFormat) -> Reply {
     let live = shared.live.load();
     let plugins = live.slots.iter().map(|(name, slot)| (name.clone(), slot.current())).collect();
-    let document = crate::asyncapi::document(&live.config, &plugins);
+    let document = crate::asyncapi::document(&live.config, &plugins, shared.bound);
     let (body, content_type) = match format {
         DocFormat::Json => (document.to_string(), "application/json"),
         DocFormat::Yaml => (crate::asyncapi::to_yaml(&document), "application/yaml"),

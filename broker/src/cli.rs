@@ -202,7 +202,7 @@ async fn print_document(
             return ExitCode::FAILURE;
         }
     };
-    let text = render(&crate::asyncapi::document(&config, &plugins));
+    let text = render(&crate::asyncapi::document(&config, &plugins, config.server.listen));
     match out {
         None => {
             print!("{text}");

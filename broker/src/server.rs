@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) config_error: Mutex<Option<(SystemTime, String)>>,
     /// One reload at a time: they read and replace `live`.
     pub(crate) reloading: tokio::sync::Mutex<()>,
+    /// The address the listener is bound to (`server.listen` may say port 0).
+    pub(crate) bound: SocketAddr,
     /// Open connections, in total and per address.
     admission: Arc<Admission>,
     shutdown: CancellationToken,
@@ -171,6 +173,7 @@ impl Server {
         };
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+        let bound = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
         let shared = Arc::new(Shared {
             live: ArcSwap::from_pointee(Live { config, router, slots, verifier, loaded_at: SystemTime::now() }),
             services,
@@ -179,6 +182,7 @@ impl Server {
             runtime,
             config_error: Mutex::new(None),
             reloading: tokio::sync::Mutex::new(()),
+            bound,
             admission: Arc::new(Admission::default()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

@@ -186,3 +186,13 @@ async fn the_documents_do_not_tell_where_broker_toml_lives() {
         assert!(body.contains("broker.toml"), "{path} no longer names its configuration file");
     }
 }
+
+/// `servers` names the address the broker is serving on, not the `127.0.0.1:0` it was asked for.
+#[tokio::test]
+async fn the_server_is_the_address_bound() {
+    let broker = Broker::start();
+    let (status, body) = broker.http("GET", "/asyncapi.json", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let document: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(document["servers"]["broker"]["host"], broker.addr.to_string(), "{}", document["servers"]);
+}

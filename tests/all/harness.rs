@@ -443,16 +443,12 @@ pub fn run_cli(args: &[&str], toml: &str) -> (bool, String, String) {
 
 /// Polls `check` until it holds, failing the test after the wait: for what the broker does in the
 /// background (reloads, clean-up), where there is no event to wait on.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "not within {WAIT:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    within(WAIT, what, check).await;
 }
 
 /// Waits until `check` holds, failing the test if it does not within `limit`: for promises with a
@@ -465,7 +461,7 @@ where
     let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

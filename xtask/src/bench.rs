@@ -554,23 +554,25 @@ fn hostile(bench: &Bench) -> Result<Report> {
     let echo = |route: &str, action: &str| bench.loadgen(&args(&["echo", &broker.url(route), "10", "3", "1", action]));
     let other = ("/ws/system", "user_message");
     let same = ("/ws/hostile", "params");
-    // (row, bystanders, attacked route, action, attacking clients). The last rows attack the
-    // bystanders' own plugin: a message too large for it (refused with 1009 before any call), and
-    // three clients making it trap (each connection closed after three crashes, and reopened).
+    // The last rows attack the bystanders' own plugin: a message too large for it (refused with
+    // 1009 before any call), and three clients making it trap (each connection closed after three
+    // crashes, and reopened).
     let big = format!("big:{}", 12 << 20);
-    let rows: [(&str, (&str, &str), &str, &str, &str); 9] = [
-        ("none", other, "", "", ""),
-        ("spin", other, "/ws/hostile", "spin", "1"),
-        ("allocate", other, "/ws/hostile", "allocate", "1"),
-        ("recurse", other, "/ws/hostile", "recurse", "1"),
-        ("panic", other, "/ws/hostile", "panic", "1"),
-        ("flood", other, "/ws/hostile", "flood", "1"),
-        ("12 MiB echo x3, same plugin", other, "/ws/system", &big, "3"),
-        ("none, test plugin", same, "", "", ""),
-        ("panic x3, same plugin", same, "/ws/hostile", "panic", "3"),
+    // Bystanders (route, action), attacked route, action, attacking clients.
+    type Row<'a> = ((&'a str, &'a str), &'a str, &'a str, &'a str);
+    let rows: [(&str, Row); 9] = [
+        ("none", (other, "", "", "")),
+        ("spin", (other, "/ws/hostile", "spin", "1")),
+        ("allocate", (other, "/ws/hostile", "allocate", "1")),
+        ("recurse", (other, "/ws/hostile", "recurse", "1")),
+        ("panic", (other, "/ws/hostile", "panic", "1")),
+        ("flood", (other, "/ws/hostile", "flood", "1")),
+        ("12 MiB echo x3, same plugin", (other, "/ws/system", &big, "3")),
+        ("none, test plugin", (same, "", "", "")),
+        ("panic x3, same plugin", (same, "/ws/hostile", "panic", "3")),
     ];
     let mut normal_p99 = std::collections::HashMap::new();
-    for (row, (by_route, by_action), route, action, clients) in rows {
+    for (row, ((by_route, by_action), route, action, clients)) in rows {
         let mut runs = Vec::new();
         let mut attacks = Vec::new();
         for _ in 0..bench.runs {

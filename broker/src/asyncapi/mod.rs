@@ -22,8 +22,9 @@ use crate::plugin::host::broker::plugin::types::ActionSpec;
 /// The plugins a document is built from, by name in broker.toml.
 pub type Plugins = BTreeMap<String, Arc<LoadedPlugin>>;
 
-/// The AsyncAPI 3.0 document of `config` served by `plugins`.
-pub fn document(config: &Config, plugins: &Plugins) -> Value {
+/// The AsyncAPI 3.0 document of `config` served by `plugins` on `listen` (the address bound, which
+/// `server.listen` does not name when it asks for port 0).
+pub fn document(config: &Config, plugins: &Plugins, listen: std::net::SocketAddr) -> Value {
     let mut doc = Builder::default();
     for spec in builtin_schemas() {
         doc.schemas.insert(spec.0.to_owned(), spec.1);
@@ -37,7 +38,6 @@ pub fn document(config: &Config, plugins: &Plugins) -> Value {
     if config.routes.iter().any(|route| route.auth != AuthMode::None) {
         components["securitySchemes"] = security_schemes(config);
     }
-    let listen = config.server.listen;
     let plugin_list: Vec<String> =
         plugins.iter().map(|(name, p)| format!("`{name}` {}", p.manifest().version)).collect();
     json!({

@@ -154,7 +154,12 @@ async fn echo(
     warmup: Duration,
     action: &str,
 ) -> Result<serde_json::Value> {
-    let clients = connect_all(url, connections, welcomed).await?;
+    // The echo route greets each connection; another plugin's route is ready once it answers a ping.
+    let clients = if action == "user_message" {
+        connect_all(url, connections, welcomed).await?
+    } else {
+        connect_all(url, connections, pinged).await?
+    };
     let frame = if action == "ping" {
         r#"{"action":"ping"}"#.to_owned()
     } else {
@@ -221,12 +226,13 @@ async fn attack(url: &str, action: &str, duration: Duration, clients: usize) -> 
                 while Instant::now() < end {
                     ws.send(Message::text(attack.as_str())).await?;
                     attacks += 1;
-                    if answered_with_error(&mut ws).await {
-                        if let Some(recover) = recover {
-                            ws.send(Message::text(recover)).await?;
-                            while !next_text(&mut ws).await?.contains(r#""action":"count""#) {}
-                        }
-                    } else {
+                    let mut open = answered(&mut ws, r#""action":"error""#).await;
+                    if let (true, Some(recover)) = (open, recover) {
+                        ws.send(Message::text(recover)).await?;
+                        open = answered(&mut ws, r#""action":"count""#).await;
+                    }
+                    // Closed for its crashes: a new connection goes on.
+                    if !open {
                         closed += 1;
                         ws = connect(&url, client).await?;
                     }
@@ -244,11 +250,11 @@ async fn attack(url: &str, action: &str, duration: Duration, clients: usize) -> 
     Ok(json!({"action": action, "attacks": attacks, "closed": closed}))
 }
 
-/// Reads until an error frame (true) or the end of the connection (false).
-async fn answered_with_error(ws: &mut Ws) -> bool {
+/// Reads until a frame containing `marker` (true) or the end of the connection (false).
+async fn answered(ws: &mut Ws, marker: &str) -> bool {
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(text))) if text.contains(r#""action":"error""#) => return true,
+            Some(Ok(Message::Text(text))) if text.contains(marker) => return true,
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return false,
             Some(Ok(_)) => continue,
         }
