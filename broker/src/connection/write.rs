@@ -1,0 +1,148 @@
+//! The write half of a connection: the write loop draining the outbound queue under its deadlines,
+//! and the lingering close that follows our close frame.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::metrics::ConnectionMetrics;
+use crate::outbound::{self, CloseReason, Outbound, Queue, SLOW_CONSUMER};
+
+/// The write loop's deadlines.
+pub(super) struct WriteDeadlines {
+    /// One write (a frame, a batch, a ping).
+    pub(super) write: Duration,
+    /// Our close frame, including what was still unwritten ahead of it.
+    pub(super) close: Duration,
+    pub(super) slow_closes: prometheus_client::metrics::counter::Counter,
+}
+
+/// Writes queued frames until a close frame is written or the queue ends. Gives the sink back when
+/// our close frame went out, so the connection can linger; `None` when the socket is to be dropped.
+///
+/// A client that stops reading fills TCP and then stalls the write in progress: every write runs
+/// under a deadline and is abandoned when the connection is closed meanwhile, so neither a full
+/// socket nor a long queue can keep a closed connection's socket open.
+pub(super) async fn write_loop<S>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut queue: Queue,
+    control: Arc<outbound::Control>,
+    metrics: Arc<ConnectionMetrics>,
+    deadlines: WriteDeadlines,
+) -> Option<futures_util::stream::SplitSink<WebSocketStream<S>, Message>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let closed = control.closed();
+    tokio::pin!(closed);
+    let reason = loop {
+        let item = tokio::select! {
+            biased;
+            reason = &mut closed => break reason,
+            item = queue.recv() => match item {
+                Some(item) => item,
+                None => {
+                    let _ = tokio::time::timeout(deadlines.close, sink.close()).await;
+                    return None;
+                }
+            },
+        };
+        let (message, _permit) = match item {
+            Outbound::Close(reason) => {
+                control.close_now(reason.clone());
+                break reason;
+            }
+            // The permit (the frame's share of the byte bound) is released once the frame is written.
+            Outbound::Frame(text, permit) => {
+                metrics.frame_out(text.as_str());
+                (Message::Text(text), Some(permit))
+            }
+            Outbound::Ping => (Message::Ping(Default::default()), None),
+        };
+        // Batch: flush only when nothing else is waiting.
+        let flush = queue.is_empty() || !matches!(message, Message::Text(_));
+        let write = async { if flush { sink.send(message).await } else { sink.feed(message).await } };
+        let written = tokio::select! {
+            biased;
+            // What was left unwritten stays in tungstenite's buffer, ahead of the close frame.
+            reason = &mut closed => break reason,
+            written = tokio::time::timeout(deadlines.write, write) => written,
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                let waited = deadlines.write.as_millis() as u64;
+                let reason = CloseReason::new(SLOW_CONSUMER, format!("slow consumer: a write waited {waited} ms"));
+                if control.close_now(reason) {
+                    tracing::warn!(waited_ms = waited, "closed a slow consumer: its socket took no data");
+                    deadlines.slow_closes.inc();
+                }
+                // The socket takes nothing: a close frame would only wait behind the stalled write.
+                return None;
+            }
+        }
+    };
+    let frame = Message::Close(Some(close_frame(&reason)));
+    match tokio::time::timeout(deadlines.close, sink.send(frame)).await {
+        Ok(Ok(())) => Some(sink),
+        _ => None,
+    }
+}
+
+/// After our close frame: shut our side down and wait, for a bounded time, for the client's close
+/// frame; a client that sends something else (the rest of a frame over the size limit, bytes
+/// after a protocol error) has it read and dropped, up to a bounded amount. Closing with unread
+/// bytes in the receive buffer makes the kernel send a reset, which a client still writing sees
+/// instead of the close frame waiting for it.
+pub(super) async fn linger<S>(ws: &mut WebSocketStream<S>, within: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// Past this much, a client still sending is not worth waiting for.
+    const LINGER_BYTES: usize = 64 << 20;
+    /// A client that sent nothing for this long has nothing more coming.
+    const LINGER_PAUSE: Duration = Duration::from_millis(500);
+    let _ = tokio::time::timeout(within, async {
+        let _ = ws.get_mut().shutdown().await;
+        // A client that answers with its close frame has completed the handshake.
+        loop {
+            match ws.next().await {
+                Some(Ok(message)) if message.is_close() => return,
+                Some(Ok(_)) => continue,
+                // The socket ended (then the read below ends at once), or what follows is no
+                // longer frames (tungstenite stops reading after an error).
+                Some(Err(_)) | None => break,
+            }
+        }
+        // Read what is left as bytes until the client stops, or pauses (nginx's lingering_timeout).
+        let io = ws.get_mut();
+        let mut buffer = vec![0; 16 << 10];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match tokio::time::timeout(LINGER_PAUSE, io.read(&mut buffer)).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => read += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// A close frame the protocol allows: a valid code and a reason of at most 123 bytes.
+fn close_frame(reason: &CloseReason) -> CloseFrame {
+    let code = CloseCode::from(reason.code);
+    let code = if code.is_allowed() { code } else { CloseCode::Error };
+    let mut end = reason.reason.len().min(123);
+    while !reason.reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame { code, reason: Utf8Bytes::from(&reason.reason[..end]) }
+}
