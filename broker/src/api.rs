@@ -323,6 +323,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_path_the_router_reserves_is_answered_here() {
+        for path in crate::router::RESERVED_PATHS {
+            assert!(Endpoint::parse(path).is_some(), "{path} is reserved but not an endpoint");
+        }
+        assert_eq!(Endpoint::parse("/ws/system"), None);
+    }
+
+    #[test]
     fn endpoints_by_path() {
         assert_eq!(Endpoint::parse("/metrics"), Some(Endpoint::Metrics));
         assert_eq!(Endpoint::parse("/api/publish"), Some(Endpoint::Publish));

@@ -57,6 +57,39 @@ impl Route {
     }
 }
 
+/// Paths the broker answers itself before any route is looked up (the demo page, health, metrics,
+/// the AsyncAPI documents, and everything under `/api/`): a route matching one would be shadowed,
+/// so it is refused. `api::Endpoint::parse` answers each of them (its tests check it).
+pub const RESERVED_PATHS: &[&str] = &[
+    "/",
+    "/index.html",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/asyncapi",
+    "/asyncapi.html",
+    "/asyncapi.json",
+    "/asyncapi.yaml",
+    "/asyncapi.yml",
+    "/api/publish",
+    "/api/plugins",
+    "/api/groups/g/members",
+    "/api/x",
+];
+
+/// The broker's own path `pattern` (trailing slash trimmed) would match, if any.
+fn shadowed_by(pattern: &str) -> Option<&'static str> {
+    if pattern.starts_with("/api/") {
+        return Some("/api/...");
+    }
+    let mut alone = matchit::Router::new();
+    alone.insert(pattern, ()).ok()?;
+    RESERVED_PATHS.iter().copied().find(|path| alone.at(path).is_ok()).map(|path| match path {
+        p if p.starts_with("/api/") => "/api/...",
+        p => p,
+    })
+}
+
 /// Path patterns (`/ws/chat/{room}`) to routes.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
@@ -74,6 +107,16 @@ impl Router {
         let pattern = &route.path;
         if !pattern.starts_with('/') {
             return Err(("path".into(), format!("{pattern:?} must start with '/'")));
+        }
+        if let Some(own) = shadowed_by(trim_slash(pattern)) {
+            return Err((
+                "path".into(),
+                format!(
+                    "{pattern:?} would be shadowed by the broker's own {own}: the broker answers {} and \
+                     everything under /api/ itself; choose another path",
+                    RESERVED_PATHS.iter().filter(|p| !p.starts_with("/api/")).copied().collect::<Vec<_>>().join(", ")
+                ),
+            ));
         }
         let mut rules = Vec::new();
         for (name, rule) in &route.params {
@@ -160,6 +203,26 @@ mod tests {
         assert_eq!(chat.route.pattern, "/ws/chat/{room}");
         assert_eq!(router.lookup("/ws/other").unwrap_err(), Miss::NotFound);
         assert_eq!(router.lookup("/ws/chat/a/b").unwrap_err(), Miss::NotFound);
+    }
+
+    #[test]
+    fn refuses_routes_the_brokers_own_paths_would_shadow() {
+        for (path, own) in [
+            ("/metrics", "/metrics"),
+            ("/healthz/", "/healthz"),
+            ("/", "/"),
+            ("/{page}", "/index.html"),
+            ("/api/chat", "/api/..."),
+            ("/api/{x}", "/api/..."),
+            ("/{*rest}", "/"),
+        ] {
+            let error = Router::builder().insert(&route(path, "p")).unwrap_err();
+            assert_eq!(error.0, "path", "{path}");
+            assert!(error.1.contains(&format!("shadowed by the broker's own {own}")), "{path}: {}", error.1);
+        }
+        for path in ["/api", "/ws/metrics", "/metrics/{x}", "/asyncapi/{doc}", "/ws/{*rest}"] {
+            Router::builder().insert(&route(path, "p")).unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        }
     }
 
     #[test]

@@ -53,6 +53,14 @@ fn a_bad_broker_toml_is_refused_with_the_key_named() {
 
     let (ok, stderr) = check_config(&default_config("[plugins.echo.oops]\n"));
     assert!(!ok, "{stderr}");
+
+    // A route the broker's own endpoints would shadow is refused, not silently unreachable.
+    for path in ["/metrics", "/api/chat", "/{page}"] {
+        let (ok, stderr) =
+            check_config(&default_config(&format!("[[routes]]\npath = \"{path}\"\nplugin = \"echo\"\n")));
+        assert!(!ok, "{path}");
+        assert!(stderr.contains(&format!("routes[{ROUTES}].path")) && stderr.contains("shadowed"), "{stderr}");
+    }
 }
 
 #[test]
