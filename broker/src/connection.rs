@@ -18,6 +18,9 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use self::write::{WriteDeadlines, linger, write_loop};
+use crate::close_code::{
+    GOING_AWAY, INTERNAL_ERROR, INVALID_PAYLOAD, MESSAGE_TOO_BIG, POLICY_VIOLATION, PROTOCOL_ERROR,
+};
 use crate::limits::{MessageRate, Verdict};
 use crate::metrics::ConnectionMetrics;
 use crate::outbound::{self, Bounds, CloseReason, Delivery, Handle};
@@ -26,19 +29,6 @@ use crate::plugin::{CallError, Slot};
 use crate::protocol::{self, PING, Problem, Request};
 use crate::registry::{ConnectionId, Registry};
 use crate::router::Route;
-
-/// Close code when the server goes away (shutdown).
-pub const GOING_AWAY: u16 = 1001;
-/// Close code for a frame that breaks the WebSocket protocol.
-pub const PROTOCOL_ERROR: u16 = 1002;
-/// Close code for a text frame that is not UTF-8.
-pub const INVALID_PAYLOAD: u16 = 1007;
-/// Close code for a client that broke a policy (kept sending over its rate limit).
-pub const POLICY_VIOLATION: u16 = 1008;
-/// Close code for a message over `max_message_bytes`.
-pub const MESSAGE_TOO_BIG: u16 = 1009;
-/// Close code when a plugin failed while accepting the connection.
-pub const INTERNAL_ERROR: u16 = 1011;
 
 /// What a connection needs from the broker.
 pub struct Setup {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod asyncapi;
 pub mod auth;
 pub mod cli;
+pub mod close_code;
 pub mod cluster;
 pub mod codegen;
 pub mod config;

@@ -13,8 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Close code for a client that does not read its frames fast enough.
-pub const SLOW_CONSUMER: u16 = 4008;
+use crate::close_code::{GOING_AWAY, SLOW_CONSUMER};
 
 /// What the write loop of a connection is asked to do.
 #[derive(Debug)]
@@ -254,8 +253,7 @@ impl Handle {
     pub fn sweep_idle(&self, now_ms: u64, ping_after: u64, close_after: u64) -> Idle {
         let quiet = now_ms.saturating_sub(self.control.last_seen_ms.load(Ordering::Relaxed));
         if quiet >= close_after {
-            let reason =
-                CloseReason::new(crate::connection::GOING_AWAY, format!("idle: nothing received for {quiet} ms"));
+            let reason = CloseReason::new(GOING_AWAY, format!("idle: nothing received for {quiet} ms"));
             return if self.control.close_now(reason) { Idle::Closed } else { Idle::Active };
         }
         let since_ping = now_ms.saturating_sub(self.control.last_ping_ms.load(Ordering::Relaxed));

@@ -23,8 +23,8 @@ commands:
   test [ARGS...]  run every test of the workspace (ARGS go to `cargo test`)
   lint            cargo fmt --check and cargo clippy -D warnings, host and wasm crates
   bench NAME|all [--runs N] [--write]
-                  benchmarks against the native baseline (echo, plugin-cost, fanout,
-                  connections, reload, hostile); --write regenerates BENCHMARKS.md
+                  benchmarks against the native baseline (SCENARIOS);
+                  --write regenerates BENCHMARKS.md
   fuzz [--seconds N] [TARGET...]
                   run the cargo-fuzz targets of broker/fuzz (envelope, config) for N
                   seconds each (default 60); installs nightly and cargo-fuzz if missing";
@@ -65,10 +65,10 @@ fn main() -> Result<()> {
         "bench" => bench::run(&root, &rest),
         "fuzz" => fuzz::run_targets(&root, &rest),
         "" | "help" | "--help" | "-h" => {
-            println!("{USAGE}");
+            println!("{}", USAGE.replace("SCENARIOS", &bench::scenario_names()));
             Ok(())
         }
-        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+        other => bail!("unknown command {other:?}\n\n{}", USAGE.replace("SCENARIOS", &bench::scenario_names())),
     }
 }
 

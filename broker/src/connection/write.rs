@@ -11,8 +11,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::close_code::SLOW_CONSUMER;
 use crate::metrics::ConnectionMetrics;
-use crate::outbound::{self, CloseReason, Outbound, Queue, SLOW_CONSUMER};
+use crate::outbound::{self, CloseReason, Outbound, Queue};
 
 /// The write loop's deadlines.
 pub(super) struct WriteDeadlines {
