@@ -190,8 +190,7 @@ impl Handle {
     }
 
     /// Queues a frame, waiting for room: for the connection's own replies, so a client that does
-    /// not read them stops being read instead of being buffered for.
-    /// Gives up when the connection is closed meanwhile: a reader blocked here must still see the
+    /// not read them stops being read instead of being buffered for. Gives up when the connection is closed meanwhile: a reader blocked here must still see the
     /// close (an idle or slow-consumer close of a client that stopped reading).
     pub async fn send(&self, frame: Utf8Bytes) -> Result<(), SendError> {
         if self.control.is_closing() {
@@ -234,8 +233,7 @@ impl Handle {
         }
     }
 
-    /// Like [`Handle::close`], waiting for room instead of skipping the queue.
-    /// Stops waiting when the connection closes meanwhile (a queue that never drains is closed by
+    /// Like [`Handle::close`], waiting for room instead of skipping the queue. Stops waiting when the connection closes meanwhile (a queue that never drains is closed by
     /// the write deadline).
     pub async fn close_after_queue(&self, reason: CloseReason) {
         let queued = tokio::select! {
