@@ -307,6 +307,7 @@ impl Connection {
             return self.reply(protocol::error_frame(&problems, reference)).await;
         }
         let answer = plugin.on_message(&self.ctx, self.peer, &action, payload.map(|p| p.get())).await;
+        let crashed = answer.as_ref().is_err_and(CallError::is_crash);
         let problems = match answer {
             Ok(Ok(None)) => return,
             Ok(Ok(Some(frame))) => match protocol::plugin_frame(frame, reference) {
@@ -346,22 +347,19 @@ impl Connection {
                 };
                 self.metrics.shared().plugin_error(self.slot.name(), counted);
                 tracing::warn!(connection = self.id, plugin = self.slot.name(), %action, %error, "call failed");
-                let problems = vec![Problem::at_action(kind, &action, error.public_message())];
-                if error.is_crash() {
-                    self.charge_crash(&plugin.config, &problems, reference).await;
-                    return;
-                }
-                problems
+                vec![Problem::at_action(kind, &action, error.public_message())]
             }
         };
         self.reply(protocol::error_frame(&problems, reference)).await;
+        if crashed {
+            self.charge_crash(&plugin.config).await;
+        }
     }
 
-    /// A call about this connection trapped or timed out: answered, and charged to the connection,
-    /// which is closed (1011) after `plugins.<name>.crashes_per_connection` of them. A client
-    /// that makes a plugin fail on purpose loses its connection, not everyone their plugin.
-    async fn charge_crash(&self, plugin: &crate::config::Plugin, problems: &[Problem], reference: Option<&str>) {
-        self.reply(protocol::error_frame(problems, reference)).await;
+    /// A call about this connection trapped or timed out (and was answered): charged to the
+    /// connection, which is closed (1011) after `plugins.<name>.crashes_per_connection` of them. A
+    /// client that makes a plugin fail on purpose loses its connection, not everyone their plugin.
+    async fn charge_crash(&self, plugin: &crate::config::Plugin) {
         let crashes = self.crashes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if plugin.crashes_per_connection > 0 && crashes >= plugin.crashes_per_connection {
             self.metrics.shared().limit_hit("plugins.crashes_per_connection");

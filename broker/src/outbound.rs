@@ -105,6 +105,14 @@ impl Control {
         self.close.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
+    /// Closes a client that does not take its frames (4008), counted in `closes` and logged once.
+    pub fn close_slow_consumer(&self, why: &str, closes: &Counter) {
+        if self.close_now(CloseReason::new(SLOW_CONSUMER, format!("slow consumer: {why}"))) {
+            tracing::warn!(why, "closed a slow consumer");
+            closes.inc();
+        }
+    }
+
     /// Whether `close_now` was called.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
@@ -265,10 +273,7 @@ impl Handle {
     }
 
     fn slow_consumer(&self, bound: &str) -> SendError {
-        if self.control.close_now(CloseReason::new(SLOW_CONSUMER, format!("slow consumer: {bound} queue full"))) {
-            tracing::warn!(bound, "closed a slow consumer: its outbound queue is full");
-            self.slow_closes.inc();
-        }
+        self.control.close_slow_consumer(&format!("{bound} queue full"), &self.slow_closes);
         SendError::Closed
     }
 }

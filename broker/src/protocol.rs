@@ -58,7 +58,7 @@ impl Problem {
 
     /// A problem located at `[action]`: how plugin failures are reported.
     pub fn at_action(kind: &str, action: &str, msg: impl Into<String>) -> Self {
-        Problem::new(kind, vec![quote(action).into()], msg)
+        Problem::new(kind, vec![action.into()], msg)
     }
 }
 

@@ -2,7 +2,7 @@
 //! the last of two equal keys silently; a plugin in another language may read the first, so the
 //! payload it sees would not be the payload the broker validated.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -19,13 +19,12 @@ pub enum Refused {
 
 /// Parses `text`, refusing a key given twice in any object.
 pub fn parse(text: &str) -> Result<Value, Refused> {
-    let path = RefCell::new(Vec::new());
+    let (path, duplicate) = (RefCell::new(Vec::new()), Cell::new(false));
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let parsed = Unique { path: &path, duplicate: &RefCell::new(false) };
-    let duplicate = parsed.duplicate;
-    match parsed.deserialize(&mut deserializer).and_then(|value| deserializer.end().map(|()| value)) {
+    let seed = Unique { path: &path, duplicate: &duplicate };
+    match seed.deserialize(&mut deserializer).and_then(|value| deserializer.end().map(|()| value)) {
         Ok(value) => Ok(value),
-        Err(_) if *duplicate.borrow() => Err(Refused::Duplicate { at: path.into_inner() }),
+        Err(_) if duplicate.get() => Err(Refused::Duplicate { at: path.into_inner() }),
         Err(error) => Err(Refused::Invalid(error)),
     }
 }
@@ -34,7 +33,7 @@ pub fn parse(text: &str) -> Result<Value, Refused> {
 #[derive(Clone, Copy)]
 struct Unique<'p> {
     path: &'p RefCell<Vec<Value>>,
-    duplicate: &'p RefCell<bool>,
+    duplicate: &'p Cell<bool>,
 }
 
 impl<'de> DeserializeSeed<'de> for Unique<'_> {
@@ -98,7 +97,7 @@ impl<'de> Visitor<'de> for Unique<'_> {
         while let Some(key) = map.next_key::<String>()? {
             self.path.borrow_mut().push(Value::String(key.clone()));
             if object.contains_key(&key) {
-                *self.duplicate.borrow_mut() = true;
+                self.duplicate.set(true);
                 return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
             }
             let value = map.next_value_seed(self)?;

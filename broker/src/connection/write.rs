@@ -11,7 +11,6 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::close_code::SLOW_CONSUMER;
 use crate::metrics::ConnectionMetrics;
 use crate::outbound::{self, CloseReason, Outbound, Queue};
 
@@ -79,12 +78,8 @@ where
             Ok(Ok(())) => {}
             Ok(Err(_)) => return None,
             Err(_) => {
-                let waited = deadlines.write.as_millis() as u64;
-                let reason = CloseReason::new(SLOW_CONSUMER, format!("slow consumer: a write waited {waited} ms"));
-                if control.close_now(reason) {
-                    tracing::warn!(waited_ms = waited, "closed a slow consumer: its socket took no data");
-                    deadlines.slow_closes.inc();
-                }
+                let why = format!("a write waited {} ms", deadlines.write.as_millis());
+                control.close_slow_consumer(&why, &deadlines.slow_closes);
                 // The socket takes nothing: a close frame would only wait behind the stalled write.
                 return None;
             }

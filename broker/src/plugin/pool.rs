@@ -86,7 +86,8 @@ struct Crashes {
     in_a_row: usize,
     /// The different client addresses among them, up to `CRASHES_BEFORE_BACKOFF`.
     callers: Vec<IpAddr>,
-    unstartable: bool,
+    /// One of them is the plugin's own: it could not start, or failed in a call for no client.
+    own: bool,
     backoff: Duration,
     until: Option<Instant>,
 }
@@ -103,9 +104,9 @@ impl Crashes {
                 *self = Crashes::default();
                 return;
             }
-            Outcome::Unstartable => self.unstartable = true,
+            Outcome::Unstartable => self.own = true,
             // A call for no client (an internal one) is the plugin's own.
-            Outcome::Crashed(None) => self.unstartable = true,
+            Outcome::Crashed(None) => self.own = true,
             Outcome::Crashed(Some(caller)) => {
                 if self.callers.len() < CRASHES_BEFORE_BACKOFF && !self.callers.contains(&caller) {
                     self.callers.push(caller);
@@ -114,7 +115,7 @@ impl Crashes {
         }
         self.in_a_row += 1;
         let many_clients = self.callers.len() >= CRASHES_BEFORE_BACKOFF;
-        if self.in_a_row >= CRASHES_BEFORE_BACKOFF && (self.unstartable || many_clients) {
+        if self.in_a_row >= CRASHES_BEFORE_BACKOFF && (self.own || many_clients) {
             self.backoff = if self.backoff.is_zero() { FIRST_BACKOFF } else { (self.backoff * 2).min(MAX_BACKOFF) };
             self.until = Some(now + self.backoff);
         }
