@@ -160,7 +160,10 @@ async fn a_plugin_that_keeps_crashing_is_backed_off_and_recovers_when_fixed() {
     // one client's.
     let mut clients = Vec::new();
     for n in 2..7 {
-        clients.push(broker.connect_from(&format!("127.0.0.{n}"), "/ws/versioned").await.unwrap());
+        let mut client = broker.connect_from(&format!("127.0.0.{n}"), "/ws/versioned").await.unwrap();
+        // Answered only once its `on-connect` is done: a success that must not land among the crashes.
+        client.assert_alive().await;
+        clients.push(client);
     }
     let mut client = broker.connect("/ws/versioned").await;
     client.assert_alive().await;
