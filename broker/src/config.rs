@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::router::Router;
+use crate::edge::router::Router;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -577,9 +577,9 @@ impl Config {
                 return Err(invalid(format!("plugins.{name}.namespace"), "must be non-empty and without ':'".into()));
             }
         }
-        let verifier = crate::auth::Verifier::from_config(&self.auth).map_err(|(key, why)| invalid(key, why))?;
+        let verifier = crate::edge::auth::Verifier::from_config(&self.auth).map_err(|(key, why)| invalid(key, why))?;
         if let Some(tls) = &self.server.tls {
-            crate::tls::acceptor(tls).map_err(|(key, why)| invalid(key, why))?;
+            crate::edge::tls::acceptor(tls).map_err(|(key, why)| invalid(key, why))?;
         }
         if verifier.is_none()
             && let Some(i) = self.routes.iter().position(|r| r.auth != AuthMode::None)

@@ -1,26 +1,13 @@
 //! A realtime WebSocket message broker whose handlers are sandboxed WebAssembly components.
 //!
-//! See ARCHITECTURE.md for the codemap and the way of one frame through these modules.
+//! The crate is seven layers, bottom to top; a module imports only from its own layer and the
+//! layers below it (`cargo xtask lint` checks this). See ARCHITECTURE.md for the codemap and the way
+//! of one frame through them.
 
-pub mod api;
-pub mod asyncapi;
-pub mod auth;
-pub mod cli;
-pub mod close_code;
-pub mod cluster;
-pub mod codegen;
+pub mod wire;
 pub mod config;
-pub mod connection;
-pub mod limits;
-pub mod metrics;
-pub mod outbound;
+pub mod hub;
 pub mod plugin;
-pub mod protocol;
-pub mod registry;
-pub mod reload;
-pub mod router;
-pub mod schema;
-pub mod server;
-pub mod state;
-pub mod tls;
-pub mod unique_keys;
+pub mod edge;
+pub mod documents;
+pub mod ops;

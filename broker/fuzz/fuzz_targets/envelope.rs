@@ -6,8 +6,8 @@
 
 use broker::plugin::host::PluginManifest;
 use broker::plugin::host::broker::plugin::types::ActionSpec;
-use broker::protocol::{self, PING};
-use broker::schema::Validators;
+use broker::wire::protocol::{self, PING};
+use broker::plugin::schema::Validators;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use std::sync::LazyLock;

@@ -8,9 +8,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::outbound_http::AllowList;
-use crate::protocol;
-use crate::registry::{CloseReason, ConnectionId, Delivery, GroupKey, JoinError, Registry};
-use crate::state::{Kv, StateError as HostStateError};
+use crate::wire::protocol;
+use crate::hub::registry::{CloseReason, ConnectionId, Delivery, GroupKey, JoinError, Registry};
+use crate::hub::state::{Kv, StateError as HostStateError};
 
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",
@@ -43,7 +43,7 @@ pub struct PluginEnv {
     pub settings: Arc<str>,
     pub registry: Arc<Registry>,
     pub kv: Arc<Kv>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::hub::metrics::Metrics>,
     /// The hosts it may reach over HTTP.
     pub allow_hosts: AllowList,
     /// The environment variables broker.toml passes to it (`env`), with their values.

@@ -6,6 +6,7 @@ pub mod host;
 mod outbound_http;
 mod pool;
 mod slot;
+pub mod schema;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::metrics::Metrics;
+use crate::hub::metrics::Metrics;
 
 /// The hosts one plugin may reach: `host` (any port), `host:port`, or `*` (anywhere).
 #[derive(Clone, Default)]

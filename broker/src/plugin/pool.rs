@@ -22,11 +22,11 @@ use super::host::{
 };
 use super::{CallError, PluginError, Runtime, TrapCause};
 use crate::config;
-use crate::metrics::Metrics;
-use crate::protocol::Problem;
-use crate::registry::{ConnectionId, Registry};
-use crate::schema::Validators;
-use crate::state::Kv;
+use crate::hub::metrics::Metrics;
+use crate::wire::protocol::Problem;
+use crate::hub::registry::{ConnectionId, Registry};
+use crate::plugin::schema::Validators;
+use crate::hub::state::Kv;
 use prometheus_client::metrics::histogram::Histogram;
 
 /// Idle instances kept per plugin; more are created under load and dropped after.

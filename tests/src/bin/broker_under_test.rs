@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    broker::cli::main()
+    broker::ops::cli::main()
 }

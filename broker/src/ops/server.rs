@@ -23,18 +23,18 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{self, Verifier};
-use crate::cluster::Link;
+use crate::edge::auth::{self, Verifier};
+use crate::hub::cluster::Link;
 use crate::config::{AuthMode, Backend, Config, ConfigError};
-use crate::connection::{self, Setup};
-use crate::limits::{Admission, MessageRate, Refused};
-use crate::metrics::Metrics;
-use crate::outbound::Bounds;
+use crate::edge::connection::{self, Setup};
+use crate::edge::limits::{Admission, MessageRate, Refused};
+use crate::hub::metrics::Metrics;
+use crate::hub::outbound::Bounds;
 use crate::plugin::{LoadedPlugin, PluginError, Runtime, Services, Slot};
-use crate::registry::{self, Registry};
-use crate::router::{Miss, Router};
-use crate::state::{self, Kv};
-use crate::{api, reload};
+use crate::hub::registry::{self, Registry};
+use crate::edge::router::{Miss, Router};
+use crate::hub::state::{self, Kv};
+use crate::ops::{api, reload};
 
 /// Bytes of queued frames written to a socket in one call (tungstenite's write buffer).
 const WRITE_BATCH_BYTES: usize = 4096;
@@ -49,7 +49,7 @@ pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot join the cluster at `cluster.redis_url`: {0}")]
-    Cluster(#[from] crate::cluster::ClusterError),
+    Cluster(#[from] crate::hub::cluster::ClusterError),
 }
 
 /// The configuration in force, with the route table and plugins built from it. Swapped whole on a
@@ -93,14 +93,14 @@ pub(crate) struct Shared {
 
 /// Loads every plugin of `config` as start-up would, without serving: each by name, or every
 /// problem found.
-pub async fn check_plugins(config: &Config) -> Result<crate::asyncapi::Plugins, Vec<String>> {
+pub async fn check_plugins(config: &Config) -> Result<crate::documents::asyncapi::Plugins, Vec<String>> {
     let runtime = Arc::new(Runtime::new(&config.engine).map_err(|e| vec![e.to_string()])?);
     let services = Services {
         registry: Arc::new(Registry::new(registry::Limits { max_groups_per_connection: 1, session_bytes: 1 }, None)),
         kv: Arc::new(Kv::new(state::Limits { value_bytes: 1, keys_per_namespace: 1 }, None)),
         metrics: Arc::new(Metrics::default()),
     };
-    let (mut loaded, mut problems) = (crate::asyncapi::Plugins::new(), Vec::new());
+    let (mut loaded, mut problems) = (crate::documents::asyncapi::Plugins::new(), Vec::new());
     for (name, plugin) in &config.plugins {
         match LoadedPlugin::load(&runtime, name, plugin, &services, 1).await {
             Ok(p) => {
@@ -164,7 +164,7 @@ impl Server {
         let router = config.router()?;
         let verifier = Live::verifier(&config)?;
         let tls = match &config.server.tls {
-            Some(tls) => Some(crate::tls::acceptor(tls).map_err(|(key, message)| ConfigError::Invalid {
+            Some(tls) => Some(crate::edge::tls::acceptor(tls).map_err(|(key, message)| ConfigError::Invalid {
                 path: config.source.clone(),
                 key,
                 message,

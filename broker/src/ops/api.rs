@@ -14,12 +14,12 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::plugin::rfc3339;
-use crate::protocol;
-use crate::registry::{Delivery, GroupKey};
-use crate::server::{Shared, text};
+use crate::wire::protocol;
+use crate::hub::registry::{Delivery, GroupKey};
+use crate::ops::server::{Shared, text};
 
 /// The demo page: embedded, so the broker serves it with no file and no network.
-const DEMO_PAGE: &str = include_str!("../web/index.html");
+const DEMO_PAGE: &str = include_str!("../../web/index.html");
 
 /// The sender stamped on frames published through the API.
 const API_SENDER: &str = "api";
@@ -278,11 +278,11 @@ fn plugins(shared: &Shared) -> Reply {
 fn asyncapi(shared: &Shared, format: DocFormat) -> Reply {
     let live = shared.live.load();
     let plugins = live.slots.iter().map(|(name, slot)| (name.clone(), slot.current())).collect();
-    let document = crate::asyncapi::document(&live.config, &plugins, shared.bound);
+    let document = crate::documents::asyncapi::document(&live.config, &plugins, shared.bound);
     let (body, content_type) = match format {
         DocFormat::Json => (document.to_string(), "application/json"),
-        DocFormat::Yaml => (crate::asyncapi::to_yaml(&document), "application/yaml"),
-        DocFormat::Html => (crate::asyncapi::html::render(&document), "text/html; charset=utf-8"),
+        DocFormat::Yaml => (crate::documents::asyncapi::to_yaml(&document), "application/yaml"),
+        DocFormat::Html => (crate::documents::asyncapi::html::render(&document), "text/html; charset=utf-8"),
     };
     let mut response = text(StatusCode::OK, body);
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn every_path_the_router_reserves_is_answered_here() {
-        for path in crate::router::RESERVED_PATHS {
+        for path in crate::edge::router::RESERVED_PATHS {
             assert!(Endpoint::parse(path).is_some(), "{path} is reserved but not an endpoint");
         }
         assert_eq!(Endpoint::parse("/ws/system"), None);

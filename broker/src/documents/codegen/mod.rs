@@ -17,7 +17,7 @@ pub enum Lang {
     Python,
 }
 
-/// The client module for `doc` (an AsyncAPI 3.0 document of [`crate::asyncapi::document`]).
+/// The client module for `doc` (an AsyncAPI 3.0 document of [`crate::documents::asyncapi::document`]).
 pub fn generate(doc: &Value, lang: Lang) -> String {
     let api = Api::read(doc);
     match lang {

@@ -27,9 +27,9 @@ use redis::{AsyncCommands, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config;
-use crate::metrics::Metrics;
-use crate::outbound::Delivery;
-use crate::registry::{ConnectionId, GroupKey, Registry};
+use crate::hub::metrics::Metrics;
+use crate::hub::outbound::Delivery;
+use crate::hub::registry::{ConnectionId, GroupKey, Registry};
 
 /// Connection ids carry their node's number above this bit.
 const NODE_SHIFT: u32 = 44;

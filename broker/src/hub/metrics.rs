@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::registry::Registry;
+use crate::hub::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -350,7 +350,7 @@ mod tests {
         for i in 0..MAX_OUT_ACTIONS + 10 {
             b.frame_out(&format!(r#"{{"action":"a{i}"}}"#));
         }
-        let registry = Registry::new(crate::registry::Limits { max_groups_per_connection: 1, session_bytes: 1 }, None);
+        let registry = Registry::new(crate::hub::registry::Limits { max_groups_per_connection: 1, session_bytes: 1 }, None);
         let text = metrics.render(&registry);
         assert!(text.contains(r#"broker_frames_out_total{route="/a",action="hello"} 3"#), "{text}");
         assert!(text.contains(r#"broker_frames_out_total{route="/b",action="(none)"} 1"#), "{text}");

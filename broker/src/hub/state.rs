@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use crate::cluster::{ClusterError, Link};
+use crate::hub::cluster::{ClusterError, Link};
 
 /// Why a state operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::server::Server;
+use crate::ops::server::Server;
 
 /// A realtime WebSocket message broker whose handlers are WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -64,7 +64,7 @@ struct ClientArgs {
     config: PathBuf,
     /// The client's language.
     #[arg(long, value_enum)]
-    lang: crate::codegen::Lang,
+    lang: crate::documents::codegen::Lang,
     /// Write the client to this file instead of stdout.
     #[arg(long, short)]
     out: Option<PathBuf>,
@@ -107,14 +107,14 @@ pub fn main() -> ExitCode {
                 args.config,
                 |doc| match args.format {
                     DocFormat::Json => serde_json::to_string_pretty(doc).unwrap_or_default() + "\n",
-                    DocFormat::Yaml => crate::asyncapi::to_yaml(doc),
+                    DocFormat::Yaml => crate::documents::asyncapi::to_yaml(doc),
                 },
                 None,
             ));
         }
         Some(Command::Client(args)) => {
             let lang = args.lang;
-            return block_on(print_document(args.config, move |doc| crate::codegen::generate(doc, lang), args.out));
+            return block_on(print_document(args.config, move |doc| crate::documents::codegen::generate(doc, lang), args.out));
         }
         None => ServeArgs { config: PathBuf::from("broker.toml"), listen: None },
     };
@@ -162,7 +162,7 @@ async fn check(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match crate::server::check_plugins(&config).await {
+    match crate::ops::server::check_plugins(&config).await {
         Ok(loaded) => {
             for (name, plugin) in loaded {
                 println!("plugin {name} {}: accepts {}", plugin.manifest().version, plugin.accepts().join(", "));
@@ -193,7 +193,7 @@ async fn print_document(
             return ExitCode::FAILURE;
         }
     };
-    let plugins = match crate::server::check_plugins(&config).await {
+    let plugins = match crate::ops::server::check_plugins(&config).await {
         Ok(plugins) => plugins,
         Err(problems) => {
             for problem in problems {
@@ -202,7 +202,7 @@ async fn print_document(
             return ExitCode::FAILURE;
         }
     };
-    let text = render(&crate::asyncapi::document(&config, &plugins, config.server.listen));
+    let text = render(&crate::documents::asyncapi::document(&config, &plugins, config.server.listen));
     match out {
         None => {
             print!("{text}");

@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::outbound::CloseReason;
+use crate::hub::outbound::CloseReason;
 use crate::plugin::{LoadedPlugin, PluginFile, Slot};
-use crate::server::{Live, Shared};
+use crate::ops::server::{Live, Shared};
 
 /// Writes closer together than this are one change: an editor or `cargo build` writing a file in
 /// several steps triggers one reload, of the finished file.
@@ -171,7 +171,7 @@ pub(crate) async fn reload_config(shared: &Shared) {
             warn_restart_only(&live.config, &next.config);
             shared.live.store(Arc::new(next));
             *shared.config_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            let reason = CloseReason::new(crate::close_code::GOING_AWAY, "route removed by a configuration reload");
+            let reason = CloseReason::new(crate::wire::close_code::GOING_AWAY, "route removed by a configuration reload");
             let closed = shared.registry.close_routes(&removed, &reason);
             tracing::info!(removed_routes = ?removed, closed_connections = closed, "configuration reloaded");
             shared.metrics.reloaded("config", true);

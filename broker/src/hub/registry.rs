@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
-use crate::cluster::{self, Link};
-pub use crate::outbound::{CloseReason, Delivery, Handle, SendError};
-use crate::state::{Session, StateError};
+use crate::hub::cluster::{self, Link};
+pub use crate::hub::outbound::{CloseReason, Delivery, Handle, SendError};
+use crate::hub::state::{Session, StateError};
 
 /// A connection's id, unique for the life of the process.
 pub type ConnectionId = u64;
@@ -168,11 +168,11 @@ impl Registry {
     /// Pings the quiet connections and closes the silent ones (see [`Handle::sweep_idle`]);
     /// returns how many were closed.
     pub fn sweep_idle(&self, ping_after_ms: u64, close_after_ms: u64) -> usize {
-        let now = crate::outbound::clock_ms();
+        let now = crate::hub::outbound::clock_ms();
         self.connections
             .iter()
             .filter(|entry| {
-                entry.handle.sweep_idle(now, ping_after_ms, close_after_ms) == crate::outbound::Idle::Closed
+                entry.handle.sweep_idle(now, ping_after_ms, close_after_ms) == crate::hub::outbound::Idle::Closed
             })
             .count()
     }
@@ -322,7 +322,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound;
+    use crate::hub::outbound;
 
     fn connect(registry: &Registry) -> (ConnectionId, outbound::Queue) {
         let bounds = outbound::Bounds { max_frames: 8, max_bytes: 1 << 20, slow_closes: Default::default() };

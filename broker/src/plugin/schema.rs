@@ -11,8 +11,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::plugin::host::PluginManifest;
-use crate::protocol::{self, Problem};
-use crate::unique_keys;
+use crate::wire::protocol::{self, Problem};
+use crate::wire::unique_keys;
 
 /// The compiled payload schemas of one plugin generation, by action.
 #[derive(Default)]

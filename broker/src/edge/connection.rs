@@ -18,17 +18,17 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use self::write::{WriteDeadlines, linger, write_loop};
-use crate::close_code::{
+use crate::wire::close_code::{
     GOING_AWAY, INTERNAL_ERROR, INVALID_PAYLOAD, MESSAGE_TOO_BIG, POLICY_VIOLATION, PROTOCOL_ERROR,
 };
-use crate::limits::{MessageRate, Verdict};
-use crate::metrics::ConnectionMetrics;
-use crate::outbound::{self, Bounds, CloseReason, Delivery, Handle};
+use crate::edge::limits::{MessageRate, Verdict};
+use crate::hub::metrics::ConnectionMetrics;
+use crate::hub::outbound::{self, Bounds, CloseReason, Delivery, Handle};
 use crate::plugin::host::{Context, HandlerError, LocItem};
 use crate::plugin::{CallError, Slot};
-use crate::protocol::{self, PING, Problem, Request};
-use crate::registry::{ConnectionId, Registry};
-use crate::router::Route;
+use crate::wire::protocol::{self, PING, Problem, Request};
+use crate::hub::registry::{ConnectionId, Registry};
+use crate::edge::router::Route;
 
 /// What a connection needs from the broker.
 pub struct Setup {
@@ -42,9 +42,9 @@ pub struct Setup {
     pub path: String,
     pub params: Vec<(String, String)>,
     /// Who the client authenticated as, when the route checks tokens and it presented one.
-    pub identity: Option<crate::auth::Identity>,
+    pub identity: Option<crate::edge::auth::Identity>,
     /// Its place under the connection limits, given back when it closes.
-    pub admitted: crate::limits::Admitted,
+    pub admitted: crate::edge::limits::Admitted,
     /// How many messages it may send.
     pub rate: MessageRate,
     pub bounds: Bounds,

@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::close_code::{GOING_AWAY, SLOW_CONSUMER};
+use crate::wire::close_code::{GOING_AWAY, SLOW_CONSUMER};
 
 /// What the write loop of a connection is asked to do.
 #[derive(Debug)]
@@ -307,6 +307,6 @@ impl Delivery {
         if !handle.metadata {
             return self.plain.clone();
         }
-        self.stamped.get_or_init(|| Utf8Bytes::from(crate::protocol::stamp(self.plain.as_str(), &self.sender))).clone()
+        self.stamped.get_or_init(|| Utf8Bytes::from(crate::wire::protocol::stamp(self.plain.as_str(), &self.sender))).clone()
     }
 }

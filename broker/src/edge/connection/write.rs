@@ -11,8 +11,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::metrics::ConnectionMetrics;
-use crate::outbound::{self, CloseReason, Outbound, Queue};
+use crate::hub::metrics::ConnectionMetrics;
+use crate::hub::outbound::{self, CloseReason, Outbound, Queue};
 
 /// The write loop's deadlines.
 pub(super) struct WriteDeadlines {
