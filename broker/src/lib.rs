@@ -4,10 +4,10 @@
 //! layers below it (`cargo xtask lint` checks this). See ARCHITECTURE.md for the codemap and the way
 //! of one frame through them.
 
-pub mod wire;
 pub mod config;
-pub mod hub;
-pub mod plugin;
-pub mod edge;
 pub mod documents;
+pub mod edge;
+pub mod hub;
 pub mod ops;
+pub mod plugin;
+pub mod wire;

@@ -79,3 +79,24 @@ fn a_key_that_does_not_fit_is_a_configuration_error() {
     let (ok, _, stderr) = crate::harness::run_cli(&["check"], &default_config(&tls));
     assert!(!ok && stderr.contains("server.tls.key"), "{stderr}");
 }
+
+/// A TLS handshake with `broker`, trusting only `cert`: whether it succeeds.
+async fn handshake_trusting(broker: &Broker, cert: CertificateDer<'static>) -> bool {
+    let tcp = TcpStream::connect(broker.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(WAIT, connector(cert).connect(name, tcp)).await.expect("TLS handshake in time").is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_reload_serves_renewed_certificate_files() {
+    let (broker, old) = start();
+    assert!(handshake_trusting(&broker, old.clone()).await);
+    let renewed = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+    broker.replace_file("key.pem", renewed.signing_key.serialize_pem().as_bytes());
+    broker.replace_file("cert.pem", renewed.cert.pem().as_bytes());
+    let toml = std::fs::read(broker.dir().join("broker.toml")).unwrap();
+    broker.replace_file("broker.toml", &toml);
+    let new = renewed.cert.der().clone();
+    crate::harness::eventually("the renewed certificate is served", || handshake_trusting(&broker, new.clone())).await;
+    assert!(!handshake_trusting(&broker, old).await, "the old certificate is still served");
+}

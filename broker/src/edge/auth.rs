@@ -128,7 +128,7 @@ pub fn presented(headers: &HeaderMap, query: Option<&str>) -> Presented {
     }
     let from_query = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| {
         let (name, value) = pair.split_once('=')?;
-        (name == "token" && !value.is_empty()).then(|| crate::ops::api::percent_decode(value)).flatten()
+        (name == "token" && !value.is_empty()).then(|| crate::wire::percent::percent_decode(value)).flatten()
     });
     if from_query.is_some() {
         return Presented { token: from_query, via_protocol: false };

@@ -18,17 +18,17 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use self::write::{WriteDeadlines, linger, write_loop};
+use crate::edge::limits::{MessageRate, Verdict};
+use crate::edge::router::Route;
+use crate::hub::metrics::ConnectionMetrics;
+use crate::hub::outbound::{self, Bounds, CloseReason, Delivery, Handle};
+use crate::hub::registry::{ConnectionId, Registry};
+use crate::plugin::host::{Context, HandlerError, LocItem};
+use crate::plugin::{CallError, Slot};
 use crate::wire::close_code::{
     GOING_AWAY, INTERNAL_ERROR, INVALID_PAYLOAD, MESSAGE_TOO_BIG, POLICY_VIOLATION, PROTOCOL_ERROR,
 };
-use crate::edge::limits::{MessageRate, Verdict};
-use crate::hub::metrics::ConnectionMetrics;
-use crate::hub::outbound::{self, Bounds, CloseReason, Delivery, Handle};
-use crate::plugin::host::{Context, HandlerError, LocItem};
-use crate::plugin::{CallError, Slot};
 use crate::wire::protocol::{self, PING, Problem, Request};
-use crate::hub::registry::{ConnectionId, Registry};
-use crate::edge::router::Route;
 
 /// What a connection needs from the broker.
 pub struct Setup {

@@ -4,6 +4,8 @@
 
 pub mod auth;
 pub mod connection;
+pub mod handshake;
 pub mod limits;
+pub mod live;
 pub mod router;
 pub mod tls;

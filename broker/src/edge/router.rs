@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 
-use crate::config;
+use crate::config::{self, Config, ConfigError};
 
 /// A route that matched a request path.
 #[derive(Debug, Clone)]
@@ -102,6 +102,20 @@ impl Router {
         Router::default()
     }
 
+    /// The route table of `config`: patterns must not collide with each other or with the broker's
+    /// own paths, and parameter rules must name a parameter and compile.
+    pub fn from_config(config: &Config) -> Result<Router, ConfigError> {
+        let mut table = Router::builder();
+        for (i, route) in config.routes.iter().enumerate() {
+            table.insert(route).map_err(|(key, message)| ConfigError::Invalid {
+                path: config.source.clone(),
+                key: format!("routes[{i}].{key}"),
+                message,
+            })?;
+        }
+        Ok(table)
+    }
+
     /// Adds a route; the error names the offending key (relative to the route) and why.
     pub fn insert(&mut self, route: &config::Route) -> Result<(), (String, String)> {
         let pattern = &route.path;
@@ -180,6 +194,31 @@ fn trim_slash(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The route table of a broker.toml, or its error's text.
+    fn table(text: &str) -> Result<Router, String> {
+        let config = Config::parse(text, std::path::Path::new("/etc/broker/broker.toml")).map_err(|e| e.to_string())?;
+        Router::from_config(&config).map_err(|e| e.to_string())
+    }
+
+    const ECHO: &str = "[plugins.echo]\npath = \"echo.wasm\"\n[[routes]]\npath = \"/ws/system\"\nplugin = \"echo\"\n";
+
+    #[test]
+    fn routes_must_be_unique() {
+        let error = table(&format!("{ECHO}[[routes]]\npath = \"/ws/system\"\nplugin = \"echo\"\n")).err().unwrap();
+        assert!(error.contains("`routes[1].path`"), "{error}");
+    }
+
+    #[test]
+    fn param_rules_must_name_a_parameter_and_compile() {
+        let route = "[[routes]]\npath = \"/ws/chat/{room}\"\nplugin = \"echo\"\n";
+        let ok = format!("{ECHO}{route}[routes.params.room]\npattern = \"[a-z0-9]+\"\nmax_length = 8\n");
+        table(&ok).unwrap();
+        let error = table(&format!("{ECHO}{route}[routes.params.rom]\nmax_length = 8\n")).err().unwrap();
+        assert!(error.contains("`routes[1].params.rom`"), "{error}");
+        let error = table(&format!("{ECHO}{route}[routes.params.room]\npattern = \"(\"\n")).err().unwrap();
+        assert!(error.contains("`routes[1].params.room.pattern`"), "{error}");
+    }
 
     fn route(path: &str, plugin: &str) -> config::Route {
         config::Route {

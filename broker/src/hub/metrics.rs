@@ -350,7 +350,8 @@ mod tests {
         for i in 0..MAX_OUT_ACTIONS + 10 {
             b.frame_out(&format!(r#"{{"action":"a{i}"}}"#));
         }
-        let registry = Registry::new(crate::hub::registry::Limits { max_groups_per_connection: 1, session_bytes: 1 }, None);
+        let registry =
+            Registry::new(crate::hub::registry::Limits { max_groups_per_connection: 1, session_bytes: 1 }, None);
         let text = metrics.render(&registry);
         assert!(text.contains(r#"broker_frames_out_total{route="/a",action="hello"} 3"#), "{text}");
         assert!(text.contains(r#"broker_frames_out_total{route="/b",action="(none)"} 1"#), "{text}");

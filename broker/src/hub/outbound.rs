@@ -307,6 +307,8 @@ impl Delivery {
         if !handle.metadata {
             return self.plain.clone();
         }
-        self.stamped.get_or_init(|| Utf8Bytes::from(crate::wire::protocol::stamp(self.plain.as_str(), &self.sender))).clone()
+        self.stamped
+            .get_or_init(|| Utf8Bytes::from(crate::wire::protocol::stamp(self.plain.as_str(), &self.sender)))
+            .clone()
     }
 }

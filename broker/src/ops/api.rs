@@ -13,10 +13,12 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::plugin::rfc3339;
-use crate::wire::protocol;
+use crate::edge::handshake::text;
+use crate::edge::live::Shared;
 use crate::hub::registry::{Delivery, GroupKey};
-use crate::ops::server::{Shared, text};
+use crate::plugin::rfc3339;
+use crate::wire::percent::percent_decode;
+use crate::wire::protocol;
 
 /// The demo page: embedded, so the broker serves it with no file and no network.
 const DEMO_PAGE: &str = include_str!("../../web/index.html");
@@ -277,8 +279,7 @@ fn plugins(shared: &Shared) -> Reply {
 /// every reload.
 fn asyncapi(shared: &Shared, format: DocFormat) -> Reply {
     let live = shared.live.load();
-    let plugins = live.slots.iter().map(|(name, slot)| (name.clone(), slot.current())).collect();
-    let document = crate::documents::asyncapi::document(&live.config, &plugins, shared.bound);
+    let document = crate::documents::asyncapi::document(&live.config, &live.generations(), shared.bound);
     let (body, content_type) = match format {
         DocFormat::Json => (document.to_string(), "application/json"),
         DocFormat::Yaml => (crate::documents::asyncapi::to_yaml(&document), "application/yaml"),
@@ -298,24 +299,6 @@ fn json_reply(status: StatusCode, body: serde_json::Value) -> Reply {
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
-}
-
-/// Decodes `%XX` escapes; `None` when they do not make UTF-8.
-pub(crate) fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::edge::live::Live;
+use crate::edge::router::Router;
 use crate::ops::server::Server;
 
 /// A realtime WebSocket message broker whose handlers are WebAssembly plugins.
@@ -114,7 +116,11 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Client(args)) => {
             let lang = args.lang;
-            return block_on(print_document(args.config, move |doc| crate::documents::codegen::generate(doc, lang), args.out));
+            return block_on(print_document(
+                args.config,
+                move |doc| crate::documents::codegen::generate(doc, lang),
+                args.out,
+            ));
         }
         None => ServeArgs { config: PathBuf::from("broker.toml"), listen: None },
     };
@@ -135,6 +141,7 @@ pub fn main() -> ExitCode {
 /// otherwise raises its mmap threshold after the first large free, and later large buffers stay
 /// in its heaps after they are freed: a burst of slow consumers would keep the broker's memory
 /// high for good.
+#[allow(unsafe_code)] // mallopt is a C function; why it is sound is said at the call.
 fn give_large_buffers_back() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator tunable; it is called before any other thread exists.
@@ -162,16 +169,16 @@ async fn check(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match crate::ops::server::check_plugins(&config).await {
-        Ok(loaded) => {
-            for (name, plugin) in loaded {
+    match Live::check(config).await {
+        Ok(live) => {
+            for (name, plugin) in live.generations() {
                 println!("plugin {name} {}: accepts {}", plugin.manifest().version, plugin.accepts().join(", "));
             }
-            println!("{}: ok ({} routes)", path.display(), config.routes.len());
+            println!("{}: ok ({} routes)", path.display(), live.config.routes.len());
             ExitCode::SUCCESS
         }
         Err(problems) => {
-            for problem in problems {
+            for problem in problems.0 {
                 eprintln!("error: {problem}");
             }
             ExitCode::FAILURE
@@ -193,16 +200,17 @@ async fn print_document(
             return ExitCode::FAILURE;
         }
     };
-    let plugins = match crate::ops::server::check_plugins(&config).await {
-        Ok(plugins) => plugins,
+    let live = match Live::check(config).await {
+        Ok(live) => live,
         Err(problems) => {
-            for problem in problems {
+            for problem in problems.0 {
                 eprintln!("error: {problem}");
             }
             return ExitCode::FAILURE;
         }
     };
-    let text = render(&crate::documents::asyncapi::document(&config, &plugins, config.server.listen));
+    let text =
+        render(&crate::documents::asyncapi::document(&live.config, &live.generations(), live.config.server.listen));
     match out {
         None => {
             print!("{text}");
@@ -220,7 +228,7 @@ async fn print_document(
 
 /// `broker routes`: the route table.
 fn routes(path: &std::path::Path) -> ExitCode {
-    let router = match Config::load(path).and_then(|config| config.router()) {
+    let router = match Config::load(path).and_then(|config| Router::from_config(&config)) {
         Ok(router) => router,
         Err(error) => {
             eprintln!("error: {error}");

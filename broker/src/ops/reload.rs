@@ -2,7 +2,7 @@
 //! new configuration) without dropping a connection, and a change that fails leaves the running
 //! version in place, logged, counted and shown by `/api/plugins`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::edge::live::{Live, Shared};
 use crate::hub::outbound::CloseReason;
-use crate::plugin::{LoadedPlugin, PluginFile, Slot};
-use crate::ops::server::{Live, Shared};
+use crate::plugin::{LoadedPlugin, PluginFile};
 
 /// Writes closer together than this are one change: an editor or `cargo build` writing a file in
 /// several steps triggers one reload, of the finished file.
@@ -171,7 +171,8 @@ pub(crate) async fn reload_config(shared: &Shared) {
             warn_restart_only(&live.config, &next.config);
             shared.live.store(Arc::new(next));
             *shared.config_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            let reason = CloseReason::new(crate::wire::close_code::GOING_AWAY, "route removed by a configuration reload");
+            let reason =
+                CloseReason::new(crate::wire::close_code::GOING_AWAY, "route removed by a configuration reload");
             let closed = shared.registry.close_routes(&removed, &reason);
             tracing::info!(removed_routes = ?removed, closed_connections = closed, "configuration reloaded");
             shared.metrics.reloaded("config", true);
@@ -184,43 +185,13 @@ pub(crate) async fn reload_config(shared: &Shared) {
     }
 }
 
-/// The next `Live`: unchanged plugins keep their slot; new and changed ones are loaded, and if any
-/// fails to load nothing is applied.
+/// The next `Live`, built from broker.toml as it is now (see [`Live::build`]).
 async fn prepare(shared: &Shared, live: &Live) -> Result<Live, String> {
     let mut config = Config::load(&live.config.source).map_err(|e| e.to_string())?;
     if let Some(addr) = live.config.listen_override {
         config.override_listen(addr);
     }
-    let router = config.router().map_err(|e| e.to_string())?;
-    let verifier = Live::verifier(&config).map_err(|e| e.to_string())?;
-    let mut slots = HashMap::new();
-    let mut swaps = Vec::new();
-    for (name, plugin) in &config.plugins {
-        match live.slots.get(name) {
-            Some(slot) if slot.current().config == *plugin => {
-                slots.insert(name.clone(), slot.clone());
-            }
-            Some(slot) => {
-                let next =
-                    LoadedPlugin::load(&shared.runtime, name, plugin, &shared.services, slot.current().generation + 1)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                swaps.push((slot.clone(), next));
-                slots.insert(name.clone(), slot.clone());
-            }
-            None => {
-                let first = LoadedPlugin::load(&shared.runtime, name, plugin, &shared.services, 1)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                slots.insert(name.clone(), Arc::new(Slot::new(name, first)));
-            }
-        }
-    }
-    // Everything loaded: only now touch what is running.
-    for (slot, next) in swaps {
-        slot.swap(next);
-    }
-    Ok(Live { config, router, slots, verifier, loaded_at: SystemTime::now() })
+    Live::build(config, Some(live), &shared.runtime, &shared.services).await.map_err(|e| e.to_string())
 }
 
 /// Routes of `old` that `new` no longer has, or has for another plugin: their connections close.
@@ -237,7 +208,6 @@ fn removed_routes(old: &Live, new: &Live) -> HashSet<String> {
 fn warn_restart_only(old: &Config, new: &Config) {
     let changed = [
         ("server.listen", old.server.listen != new.server.listen),
-        ("server.tls", old.server.tls != new.server.tls),
         ("engine", old.engine != new.engine),
         (
             "server.max_groups_per_connection",

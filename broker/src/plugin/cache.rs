@@ -36,7 +36,8 @@ pub struct Cache {
 #[derive(Clone)]
 struct Store {
     dir: PathBuf,
-    key: [u8; TAG_BYTES],
+    /// HMAC-SHA256 keyed with the cache's key, before any input: each tag starts from a clone.
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for Store {
@@ -69,8 +70,11 @@ impl Cache {
         if dir.as_os_str().is_empty() {
             return Cache { store: None };
         }
-        match key_path(dir).and_then(|path| load_or_create_key(&path)) {
-            Ok(key) => Cache { store: Some(Store { dir: dir.to_owned(), key }) },
+        let keyed = key_path(dir).and_then(|path| load_or_create_key(&path)).and_then(|key| {
+            <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|e| io::Error::other(format!("HMAC key: {e}")))
+        });
+        match keyed {
+            Ok(keyed) => Cache { store: Some(Store { dir: dir.to_owned(), keyed }) },
             Err(error) => {
                 tracing::warn!(dir = %dir.display(), %error, "the plugin cache is off: its key is unusable");
                 Cache { store: None }
@@ -85,6 +89,8 @@ impl Cache {
 
     /// The component of `bytes`, from the cache when it is there and authentic. CPU-heavy on a
     /// miss: call it off the async runtime's threads.
+    // Deserializing compiled code is unsafe in wasmtime; the entry's HMAC tag is what makes it sound.
+    #[allow(unsafe_code)]
     pub fn load(&self, engine: &Engine, bytes: &[u8], key: &str) -> Result<(Component, Source), String> {
         let Some(store) = &self.store else {
             return Component::new(engine, bytes).map(|c| (c, Source::Compiled)).map_err(|e| format!("{e:?}"));
@@ -117,7 +123,7 @@ impl Cache {
 
 impl Store {
     fn mac(&self, name: &str, artifact: &[u8]) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes a key of any length");
+        let mut mac = self.keyed.clone();
         for part in [TAG_CONTEXT, name.as_bytes(), b"\0", artifact] {
             mac.update(part);
         }
@@ -217,6 +223,7 @@ fn read_key(path: &Path) -> io::Result<[u8; TAG_BYTES]> {
 /// A file the broker trusts is its user's and nobody else's: another user who can write beside it
 /// could otherwise put a key they know there, or read ours.
 #[cfg(unix)]
+#[allow(unsafe_code)] // geteuid is a C function without preconditions.
 fn check_private(path: &Path, metadata: &std::fs::Metadata) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions and cannot fail.

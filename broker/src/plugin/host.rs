@@ -8,9 +8,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::outbound_http::AllowList;
-use crate::wire::protocol;
 use crate::hub::registry::{CloseReason, ConnectionId, Delivery, GroupKey, JoinError, Registry};
 use crate::hub::state::{Kv, StateError as HostStateError};
+use crate::wire::protocol;
 
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",

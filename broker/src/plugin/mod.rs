@@ -5,8 +5,8 @@ mod engine;
 pub mod host;
 mod outbound_http;
 mod pool;
-mod slot;
 pub mod schema;
+mod slot;
 
 use std::path::PathBuf;
 use std::time::Duration;

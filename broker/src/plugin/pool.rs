@@ -23,10 +23,10 @@ use super::host::{
 use super::{CallError, PluginError, Runtime, TrapCause};
 use crate::config;
 use crate::hub::metrics::Metrics;
-use crate::wire::protocol::Problem;
 use crate::hub::registry::{ConnectionId, Registry};
-use crate::plugin::schema::Validators;
 use crate::hub::state::Kv;
+use crate::plugin::schema::Validators;
+use crate::wire::protocol::Problem;
 use prometheus_client::metrics::histogram::Histogram;
 
 /// Idle instances kept per plugin; more are created under load and dropped after.

@@ -2,5 +2,6 @@
 //! It knows nothing of configuration, plugins or sockets.
 
 pub mod close_code;
+pub mod percent;
 pub mod protocol;
 pub mod unique_keys;
