@@ -1,6 +1,9 @@
 //! Builds the plugins the tests load (shipped and test-only) for wasm32-wasip2, so `cargo test`
 //! needs no manual step. The wasm build has its own target directory: the host build's is locked.
 
+// A build script's panic fails the build with its message, which is what it should do here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -26,6 +29,7 @@ fn main() {
         "plugin-sdk/js/package-lock.json",
         "plugins",
         "tests/plugins",
+        "tests/polyglot",
         "xtask/src/polyglot.rs",
         "Cargo.lock",
     ] {
@@ -63,8 +67,8 @@ fn main() {
     build_other_languages(&root);
 }
 
-/// The Python and JavaScript builds of the shipped plugins (`plugins/*-py`, `plugins/*-js`) into
-/// target/wasm/py and target/wasm/js. A language whose tool is missing is skipped with a warning,
+/// The Python and JavaScript builds of the shipped plugins (`plugins/*-py`, `plugins/*-js`) and
+/// the test-only ones (`tests/polyglot/*`) into target/wasm/py and target/wasm/js. A language whose tool is missing is skipped with a warning,
 /// and the tests that load its plugins say how to get it.
 fn build_other_languages(root: &Path) {
     println!("cargo:rerun-if-env-changed=COMPONENTIZE_PY");
@@ -82,7 +86,9 @@ fn build_other_languages(root: &Path) {
         }
         let out = out_dir(language);
         std::fs::create_dir_all(&out).expect("create the plugins' output folder");
-        for (name, folder) in language.plugins(root).expect("read plugins/") {
+        let mut folders = language.plugins(root).expect("read plugins/");
+        folders.extend(language.plugins_in(&root.join("tests/polyglot")).expect("read tests/polyglot/"));
+        for (name, folder) in folders {
             // This script reruns when any plugin or SDK changes; a component whose sources did not is kept.
             let to = out.join(format!("{name}.wasm"));
             if !polyglot::up_to_date(&to, &language.sources(root, &folder)) {

@@ -288,6 +288,41 @@ pub struct Plugin {
     /// 1011; 0: never. Default 3.
     #[serde(default = "Plugin::default_crashes_per_connection")]
     pub crashes_per_connection: u32,
+    /// `[plugins.<name>.history]`: the groups of the plugin's namespace keep their recent frames,
+    /// numbered, so a client that reconnects recovers what it missed. Default: no history.
+    #[serde(default)]
+    pub history: Option<History>,
+}
+
+/// `[plugins.<name>.history]`: how much of each group's stream is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct History {
+    /// Frames kept per group, the newest. Default 1000.
+    #[serde(default = "History::default_size")]
+    pub size: usize,
+    /// How long a frame is kept, in ms. Default 300,000 (5 minutes).
+    #[serde(default = "History::default_ttl_ms")]
+    pub ttl_ms: u64,
+    /// How long a group's epoch and last offset are kept after its last frame, in ms: a client
+    /// back within it, from a group that went quiet, recovers; later, the group has a new epoch.
+    /// Default 86,400,000 (a day).
+    #[serde(default = "History::default_meta_ttl_ms")]
+    pub meta_ttl_ms: u64,
+}
+
+impl History {
+    fn default_size() -> usize {
+        1000
+    }
+
+    fn default_ttl_ms() -> u64 {
+        300_000
+    }
+
+    fn default_meta_ttl_ms() -> u64 {
+        86_400_000
+    }
 }
 
 impl Plugin {
@@ -331,6 +366,10 @@ pub struct Route {
     pub path: String,
     /// The plugin that handles it, a key of `[plugins]`.
     pub plugin: String,
+    /// The route's name in the AsyncAPI document (its channel's id and `title`, which Chanx's
+    /// client generator makes a module of): an identifier. Default: from the path (`documents`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Add `message_id`, `timestamp` and `sender` to every frame delivered on this route. Default false,
     /// so Chanx clients see the frames they expect.
     #[serde(default)]
@@ -574,6 +613,24 @@ impl Config {
             if namespace.is_empty() || namespace.contains(':') {
                 return Err(invalid(format!("plugins.{name}.namespace"), "must be non-empty and without ':'".into()));
             }
+            if let Some(history) = &plugin.history {
+                let key = format!("plugins.{name}.history");
+                if history.size == 0 || history.ttl_ms == 0 {
+                    return Err(invalid(key, "`size` and `ttl_ms` must be greater than 0".into()));
+                }
+                if history.meta_ttl_ms < history.ttl_ms {
+                    return Err(invalid(format!("{key}.meta_ttl_ms"), "must be at least `ttl_ms`".into()));
+                }
+            }
+            // Groups are the namespace's: its plugins must agree on their history.
+            if let Some((other, _)) = self.plugins.iter().find(|(other, p)| {
+                other.as_str() < name.as_str() && p.namespace(other) == namespace && p.history != plugin.history
+            }) {
+                return Err(invalid(
+                    format!("plugins.{name}.history"),
+                    format!("differs from that of plugins.{other}, which shares the namespace {namespace:?}"),
+                ));
+            }
         }
         let has_key = self.auth.hs256_secret_env.is_some()
             || self.auth.hs256_secret.as_deref().is_some_and(|s| !s.is_empty())
@@ -585,6 +642,17 @@ impl Config {
                     format!("routes[{i}].plugin"),
                     format!("no plugin named {:?} (plugins: {})", route.plugin, known.join(", ")),
                 ));
+            }
+            if let Some(name) = &route.name {
+                let identifier = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !identifier {
+                    let why = "must be an identifier (ASCII letters, digits and `_`, not starting with a digit)";
+                    return Err(invalid(format!("routes[{i}].name"), why.into()));
+                }
+                if let Some(j) = self.routes[..i].iter().position(|other| other.name.as_ref() == Some(name)) {
+                    return Err(invalid(format!("routes[{i}].name"), format!("{name:?} is routes[{j}]'s name too")));
+                }
             }
             if route.auth != AuthMode::None && !has_key {
                 return Err(invalid(
@@ -634,6 +702,18 @@ mod tests {
     }
 
     #[test]
+    fn route_names_are_unique_identifiers() {
+        let two = |a: &str, b: &str| {
+            format!("{ECHO}name = \"{a}\"\n[[routes]]\npath = \"/ws/b\"\nplugin = \"echo\"\nname = \"{b}\"\n")
+        };
+        assert!(parse(&two("system", "other")).is_ok());
+        let error = parse(&two("system", "system")).unwrap_err().to_string();
+        assert!(error.contains("`routes[1].name`: \"system\" is routes[0]'s name too"), "{error}");
+        let error = parse(&two("ws/system", "b")).unwrap_err().to_string();
+        assert!(error.contains("`routes[0].name`: must be an identifier"), "{error}");
+    }
+
+    #[test]
     fn routes_must_name_a_known_plugin() {
         let error = parse("[[routes]]\npath = \"/ws\"\nplugin = \"nope\"\n").unwrap_err().to_string();
         assert!(error.contains("`routes[0].plugin`: no plugin named \"nope\""), "{error}");
@@ -670,7 +750,7 @@ mod tests {
         let doc = include_str!("../../docs/configuration.md");
         // Every optional key set, so that each one serializes.
         let full = "[plugins.echo]\npath = \"echo.wasm\"\nnamespace = \"ns\"\nmax_memory_bytes = 1048576\n\
-                    [[routes]]\npath = \"/ws/{room}\"\nplugin = \"echo\"\n\
+                    [[routes]]\npath = \"/ws/{room}\"\nplugin = \"echo\"\nname = \"room\"\n\
                     auth = \"required\"\n\
                     [routes.params.room]\npattern = \"x\"\nmax_length = 1\n\
                     [api]\nkey = \"k\"\nkey_env = \"K\"\n\

@@ -22,6 +22,7 @@ export declare const t: {
   array(items: Schema, limits?: { minItems?: number; maxItems?: number; uniqueItems?: boolean }): Schema;
   enum(values: readonly unknown[]): Schema;
   literal(value: unknown): Schema;
+  record(values: Schema): Schema;
   optional(inner: Schema): Schema;
   object(fields: Record<string, Schema>, options?: { extra?: boolean }): Schema;
 };
@@ -42,9 +43,12 @@ export declare class Reject extends Error {
   readonly reason: string;
 }
 
+/** A connection's values: text as stored under `get`/`set`, JSON under `getJson`/`setJson`. */
 export interface Session {
   get(key: string): string | null;
   set(key: string, value: string): void;
+  getJson<T = unknown>(key: string): T | null;
+  setJson(key: string, value: unknown): void;
   delete(key: string): void;
 }
 
@@ -79,6 +83,8 @@ export interface HandleOptions {
 export declare class Plugin {
   constructor(info: { name: string; version: string; description?: string; tags?: string[] });
   sends(...messages: MessageType<any>[]): this;
+  /** Declares a kind of frame sent outside the `{"action", "payload"}` envelope; `frame` is its whole schema. */
+  sendsRaw(name: string, frame: Schema, summary?: string): this;
   onConnect(handler: (ctx: Context) => void): this;
   onDisconnect(handler: (ctx: Context) => void): this;
   handle<P = any>(action: string, options: HandleOptions, handler: (ctx: Context, payload: P) => Frame | void): this;
@@ -86,9 +92,12 @@ export declare class Plugin {
   exports(): { handler: unknown; describe: unknown };
 }
 
+/** The key-value store: text as stored under `get`/`set`, JSON under `getJson`/`setJson`. */
 export declare const kv: {
-  get(key: string): string | undefined;
+  get(key: string): string | null;
   set(key: string, value: string, ttlMs?: number): void;
+  getJson<T = unknown>(key: string): T | null;
+  setJson(key: string, value: unknown, ttlMs?: number): void;
   delete(key: string): boolean;
   compareAndSwap(key: string, expected: string | null, value: string | null, ttlMs?: number): boolean;
 };

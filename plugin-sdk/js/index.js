@@ -10,6 +10,11 @@
 // refuses bad input with the same error frames as a Rust or Python one.
 //
 // Handlers are synchronous: the WIT calls are, and a Promise returned by a handler is refused.
+//
+// The same words mean the same things as in the Rust and Python SDKs: `kv.get`/`kv.set` and
+// `ctx.session.get`/`set` take and give text as stored, `getJson`/`setJson` encode and decode JSON
+// over them; a failed host call throws `PluginError` with the words the other SDKs use; and an
+// ordinary exception in a handler answers `plugin_error`, as `?` does in Rust.
 
 import * as groups from 'broker:plugin/groups@0.1.3';
 import * as host from 'broker:plugin/host@0.1.3';
@@ -43,17 +48,53 @@ export class Reject extends Error {
   }
 }
 
-/** A host call that failed: the WIT error variant as a sentence (`closed`, or its text). */
-function hostCall(call) {
+/**
+ * A failed host call's WIT error variant as the sentence every SDK uses; `connection` is the
+ * target of a `send`.
+ */
+function hostError({ tag, val }, connection) {
+  switch (tag) {
+    case 'closed':
+      return connection === undefined ? 'the connection is closed' : `connection ${connection} is closed`;
+    case 'invalid-frame':
+      return `invalid frame: ${val}`;
+    case 'invalid-name':
+      return 'a group name is 1 to 256 bytes';
+    default:
+      return typeof val === 'string' ? val : tag;
+  }
+}
+
+/** Makes a host call, throwing what it refuses as a `PluginError`. */
+function hostCall(call, connection) {
   try {
     return call();
   } catch (error) {
-    if (error && Object.hasOwn(error, 'payload')) {
-      const { tag, val } = error.payload;
-      throw new PluginError(typeof val === 'string' ? `${tag}: ${val}` : tag);
-    }
+    if (error && Object.hasOwn(error, 'payload')) throw new PluginError(hostError(error.payload, connection));
     throw error;
   }
+}
+
+/** A stored value decoded from JSON, null when absent. */
+function decode(key, text) {
+  if (text === undefined || text === null) return null;
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new PluginError(`state ${JSON.stringify(key)} does not decode: ${error.message}`);
+  }
+}
+
+/** `{ type }` when the literal values share one JSON type, `{}` otherwise. */
+function valuesType(values) {
+  const kinds = new Set(
+    values.map((value) => {
+      if (value === null) return 'null';
+      if (typeof value === 'number') return Number.isInteger(value) ? 'integer' : 'number';
+      return typeof value;
+    }),
+  );
+  return kinds.size === 1 ? { type: [...kinds][0] } : {};
 }
 
 /**
@@ -66,10 +107,12 @@ export const t = {
   number: (limits = {}) => ({ type: 'number', ...limits }),
   boolean: () => ({ type: 'boolean' }),
   array: (items, limits = {}) => ({ type: 'array', items, ...limits }),
-  /** One of the given values. */
-  enum: (values) => ({ enum: [...values] }),
+  /** One of the given values (typed when they share a JSON type, as schemars writes a Rust enum). */
+  enum: (values) => ({ ...valuesType(values), enum: [...values] }),
   /** Exactly this value. */
-  literal: (value) => ({ const: value }),
+  literal: (value) => ({ ...valuesType([value]), const: value }),
+  /** An object whose every property is of type `values` (a Rust `HashMap<String, V>`, a Python `dict[str, V]`). */
+  record: (values) => ({ type: 'object', additionalProperties: values }),
   /** A field that may be absent or null. */
   optional: (inner) => {
     const nullable =
@@ -123,15 +166,26 @@ function spec(name, payload, summary, description) {
   };
 }
 
-/** The plugin's key-value store, kept by the host across calls, instances and reloads. */
+const ttl = (ttlMs) => (ttlMs === undefined || ttlMs === null ? undefined : BigInt(ttlMs));
+
+/**
+ * The plugin's key-value store, kept by the host across calls, instances and reloads, and shared
+ * by the plugins of its namespace whatever their language.
+ */
 export const kv = {
-  get: (key) => hostCall(() => hostKv.get(key)),
-  set: (key, value, ttlMs) => hostCall(() => hostKv.set(key, value, ttlMs === undefined ? undefined : BigInt(ttlMs))),
+  /** A value as stored: the text `set` was given (null when absent). */
+  get: (key) => hostCall(() => hostKv.get(key)) ?? null,
+  /** Stores `value` as it is, expiring after `ttlMs` milliseconds if given. */
+  set: (key, value, ttlMs) => hostCall(() => hostKv.set(key, value, ttl(ttlMs))),
+  /** A value decoded from JSON (null when absent). */
+  getJson: (key) => decode(key, kv.get(key)),
+  /** Stores a value as JSON text, expiring after `ttlMs` milliseconds if given. */
+  setJson: (key, value, ttlMs) => kv.set(key, dumps(value), ttlMs),
+  /** Deletes a key; true when it existed. */
   delete: (key) => hostCall(() => hostKv.delete(key)),
+  /** Sets `key` to `value` (null deletes it) only if its text is `expected` (null: absent). */
   compareAndSwap: (key, expected, value, ttlMs) =>
-    hostCall(() =>
-      hostKv.compareAndSwap(key, expected ?? undefined, value ?? undefined, ttlMs === undefined ? undefined : BigInt(ttlMs)),
-    ),
+    hostCall(() => hostKv.compareAndSwap(key, expected ?? undefined, value ?? undefined, ttl(ttlMs))),
 };
 
 /** Writes to the broker's log, tagged with the plugin's name. */
@@ -141,7 +195,7 @@ export const log = Object.fromEntries(
 
 /** Queues a frame for any connection (of any node of a cluster). */
 export function sendTo(connection, frame) {
-  hostCall(() => host.send(BigInt(connection), dumps(frame)));
+  hostCall(() => host.send(BigInt(connection), dumps(frame)), connection);
 }
 
 /** The members of a group of this plugin's namespace. */
@@ -197,11 +251,18 @@ export class Context {
   /** Values kept for this connection until it closes. */
   get session() {
     const connection = this.connection;
-    return {
+    const values = {
+      /** A value as stored: the text `set` was given (null when absent). */
       get: (key) => session.get(connection, key) ?? null,
+      /** Sets a value as it is; it is gone when the connection closes. */
       set: (key, value) => hostCall(() => session.set(connection, key, value)),
+      /** A value decoded from JSON (null when absent). */
+      getJson: (key) => decode(key, values.get(key)),
+      /** Sets a value as JSON text. */
+      setJson: (key, value) => values.set(key, dumps(value)),
       delete: (key) => session.delete(connection, key),
     };
+    return values;
   }
 
   /** The claims of the connection's token that broker.toml hands to plugins, or null. */
@@ -219,12 +280,23 @@ function failed(message) {
   return { payload: { tag: 'failed', val: message } };
 }
 
+/** The `plugin_error` message of an ordinary exception: `TypeError: ...`, as JavaScript prints it. */
+function failure(error) {
+  if (error instanceof Error) return String(error);
+  try {
+    return `uncaught ${typeof error === 'string' ? error : dumps(error)}`;
+  } catch {
+    return `uncaught ${String(error)}`;
+  }
+}
+
 /** A plugin: its name, the actions it accepts and the frames it sends. */
 export class Plugin {
   constructor({ name, version, description, tags = [] }) {
     Object.assign(this, { name, version, description, tags: [...tags] });
     this.routes = new Map();
     this.sent = [];
+    this.raw = [];
     this.connect = undefined;
     this.disconnect = undefined;
   }
@@ -232,6 +304,17 @@ export class Plugin {
   /** Declares message types the plugin sends besides its handlers' replies. */
   sends(...messages) {
     for (const message of messages) if (!this.sent.includes(message)) this.sent.push(message);
+    return this;
+  }
+
+  /**
+   * Declares a kind of frame sent as it is, outside the `{"action", "payload"}` envelope:
+   * `frame` (from `t`) is the schema of the whole frame, and `name` labels it in the AsyncAPI
+   * document.
+   */
+  sendsRaw(name, frame, summary) {
+    this.raw = this.raw.filter((raw) => raw.name !== name);
+    this.raw.push({ name, frame, summary });
     return this;
   }
 
@@ -279,25 +362,32 @@ export class Plugin {
         } catch (error) {
           if (error instanceof Reject) throw { payload: { code: error.code, reason: error.reason } };
           // As in the Rust SDK: a failure while accepting is an internal error (1011).
-          if (error instanceof PluginError) throw { payload: { code: 1011, reason: error.message } };
-          throw error;
+          const reason = error instanceof PluginError ? error.message : failure(error);
+          throw { payload: { code: 1011, reason } };
         }
       },
       onMessage(raw, action, payload) {
         const route = plugin.routes.get(action);
         if (!route) throw failed(`no handler for ${JSON.stringify(action)}`);
-        const value = shape(route.payload, payload === undefined ? null : JSON.parse(payload));
-        let reply;
         try {
-          reply = refuseAsync(route.handler(new Context(raw), value));
+          const value = shape(route.payload, payload === undefined ? null : JSON.parse(payload));
+          const reply = refuseAsync(route.handler(new Context(raw), value));
+          return reply === undefined || reply === null ? undefined : dumps(reply);
         } catch (error) {
           if (error instanceof PluginError) throw failed(error.message);
-          throw error;
+          // As `?` in Rust: an ordinary exception answers `plugin_error`, and the instance keeps
+          // serving. Only a real trap is a crash.
+          throw failed(failure(error));
         }
-        return reply === undefined || reply === null ? undefined : dumps(reply);
       },
       onDisconnect(raw) {
-        if (plugin.disconnect) refuseAsync(plugin.disconnect(new Context(raw)));
+        if (!plugin.disconnect) return;
+        try {
+          refuseAsync(plugin.disconnect(new Context(raw)));
+        } catch (error) {
+          // Nobody is left to answer: the log says what went wrong.
+          log.error(`onDisconnect failed: ${error instanceof PluginError ? error.message : failure(error)}`);
+        }
       },
     };
     const describe = {
@@ -305,7 +395,7 @@ export class Plugin {
         [...plugin.routes]
           .filter(([, route]) => route.replies.length)
           .map(([action, route]) => ({ action, replies: route.replies.map((m) => m.action) })),
-      rawFrames: () => [],
+      rawFrames: () => plugin.raw.map((raw) => spec(raw.name, raw.frame, raw.summary)),
     };
     return { handler, describe };
   }

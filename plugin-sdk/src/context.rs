@@ -81,17 +81,27 @@ impl Context {
         broadcast(group, frame, Some(self.connection()))
     }
 
+    /// A value of this connection's session as stored: the text `session_set` was given.
+    pub fn session_get(&self, key: &str) -> Option<String> {
+        session::get(self.connection(), key)
+    }
+
+    /// Sets a value of this connection's session as it is; it is gone when the connection closes.
+    pub fn session_set(&self, key: &str, value: &str) -> Result<()> {
+        session::set(self.connection(), key, value).map_err(crate::state::state_error)
+    }
+
     /// A value of this connection's session, decoded from JSON.
-    pub fn session_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        crate::state::decode(key, session::get(self.connection(), key))
+    pub fn session_get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        crate::state::decode(key, self.session_get(key))
     }
 
-    /// Sets a value of this connection's session, as JSON; it is gone when the connection closes.
-    pub fn session_set<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
-        let text = serde_json::to_string(value)?;
-        session::set(self.connection(), key, &text).map_err(crate::state::state_error)
+    /// Sets a value of this connection's session as JSON text.
+    pub fn session_set_json<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        self.session_set(key, &serde_json::to_string(value)?)
     }
 
+    /// Deletes a value of this connection's session.
     pub fn session_delete(&self, key: &str) {
         session::delete(self.connection(), key);
     }
@@ -110,17 +120,14 @@ impl Context {
 /// Sends a frame to any connection of this broker, or of any node of its cluster.
 pub fn send_to(connection: u64, frame: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string(frame)?;
-    host::send(connection, &text).map_err(|error| match error {
-        types::SendError::Closed => Error::msg(format!("connection {connection} is closed")),
-        types::SendError::InvalidFrame(why) => Error::msg(format!("invalid frame: {why}")),
-    })
+    host::send(connection, &text).map_err(|error| send_error(error, connection))
 }
 
 /// Sends a frame to every member of a group but `exclude`; returns how many it reached.
 pub fn broadcast(group: &str, frame: &impl Serialize, exclude: Option<u64>) -> Result<u32> {
     let text = serde_json::to_string(frame)?;
     groups::broadcast(group, &text, exclude).map_err(|error| match error {
-        types::SendError::Closed => Error::msg("closed"),
+        types::SendError::Closed => Error::msg("the connection is closed"),
         types::SendError::InvalidFrame(why) => Error::msg(format!("invalid frame: {why}")),
     })
 }
@@ -130,6 +137,15 @@ pub fn members(group: &str) -> Vec<u64> {
     groups::members(group)
 }
 
+/// The message of a failed send: the same words in every SDK.
+fn send_error(error: types::SendError, connection: u64) -> Error {
+    match error {
+        types::SendError::Closed => Error::msg(format!("connection {connection} is closed")),
+        types::SendError::InvalidFrame(why) => Error::msg(format!("invalid frame: {why}")),
+    }
+}
+
+/// The message of a failed group operation: the same words in every SDK.
 fn group_error(error: types::GroupError) -> Error {
     match error {
         types::GroupError::Closed => Error::msg("the connection is closed"),

@@ -8,7 +8,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// One step of an issue's location: an object key or a list index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Loc {
+    /// An object key.
     Key(String),
+    /// A list index.
     Index(u32),
 }
 

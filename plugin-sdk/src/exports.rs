@@ -12,6 +12,7 @@ use crate::plugin::Plugin;
 
 /// Supplies the plugin; implemented by `export_plugin!`.
 pub trait Builder {
+    /// The plugin; called once per instance.
     fn build() -> Plugin;
 }
 

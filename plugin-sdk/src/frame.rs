@@ -7,7 +7,9 @@ use crate::Message;
 /// An outgoing frame in the broker's envelope: an action and its payload.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Frame<T> {
+    /// The action name on the wire.
     pub action: String,
+    /// The payload, serialized as the frame's `payload`.
     pub payload: T,
 }
 

@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 /// A response: its status and whole body.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The HTTP status code.
     pub status: u16,
+    /// The whole body.
     pub body: Vec<u8>,
 }
 

@@ -17,7 +17,9 @@ type DisconnectHandler = Box<dyn Fn(&Context)>;
 /// Refuses a connection: the client gets a close frame with this code and reason.
 #[derive(Debug, Clone)]
 pub struct Reject {
+    /// The WebSocket close code.
     pub code: u16,
+    /// The close reason.
     pub reason: String,
 }
 

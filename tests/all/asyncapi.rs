@@ -56,31 +56,42 @@ async fn the_served_document_passes_the_official_parser_and_describes_every_rout
     }
     let (_, body) = broker.http("GET", "/asyncapi.json", None, "").await;
     let doc: Value = serde_json::from_str(&body).unwrap();
-    let chat = &doc["channels"]["ws_chat_room"];
+    // Channels are named as Chanx's client generator needs: identifiers, from the routes' names.
+    let chat = &doc["channels"]["chat"];
     assert_eq!(chat["address"], "/ws/chat/{room}");
+    assert_eq!(chat["title"], "chat");
+    assert_eq!(doc["channels"]["testbed_2"]["address"], "/ws/testbed/{room}");
+    // A channel's messages are references to titled components, as Chanx writes them.
+    assert_eq!(chat["messages"]["client.new_chat_message"]["$ref"], "#/components/messages/NewChatMessage");
+    let message = &doc["components"]["messages"]["NewChatMessage"];
+    assert_eq!(message["payload"]["$ref"], "#/components/schemas/NewChatMessage");
+    let frame = &doc["components"]["schemas"]["NewChatMessage"];
+    assert_eq!(frame["title"], "NewChatMessage");
+    assert_eq!(frame["properties"]["payload"]["$ref"], "#/components/schemas/NewChatMessagePayload");
     let room = chat["parameters"]["room"]["description"].as_str().unwrap();
     assert!(room.contains("^[A-Za-z0-9_-]+$") && room.contains("32"), "{room}");
     // The echo handler's typed reply is the operation's reply, beside the error frame.
-    let reply = &doc["operations"]["ws_system.receive.user_message"]["reply"]["messages"];
+    let reply = &doc["operations"]["system.receive.user_message"]["reply"]["messages"];
     assert_eq!(
         reply,
         &serde_json::json!([
-            {"$ref": "#/channels/ws_system/messages/server.system_echo"},
-            {"$ref": "#/channels/ws_system/messages/server.error"},
+            {"$ref": "#/channels/system/messages/server.system_echo"},
+            {"$ref": "#/channels/system/messages/server.error"},
         ])
     );
     assert_eq!(
-        doc["operations"]["ws_system.receive.ping"]["reply"]["messages"][0]["$ref"],
-        "#/channels/ws_system/messages/server.pong"
+        doc["operations"]["system.receive.ping"]["reply"]["messages"][0]["$ref"],
+        "#/channels/system/messages/server.pong"
     );
-    let user_message = &doc["components"]["schemas"]["echo.client.user_message"];
+    let user_message = &doc["components"]["schemas"]["UserMessagePayload"];
+    assert_eq!(user_message["title"], "UserMessagePayload");
     assert_eq!(user_message["required"], serde_json::json!(["message"]));
     assert_eq!(user_message["properties"]["message"]["type"], "string");
     // Frames on a metadata route carry the stamp.
-    let stamped = &doc["channels"]["ws_chat_meta_room"]["messages"]["server.new_chat_message"]["payload"];
+    let stamped = &doc["components"]["schemas"]["ChatMetaStampedNewChatMessage"];
     assert!(stamped["required"].as_array().unwrap().contains(&"message_id".into()), "{stamped}");
     // The 0.1.0 plugin has no schemas: its actions are documented as taking anything.
-    let legacy = &doc["channels"]["ws_legacy"]["messages"]["client.hello"]["payload"]["properties"]["payload"];
+    let legacy = &doc["components"]["schemas"]["HelloMessage"]["properties"]["payload"];
     assert!(legacy.get("$ref").is_none(), "{legacy}");
 
     let (status, page) = broker.http("GET", "/asyncapi", None, "").await;
@@ -103,7 +114,8 @@ fn broker_asyncapi_prints_the_document_of_the_repository_broker_toml() {
     let (_, json, _) = run_cli(&["asyncapi", "--format", "json"], &default_config(""));
     let doc: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(doc["asyncapi"], "3.0.0");
-    assert!(doc["components"]["schemas"]["testbed.client.strict"].is_object(), "{doc}");
+    assert!(doc["components"]["schemas"]["StrictMessage"].is_object(), "{doc}");
+    assert_eq!(doc["channels"]["testbed"]["messages"]["client.strict"]["$ref"], "#/components/messages/StrictMessage");
 }
 
 /// The TypeScript client of the repository's broker.toml compiles under `tsc --strict` (with lines
@@ -165,8 +177,8 @@ import typing
 import broker_client as b
 hints = typing.get_type_hints(b.WsChatRoomClientNewChatMessage)
 assert hints["action"] == typing.Literal["new_chat_message"], hints
-assert hints["payload"] is b.ChatClientNewChatMessage, hints
-assert typing.get_type_hints(b.ChatClientNewChatMessage) == {"message": str, "name": str}
+assert hints["payload"] is b.NewChatMessagePayload, hints
+assert typing.get_type_hints(b.NewChatMessagePayload) == {"message": str, "name": str}
 assert b.WsChatRoomServerError in typing.get_args(b.WsChatRoomServerFrame)
 assert b.ws_chat_room_path(room="a b") == "/ws/chat/a%20b"
 print("ok")

@@ -246,10 +246,16 @@ async fn the_document_of_a_configuration_with_auth_and_parameters_passes_the_par
     let doc: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     assert_eq!(doc["components"]["securitySchemes"]["token_query"]["in"], "query");
-    let private = &doc["operations"]["ws_private_room.receive.whoami"];
+    // Channels are keyed by route name (#20): find them by address.
+    let channel = |address: &str| {
+        let channels = doc["channels"].as_object().unwrap();
+        channels.iter().find(|(_, c)| c["address"] == address).map(|(name, _)| name.clone()).unwrap()
+    };
+    let (private_room, testbed) = (channel("/ws/private/{room}"), channel("/ws/testbed"));
+    let private = &doc["operations"][format!("{private_room}.receive.whoami")];
     assert_eq!(private["security"][0]["$ref"], "#/components/securitySchemes/bearer", "{private}");
-    assert!(doc["operations"]["ws_testbed.receive.whoami"].get("security").is_none());
-    assert!(doc["channels"]["ws_private_room"]["parameters"]["room"].is_object());
+    assert!(doc["operations"][format!("{testbed}.receive.whoami")].get("security").is_none());
+    assert!(doc["channels"][&private_room]["parameters"]["room"].is_object());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("auth.json");
     std::fs::write(&file, &body).unwrap();

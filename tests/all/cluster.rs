@@ -34,6 +34,16 @@ impl Redis {
         self.server.restart().expect("restart redis-server");
     }
 
+    /// Empties Redis, as a restart without persistence or a failover to an empty replica would.
+    fn flush_all(&self) {
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.port())).expect("connect to redis");
+        tcp.set_read_timeout(Some(WAIT)).expect("a read timeout");
+        tcp.write_all(b"*1\r\n$8\r\nFLUSHALL\r\n").expect("send FLUSHALL");
+        let mut reply = [0u8; 5];
+        tcp.read_exact(&mut reply).expect("read the reply");
+        assert_eq!(&reply, b"+OK\r\n");
+    }
+
     /// How many clients (nodes) are subscribed to `channel`: `PUBSUB NUMSUB`, spoken in RESP2.
     fn subscribers(&self, channel: &str) -> u64 {
         let mut tcp = TcpStream::connect(("127.0.0.1", self.port())).expect("connect to redis");
@@ -267,4 +277,115 @@ async fn state_and_the_publish_api_span_nodes() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(a.recv().await, frame);
     assert_eq!(b.recv().await, frame);
+}
+
+/// A node of the cluster on `redis` whose chat rooms keep history in Redis.
+fn history_node(redis: &Redis, name: &str) -> Broker {
+    let history = "size = 1000\nttl_ms = 60000\n";
+    Broker::with_config(&default_config(&format!(
+        r#"
+[server]
+messages_per_second = 0
+
+[cluster]
+backend = "redis"
+redis_url = "redis://127.0.0.1:{port}"
+node_id = "{name}"
+heartbeat_ms = 100
+node_ttl_ms = 1000
+
+[plugins.chat.history]
+{history}
+[plugins.chat-meta.history]
+{history}
+"#,
+        port = redis.port()
+    )))
+}
+
+fn offset(frame: &Value) -> u64 {
+    frame["offset"].as_u64().unwrap_or_else(|| panic!("no offset in {frame}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_node_is_killed_recovers_on_another_node_without_a_gap() {
+    const TOTAL: u64 = 300;
+    let redis = Redis::start();
+    let (mut one, two) = (history_node(&redis, "one"), history_node(&redis, "two"));
+    let mut bob = one.connect("/ws/chat/h").await;
+    let mut dave = two.connect("/ws/chat/h").await;
+    let mut carol = two.connect("/ws/chat/h").await;
+    await_members(&two, "chat:h", 3).await;
+
+    // Both nodes number from Redis: the same offsets and epoch on either side.
+    for i in 0..5 {
+        dave.send(chat(&format!("m{i}"))).await;
+    }
+    let mut last = Value::Null;
+    for i in 1..=5 {
+        let (on_one, on_two) = (bob.recv().await, carol.recv().await);
+        assert_eq!((offset(&on_one), offset(&on_two)), (i, i));
+        assert_eq!(on_one["epoch"], on_two["epoch"]);
+        last = on_one;
+    }
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+
+    // Bob's node dies; Dave keeps talking while Bob is away and while he comes back on node two.
+    one.kill();
+    assert!(matches!(bob.next().await, Received::Ended | Received::Close(_)));
+    let talking = tokio::spawn(async move {
+        for i in 5..TOTAL {
+            dave.send(chat(&format!("m{i}"))).await;
+            if i % 50 == 0 {
+                dave.assert_alive().await;
+            }
+        }
+        dave.assert_alive().await;
+        dave
+    });
+    let positions = json!([{"group": "h", "epoch": epoch, "offset": 5}]).to_string();
+    let encoded: String = positions.bytes().map(|b| format!("%{b:02X}")).collect();
+    let mut bob = two.connect(&format!("/ws/chat/h?recover={encoded}")).await;
+    let told = bob.recv().await;
+    assert_eq!(told["action"], "recovered", "{told}");
+    assert_eq!(
+        (told["payload"]["recovered"].as_bool(), told["payload"]["epoch"].as_str()),
+        (Some(true), Some(&*epoch))
+    );
+    assert_eq!(told["payload"]["offset"].as_u64().unwrap(), 5 + told["payload"]["replayed"].as_u64().unwrap());
+    for expected in 6..=TOTAL {
+        let frame = bob.recv().await;
+        assert_eq!(offset(&frame), expected, "a gap, a duplicate or a reordering: {frame}");
+        assert_eq!(frame["payload"]["message"], format!("m{}", expected - 1));
+    }
+    let mut dave = talking.await.unwrap();
+    dave.assert_alive().await;
+    bob.assert_alive().await;
+    for expected in 6..=TOTAL {
+        assert_eq!(offset(&carol.recv().await), expected);
+    }
+
+    // A position from before Redis lost the history (another epoch) is not recovered.
+    let stale = json!([{"group": "h", "epoch": "0000000000000000", "offset": 5}]).to_string();
+    let encoded: String = stale.bytes().map(|b| format!("%{b:02X}")).collect();
+    let mut late = two.connect(&format!("/ws/chat/h?recover={encoded}")).await;
+    let told = late.recv().await;
+    assert_eq!(
+        told["payload"],
+        json!({"group": "h", "recovered": false, "epoch": epoch, "offset": TOTAL, "replayed": 0})
+    );
+
+    // Redis loses everything: the group's history is gone, and its next frame says so by its epoch.
+    redis.flush_all();
+    await_members(&two, "chat:h", 4).await;
+    dave.send(chat("after the restart")).await;
+    let renewed = carol.recv().await;
+    assert_eq!(offset(&renewed), 1);
+    assert_ne!(renewed["epoch"], epoch.as_str(), "a new epoch after Redis lost the history");
+    let old = json!([{"group": "h", "epoch": epoch, "offset": TOTAL}]).to_string();
+    let encoded: String = old.bytes().map(|b| format!("%{b:02X}")).collect();
+    let mut back = two.connect(&format!("/ws/chat/h?recover={encoded}")).await;
+    let told = back.recv().await;
+    assert_eq!(told["payload"]["recovered"], false, "{told}");
+    assert_eq!(told["payload"]["epoch"], renewed["epoch"]);
 }

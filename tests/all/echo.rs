@@ -1,7 +1,7 @@
 //! The system echo of the Chanx tutorial, frame for frame, in every language it is built in.
 
-use crate::harness::{Broker, LANGUAGES, compile_cache, plugin_name, polyglot_config};
-use serde_json::json;
+use crate::harness::{Broker, LANGUAGES, compile_cache, polyglot_config};
+use serde_json::{Value, json};
 
 /// A broker with echo in every language, and the route of each: (language, route).
 fn brokers() -> (Broker, Vec<(&'static str, String)>) {
@@ -94,9 +94,13 @@ async fn every_language_documents_the_same_actions_and_replies() {
     assert_eq!(status, 200, "{body}");
     let doc: serde_json::Value = serde_json::from_str(&body).expect("the document is JSON");
     for (lang, route) in routes {
-        // Channel ids are the route with `_` for `/`; components are named by plugin.
-        let channel = route.trim_start_matches('/').replace('/', "_");
-        let plugin = plugin_name("echo", lang);
+        // Channels are named by route; their messages lead to titled frame and payload schemas.
+        let (channel, _) = doc["channels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(_, c)| c["address"] == route)
+            .unwrap_or_else(|| panic!("{lang}: no channel for {route}"));
         let reply = &doc["operations"][format!("{channel}.receive.user_message")]["reply"]["messages"];
         assert_eq!(
             reply,
@@ -107,7 +111,14 @@ async fn every_language_documents_the_same_actions_and_replies() {
             "{lang}: the handler's reply is documented"
         );
         for (direction, action) in [("client", "user_message"), ("server", "system_echo")] {
-            let schema = &doc["components"]["schemas"][format!("{plugin}.{direction}.{action}")];
+            let component = |reference: &Value| {
+                let target = reference["$ref"].as_str().unwrap().trim_start_matches("#/components/");
+                let (kind, key) = target.split_once('/').unwrap();
+                doc["components"][kind][key].clone()
+            };
+            let message = component(&doc["channels"][channel]["messages"][format!("{direction}.{action}")]);
+            let frame = component(&message["payload"]);
+            let schema = component(&frame["properties"]["payload"]);
             assert_eq!(schema["required"], json!(["message"]), "{lang}: {schema}");
             assert_eq!(schema["properties"]["message"]["type"], "string", "{lang}: {schema}");
         }

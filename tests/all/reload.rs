@@ -237,7 +237,18 @@ async fn a_reloaded_plugin_validates_against_its_new_schema() {
     };
     assert_eq!(client.request(bounded(1)).await, json!({"action": "bounded", "payload": "GENERATION-001"}));
     assert_eq!(client.request(bounded(2)).await, over(1));
-    let documented = |doc: Value| doc["components"]["schemas"]["versioned.client.bounded"]["properties"]["n"].clone();
+    // The payload schema of `bounded`, through the channel's message and its frame (#20's `$ref`s).
+    let documented = |doc: Value| {
+        let component = |reference: &Value| {
+            let target = reference["$ref"].as_str().unwrap().trim_start_matches("#/components/");
+            let (kind, key) = target.split_once('/').unwrap();
+            doc["components"][kind][key].clone()
+        };
+        let channels = doc["channels"].as_object().unwrap();
+        let (_, channel) = channels.iter().find(|(_, c)| c["address"] == "/ws/versioned").unwrap();
+        let frame = component(&component(&channel["messages"]["client.bounded"])["payload"]);
+        component(&frame["properties"]["payload"])["properties"]["n"].clone()
+    };
     let (_, doc) = broker.http("GET", "/asyncapi.json", None, "").await;
     assert_eq!(documented(serde_json::from_str(&doc).unwrap())["maximum"], 1);
 

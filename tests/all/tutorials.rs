@@ -1,4 +1,5 @@
-//! The plugin tutorials (`docs/plugins/{rust,python,javascript}.md`), followed verbatim in a fresh
+//! The plugin tutorials (`docs/plugins/{rust,python,javascript}.md`) and the migration guide from
+//! Chanx (`docs/from-chanx.md`), followed verbatim in a fresh
 //! folder as a new user would: every command they show is run, every file they show is written,
 //! and every conversation they show is had with the broker they start.
 //!
@@ -134,8 +135,9 @@ async fn converse(broker: &Broker, route: &str, lines: &[(bool, Value)], frame_w
     Ok(())
 }
 
+/// Follows `docs/<tutorial>`.
 async fn follow(tutorial: &str) {
-    let path = root().join("docs/plugins").join(tutorial);
+    let path = root().join("docs").join(tutorial);
     let markdown = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let steps = steps(&markdown);
     assert!(steps.iter().any(|s| matches!(s, Step::Session { .. })), "{tutorial} has no conversation to check");
@@ -180,17 +182,23 @@ async fn follow(tutorial: &str) {
 
 #[tokio::test]
 async fn the_rust_tutorial_works_as_written() {
-    follow("rust.md").await;
+    follow("plugins/rust.md").await;
 }
 
 #[tokio::test]
 async fn the_python_tutorial_works_as_written() {
-    follow("python.md").await;
+    follow("plugins/python.md").await;
 }
 
 #[tokio::test]
 async fn the_javascript_tutorial_works_as_written() {
-    follow("javascript.md").await;
+    follow("plugins/javascript.md").await;
+}
+
+/// The migration guide from Chanx: the seed tutorials' consumers as Python plugins.
+#[tokio::test]
+async fn the_chanx_migration_guide_works_as_written() {
+    follow("from-chanx.md").await;
 }
 
 #[test]

@@ -3,13 +3,14 @@
 //! `--write`). Everything runs on 127.0.0.1 and stops by itself.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use anyhow::{Context, Result, bail, ensure};
+use bench::results::{self, Echo, Fanout};
+use serde::de::DeserializeOwned;
 
 /// One benchmark: runs against the broker and the baseline, and reports a table.
 type Scenario = fn(&Bench) -> Result<Report>;
@@ -54,25 +55,27 @@ impl Server {
 
     /// User plus system CPU time so far, in seconds.
     fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(&path)?;
         // utime and stime are fields 14 and 15 of stat; here, after the `(comm)`, 12 and 13 (1-based).
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        Ok(ticks / 100.0)
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+        let ticks = |i: usize| -> Result<f64> {
+            let field = fields.get(i).with_context(|| format!("{path} has no field {}", i + 3))?;
+            field.parse().with_context(|| format!("{path}: field {} is {field:?}, not a number", i + 3))
+        };
+        Ok((ticks(11)? + ticks(12)?) / 100.0)
     }
 
     /// (RSS, PSS) in KiB.
     fn memory_kib(&self) -> Result<(f64, f64)> {
-        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.child.id()))?;
-        let field = |name: &str| -> f64 {
-            rollup
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
+        let path = format!("/proc/{}/smaps_rollup", self.child.id());
+        let rollup = std::fs::read_to_string(&path)?;
+        let field = |name: &str| -> Result<f64> {
+            let line = rollup.lines().find(|l| l.starts_with(name)).with_context(|| format!("{path} has no {name}"))?;
+            let value = line.split_whitespace().nth(1).unwrap_or_default();
+            value.parse().with_context(|| format!("{path}: {name} is {value:?}, not a number"))
         };
-        Ok((field("Rss:"), field("Pss:")))
+        Ok((field("Rss:")?, field("Pss:")?))
     }
 }
 
@@ -122,13 +125,13 @@ impl Bench {
         Server::start(command)
     }
 
-    fn loadgen(&self, args: &[String]) -> Result<Value> {
+    /// Runs `loadgen ARGS` and reads its result, a `T` of `bench::results`.
+    fn loadgen<T: DeserializeOwned>(&self, args: &[String]) -> Result<T> {
         let output = Command::new(self.bin("loadgen")).args(args).stderr(Stdio::inherit()).output()?;
         if !output.status.success() {
             bail!("loadgen {args:?} failed: {}", String::from_utf8_lossy(&output.stdout));
         }
-        let text = String::from_utf8(output.stdout)?;
-        Ok(serde_json::from_str(text.lines().last().unwrap_or_default())?)
+        results::last_line(&String::from_utf8(output.stdout)?).with_context(|| format!("loadgen {args:?}"))
     }
 }
 
@@ -141,9 +144,16 @@ struct Report {
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let scenario = args.first().map(String::as_str).unwrap_or("all");
+    if matches!(scenario, "help" | "--help" | "-h") {
+        println!("usage: cargo xtask bench NAME|all [--runs N] [--write]\n\nscenarios: {}", scenario_names());
+        return Ok(());
+    }
     let write = args.iter().any(|a| a == "--write");
-    let runs =
-        args.iter().position(|a| a == "--runs").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(3);
+    let runs = match args.iter().position(|a| a == "--runs") {
+        Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).context("--runs takes a number")?,
+        None => 3,
+    };
+    ensure!(runs > 0, "--runs must be at least 1");
     let chosen: Vec<_> = match scenario {
         "all" => SCENARIOS.to_vec(),
         one => match SCENARIOS.iter().find(|(name, _)| *name == one) {
@@ -265,23 +275,25 @@ plugin = "hostile"
     Ok(std::fs::write(bench.dir.0.join("cluster.toml"), toml)?)
 }
 
+/// The median of `values` (of the upper two when even); `runs` is at least 1, so never empty.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// The run (of `runs`) with the median value of `key`.
-fn median_run(runs: Vec<Value>, key: &str) -> Value {
-    let mut runs = runs;
-    runs.sort_by(|a, b| a[key].as_f64().unwrap_or(0.0).total_cmp(&b[key].as_f64().unwrap_or(0.0)));
-    runs.get(runs.len() / 2).cloned().unwrap_or(Value::Null)
+/// The run (of at least one) with the median value of `key`.
+fn median_run<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> Result<T> {
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let middle = runs.len() / 2;
+    runs.into_iter().nth(middle).context("no runs")
 }
 
-fn num(value: &Value) -> String {
-    match value.as_f64() {
-        Some(n) if n >= 1000.0 => format!("{:.0}", n),
-        Some(n) => format!("{n:.2}").trim_end_matches('0').trim_end_matches('.').to_owned(),
-        None => value.to_string(),
+/// A number for a table: whole above 1000, else up to two decimals.
+fn num(n: f64) -> String {
+    if n >= 1000.0 {
+        format!("{n:.0}")
+    } else {
+        format!("{n:.2}").trim_end_matches('0').trim_end_matches('.').to_owned()
     }
 }
 
@@ -297,16 +309,16 @@ fn echo(bench: &Bench) -> Result<Report> {
         for (name, server) in [("broker", &broker), ("baseline", &baseline)] {
             let runs = (0..bench.runs)
                 .map(|_| bench.loadgen(&args(&["echo", &server.url("/ws/system"), &connections.to_string(), "3", "1"])))
-                .collect::<Result<Vec<_>>>()?;
-            results.insert(name, median_run(runs, "per_second"));
+                .collect::<Result<Vec<Echo>>>()?;
+            results.insert(name, median_run(runs, |r| r.per_second)?);
         }
         let (b, n) = (&results["broker"], &results["baseline"]);
-        let latency = |r: &Value| format!("{}/{}/{}", r["p50_us"], r["p99_us"], r["p999_us"]);
+        let latency = |r: &Echo| format!("{}/{}/{}", r.p50_us, r.p99_us, r.p999_us);
         table.push(vec![
             connections.to_string(),
-            num(&b["per_second"]),
-            num(&n["per_second"]),
-            format!("{:.2}", b["per_second"].as_f64().unwrap_or(0.0) / n["per_second"].as_f64().unwrap_or(1.0)),
+            num(b.per_second),
+            num(n.per_second),
+            format!("{:.2}", b.per_second / n.per_second),
             latency(b),
             latency(n),
         ]);
@@ -333,10 +345,10 @@ fn plugin_cost(bench: &Bench) -> Result<Report> {
         let mut cost = Vec::new();
         for _ in 0..bench.runs {
             let before = server.cpu_seconds()?;
-            let result = bench.loadgen(&args(&["echo", &server.url(route), "100", "3", "0", action]))?;
+            let result: Echo = bench.loadgen(&args(&["echo", &server.url(route), "100", "3", "0", action]))?;
             let cpu = server.cpu_seconds()? - before;
-            let replies = result["replies"].as_f64().unwrap_or(1.0).max(1.0);
-            per_second.push(result["per_second"].as_f64().unwrap_or(0.0));
+            let replies = (result.replies as f64).max(1.0);
+            per_second.push(result.per_second);
             cost.push(cpu / replies * 1e6);
         }
         table.push(vec![label.into(), format!("{:.0}", median(per_second)), format!("{:.2}", median(cost))]);
@@ -372,18 +384,18 @@ fn fanout(bench: &Bench) -> Result<Report> {
                     let room = server.url(&format!("/ws/chat/bench-{members}-{run}"));
                     bench.loadgen(&args(&["fanout", &room, &members.to_string(), &messages.to_string()]))
                 })
-                .collect::<Result<Vec<_>>>()?;
-            results.insert(name, median_run(runs, "per_second"));
+                .collect::<Result<Vec<Fanout>>>()?;
+            results.insert(name, median_run(runs, |r| r.per_second)?);
         }
         let (b, n) = (&results["broker"], &results["baseline"]);
         table.push(vec![
             members.to_string(),
-            num(&b["per_second"]),
-            num(&n["per_second"]),
-            format!("{:.2}", b["per_second"].as_f64().unwrap_or(0.0) / n["per_second"].as_f64().unwrap_or(1.0)),
-            format!("{}/{}", b["p50_us"], b["p99_us"]),
-            format!("{}/{}", n["p50_us"], n["p99_us"]),
-            format!("{}/{}", b["lost"], n["lost"]),
+            num(b.per_second),
+            num(n.per_second),
+            format!("{:.2}", b.per_second / n.per_second),
+            format!("{}/{}", b.p50_us, b.p99_us),
+            format!("{}/{}", n.p50_us, n.p99_us),
+            format!("{}/{}", b.lost, n.lost),
         ]);
     }
     Ok(Report {
@@ -417,22 +429,23 @@ fn cluster(bench: &Bench) -> Result<Report> {
     ];
     for members in [100u64, 1000, 10_000] {
         let messages = (1_000_000 / members).max(50);
-        let run = |sender: &Server, room_of: &Server, run: usize| {
+        let run = |sender: &Server, room_of: &Server, run: usize| -> Result<Fanout> {
             let room = format!("/ws/chat/cluster-{members}-{run}");
             let (url, members_url) = (sender.url(&room), room_of.url(&room));
             bench.loadgen(&args(&["fanout", &url, &members.to_string(), &messages.to_string(), &members_url]))
         };
-        let cross = median_run((0..bench.runs).map(|r| run(&one, &two, r)).collect::<Result<Vec<_>>>()?, "per_second");
-        let alone =
-            median_run((0..bench.runs).map(|r| run(&single, &single, r)).collect::<Result<Vec<_>>>()?, "per_second");
+        let runs = |sender: &Server, room_of: &Server| -> Result<Fanout> {
+            median_run((0..bench.runs).map(|r| run(sender, room_of, r)).collect::<Result<Vec<_>>>()?, |r| r.per_second)
+        };
+        let (cross, alone) = (runs(&one, &two)?, runs(&single, &single)?);
         table.push(vec![
             members.to_string(),
-            num(&cross["per_second"]),
-            num(&alone["per_second"]),
-            format!("{:.2}", cross["per_second"].as_f64().unwrap_or(0.0) / alone["per_second"].as_f64().unwrap_or(1.0)),
-            format!("{}/{}", cross["p50_us"], cross["p99_us"]),
-            format!("{}/{}", alone["p50_us"], alone["p99_us"]),
-            format!("{}/{}", cross["lost"], alone["lost"]),
+            num(cross.per_second),
+            num(alone.per_second),
+            format!("{:.2}", cross.per_second / alone.per_second),
+            format!("{}/{}", cross.p50_us, cross.p99_us),
+            format!("{}/{}", alone.p50_us, alone.p99_us),
+            format!("{}/{}", cross.lost, alone.lost),
         ]);
     }
     Ok(Report {
@@ -450,19 +463,25 @@ fn held(bench: &Bench, server: &Server, count: usize) -> Result<(f64, f64, f64)>
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
+    let mut stdout = BufReader::new(loadgen.stdout.take().context("stdout")?);
     let mut line = String::new();
-    BufReader::new(loadgen.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let ready: Value = serde_json::from_str(line.trim()).with_context(|| format!("loadgen said {line:?}"))?;
-    if ready["ready"].as_u64() != Some(count as u64) {
-        bail!("only {ready} connections were opened");
+    stdout.read_line(&mut line)?;
+    let ready: results::Ready = results::last_line(&line).context("loadgen hold's first line")?;
+    if ready.ready != count as u64 {
+        bail!("only {} of {count} connections were opened", ready.ready);
     }
     let (rss1, pss1) = server.memory_kib()?;
     if let Some(mut stdin) = loadgen.stdin.take() {
         let _ = stdin.write_all(b"\n");
     }
-    loadgen.wait()?;
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest)?;
+    let status = loadgen.wait()?;
+    ensure!(status.success(), "loadgen hold failed with {status}");
+    let held: results::Held = results::last_line(&rest).context("loadgen hold's last line")?;
+    ensure!(held.held == count as u64, "loadgen held {} connections, not {count}", held.held);
     let n = count as f64;
-    Ok(((rss1 - rss0) / n, (pss1 - pss0) / n, ready["connect_seconds"].as_f64().unwrap_or(0.0)))
+    Ok(((rss1 - rss0) / n, (pss1 - pss0) / n, ready.connect_seconds))
 }
 
 fn connections(bench: &Bench) -> Result<Report> {
@@ -534,15 +553,15 @@ fn reload(bench: &Bench) -> Result<Report> {
                 bench.dir.0.join(format!("gen-{generation}.wasm")).display()
             ));
         }
-        let r = bench.loadgen(&arguments)?;
+        let r: results::Reload = bench.loadgen(&arguments)?;
         table.push(vec![
             (run + 1).to_string(),
-            r["swaps"].to_string(),
-            num(&r["replies"]),
-            r["lost"].to_string(),
-            num(&r["worst_reply_ms"]),
-            r["cold_swap_ms"].as_array().map(|a| a.iter().map(num).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
-            format!("{}/{}", num(&r["warm_swap_ms_median"]), num(&r["warm_swap_ms_max"])),
+            r.swaps.to_string(),
+            num(r.replies as f64),
+            r.lost.to_string(),
+            num(r.worst_reply_ms),
+            r.cold_swap_ms.iter().copied().map(num).collect::<Vec<_>>().join(", "),
+            format!("{}/{}", num(r.warm_swap_ms_median), num(r.warm_swap_ms_max)),
         ]);
     }
     Ok(Report {
@@ -562,7 +581,9 @@ fn hostile(bench: &Bench) -> Result<Report> {
             .to_vec(),
     ];
     // Bystanders: the echo plugin, or the attacked plugin itself (its `params` handler answers).
-    let echo = |route: &str, action: &str| bench.loadgen(&args(&["echo", &broker.url(route), "10", "3", "1", action]));
+    let echo = |route: &str, action: &str| -> Result<Echo> {
+        bench.loadgen(&args(&["echo", &broker.url(route), "10", "3", "1", action]))
+    };
     let other = ("/ws/system", "user_message");
     let same = ("/ws/hostile", "params");
     // The last rows attack the bystanders' own plugin: a message too large for it (refused with
@@ -602,18 +623,18 @@ fn hostile(bench: &Bench) -> Result<Report> {
             if !output.status.success() {
                 bail!("the {row} attacker failed");
             }
-            let line = String::from_utf8(output.stdout)?;
-            let result: Value = serde_json::from_str(line.lines().last().unwrap_or_default())?;
-            attacks.push(result["attacks"].as_f64().unwrap_or(0.0) / 5.0);
+            let result: results::Attack = results::last_line(&String::from_utf8(output.stdout)?)
+                .with_context(|| format!("the {row} attacker"))?;
+            attacks.push(result.attacks as f64 / 5.0);
         }
-        let r = median_run(runs, "p99_us");
-        let p99 = r["p99_us"].as_f64().unwrap_or(0.0);
+        let r = median_run(runs, |r| r.p99_us as f64)?;
+        let p99 = r.p99_us as f64;
         let normal = *normal_p99.entry(by_route).or_insert(p99);
         table.push(vec![
             row.to_owned(),
             if attacks.is_empty() { "-".into() } else { format!("{:.0}", median(attacks)) },
-            num(&r["per_second"]),
-            format!("{}/{}", r["p50_us"], r["p99_us"]),
+            num(r.per_second),
+            format!("{}/{}", r.p50_us, r.p99_us),
             format!("{:.2}", p99 / normal.max(1.0)),
         ]);
     }
@@ -659,7 +680,8 @@ fn machine() -> String {
 }
 
 fn write_benchmarks(root: &Path, reports: &[Report], seconds: f64) -> Result<()> {
-    let template = std::fs::read_to_string(root.join("xtask/bench/BENCHMARKS.head.md")).unwrap_or_default();
+    let head = root.join("xtask/bench/BENCHMARKS.head.md");
+    let template = std::fs::read_to_string(&head).with_context(|| format!("reading {}", head.display()))?;
     let mut out = template.replace("{machine}", &machine()).replace("{seconds}", &format!("{seconds:.0}"));
     for report in reports {
         out.push('\n');

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 mod bench;
 mod fuzz;
+mod layers;
 mod polyglot;
 
 use polyglot::Language;
@@ -20,8 +21,11 @@ commands:
   run [ARGS...]   build the plugins, then serve ./broker.toml (ARGS go to `broker serve`)
   plugins         build every plugin in plugins/ (Rust, Python, JavaScript) into
                   target/plugins/<name>.wasm, installing componentize-py and -js if missing
-  test [ARGS...]  run every test of the workspace (ARGS go to `cargo test`)
-  lint            cargo fmt --check and cargo clippy -D warnings, host and wasm crates
+  test [ARGS...]  check broker/src's layers, then run every test of the workspace
+                  (ARGS go to `cargo test`); installs the tools the tests drive
+                  (componentize-py, npm packages, chanx in target/chanx) if missing
+  lint            broker/src's layers (xtask/src/layers.rs), cargo fmt --check and
+                  cargo clippy -D warnings, host and wasm crates
   bench NAME|all [--runs N] [--write]
                   benchmarks against the native baseline (SCENARIOS);
                   --write regenerates BENCHMARKS.md
@@ -43,13 +47,17 @@ fn main() -> Result<()> {
         }
         "plugins" => build_plugins(&root).map(drop),
         "test" => {
+            // The source checks of `lint` that take no build: a broken layer rule fails at once.
+            layers::check(&root)?;
             ensure_wasm_target()?;
             ensure_test_tools(&root)?;
             ensure_componentize_py(&root)?;
             ensure_js_sdk(&root)?;
+            ensure_chanx(&root)?;
             run(cargo(&root).arg("test").args(&rest))
         }
         "lint" => {
+            layers::check(&root)?;
             ensure_wasm_target()?;
             run(cargo(&root).args(["fmt", "--all", "--check"]))?;
             run(cargo(&root).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
@@ -146,6 +154,31 @@ pub(crate) fn ensure_componentize_py(root: &Path) -> Result<()> {
     eprintln!("installing componentize-py {VERSION} into {}", venv.display());
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     run(Command::new(venv.join("bin/pip")).args(["install", "-q", &format!("componentize-py=={VERSION}")]))
+}
+
+/// Chanx, its client generator and what its tutorials' apps (tests/chanx) run on, pinned, in a
+/// virtualenv under target/: tests/all/chanx.rs runs those apps beside the broker and generates a
+/// client from the broker's document. Reinstalled when the pins change.
+pub(crate) fn ensure_chanx(root: &Path) -> Result<()> {
+    const PINS: &[&str] = &[
+        "chanx[fast-channels,cli,client]==2.13.0",
+        // The tutorial's `add_websocket_route`, which later FastAPI releases dropped.
+        "fastapi==0.118.0",
+        "fast-channels==1.1.0",
+        "uvicorn==0.55.0",
+        "websockets==17.4",
+        "pydantic==2.14.4",
+    ];
+    let venv = root.join("target/chanx");
+    let stamp = venv.join("pins.txt");
+    let wanted = PINS.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|pinned| pinned == wanted) && venv.join("bin/chanx").exists() {
+        return Ok(());
+    }
+    eprintln!("installing chanx and uvicorn into {}", venv.display());
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q"]).args(PINS))?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))
 }
 
 /// The JavaScript SDK's npm packages (componentize-js, rolldown), as its lock file pins them.

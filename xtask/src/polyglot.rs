@@ -47,8 +47,14 @@ impl Language {
 
     /// The plugin folders of this language in `plugins/`: (folder name, folder), sorted.
     pub fn plugins(self, root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+        self.plugins_in(&root.join("plugins"))
+    }
+
+    /// The plugin folders of this language in `dir` (`plugins/`, or `tests/polyglot/` for the
+    /// test-only ones): (folder name, folder), sorted.
+    pub fn plugins_in(self, dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
         let mut folders = Vec::new();
-        for entry in std::fs::read_dir(root.join("plugins"))? {
+        for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             if path.join(self.entry()).is_file()
                 && let Some(name) = path.file_name().and_then(|n| n.to_str())

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use self::write::{WriteDeadlines, linger, write_loop};
 use crate::edge::limits::{MessageRate, Verdict};
 use crate::edge::router::Route;
+use crate::hub::history::Position;
 use crate::hub::metrics::ConnectionMetrics;
 use crate::hub::outbound::{self, Bounds, CloseReason, Delivery, Handle};
 use crate::hub::registry::{ConnectionId, Registry};
@@ -28,7 +29,7 @@ use crate::plugin::{CallError, Slot};
 use crate::wire::close_code::{
     GOING_AWAY, INTERNAL_ERROR, INVALID_PAYLOAD, MESSAGE_TOO_BIG, POLICY_VIOLATION, PROTOCOL_ERROR,
 };
-use crate::wire::protocol::{self, PING, Problem, Request};
+use crate::wire::protocol::{self, PING, Problem, RECOVER, Request};
 
 /// What a connection needs from the broker.
 pub struct Setup {
@@ -55,6 +56,8 @@ pub struct Setup {
     pub write_timeout: Duration,
     /// The setting that bounds its messages, for the metric when one is over it.
     pub message_limit: &'static str,
+    /// Where the client was in groups with history (the handshake's `recover`).
+    pub recover: Vec<Position>,
     pub shutdown: CancellationToken,
 }
 
@@ -94,6 +97,7 @@ async fn serve<S>(
         close_grace,
         write_timeout,
         message_limit,
+        recover,
         shutdown,
     } = *setup;
     let (handle, queue) = outbound::queue(&bounds, route.metadata);
@@ -102,7 +106,7 @@ async fn serve<S>(
         Some(identity) => (Some(identity.user), Some(identity.claims.into_boxed_str())),
         None => (None, None),
     };
-    let id = registry.register(handle.clone(), Arc::from(route.pattern.as_str()), claims);
+    let id = registry.register(handle.clone(), Arc::from(route.pattern.as_str()), claims, recover);
     let metrics = Arc::new(metrics);
     let deadlines =
         WriteDeadlines { write: write_timeout, close: close_grace, slow_closes: bounds.slow_closes.clone() };
@@ -112,6 +116,7 @@ async fn serve<S>(
         ctx: Context { connection: id, route: route.pattern.clone(), path, params, user },
         slot,
         handle,
+        registry: registry.clone(),
         metrics,
         crashes: Default::default(),
         message_limit,
@@ -177,6 +182,7 @@ struct Connection {
     ctx: Context,
     slot: Arc<Slot>,
     handle: Handle,
+    registry: Arc<Registry>,
     metrics: Arc<ConnectionMetrics>,
     /// Calls about this connection that trapped or timed out.
     crashes: std::sync::atomic::AtomicU32,
@@ -302,6 +308,21 @@ impl Connection {
             };
             return self.reply(frame).await;
         }
+        if action == RECOVER {
+            let problems = match positions(payload) {
+                Ok(positions) => {
+                    let at = || vec![RECOVER.into(), "payload".into(), "positions".into()];
+                    let refused = self.registry.recover(self.id, positions);
+                    refused.into_iter().map(|why| Problem::new("value_error", at(), why)).collect()
+                }
+                Err(problem) => vec![problem],
+            };
+            // Accepted positions are answered by a `recovered` frame when the plugin joins their group.
+            if problems.is_empty() {
+                return;
+            }
+            return self.reply(protocol::error_frame(&problems, reference)).await;
+        }
         if let Err(problems) = plugin.validate(&action, payload) {
             self.metrics.shared().payload_refused(self.slot.name());
             return self.reply(protocol::error_frame(&problems, reference)).await;
@@ -382,4 +403,22 @@ impl Connection {
     async fn queue_close(&self, reason: CloseReason) {
         self.handle.close_after_queue(reason).await;
     }
+}
+
+/// The positions of a `recover` frame's payload, `{"positions": [{"group", "epoch", "offset"}]}`.
+fn positions(payload: Option<&serde_json::value::RawValue>) -> Result<Vec<Position>, Problem> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Recover {
+        positions: Vec<Position>,
+    }
+    let loc = || vec![RECOVER.into(), "payload".into()];
+    let Some(payload) = payload else { return Err(Problem::new("missing", loc(), "Field required")) };
+    serde_json::from_str::<Recover>(payload.get()).map(|recover| recover.positions).map_err(|e| {
+        Problem::new(
+            "value_error",
+            loc(),
+            format!("expected {{\"positions\": [{{\"group\", \"epoch\", \"offset\"}}]}}: {e}"),
+        )
+    })
 }

@@ -21,10 +21,16 @@ use crate::edge::connection::{self, Setup};
 use crate::edge::limits::{MessageRate, Refused};
 use crate::edge::live::Shared;
 use crate::edge::router::Miss;
+use crate::hub::history::Position;
 use crate::hub::outbound::Bounds;
+use crate::wire::percent::percent_decode;
 
 /// Bytes of queued frames written to a socket in one call (tungstenite's write buffer).
 const WRITE_BATCH_BYTES: usize = 4096;
+
+/// Positions one handshake may recover from: more than a connection may have groups is never
+/// useful, and each is kept until its group is joined.
+const MAX_RECOVER_POSITIONS: usize = 256;
 
 /// Answers a request for `path`, which is not one of the broker's own: a WebSocket handshake on a
 /// route, or the HTTP error saying why it is not one.
@@ -76,6 +82,10 @@ pub async fn upgrade(
         let origin = request.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or_default();
         return text(StatusCode::FORBIDDEN, format!("the origin {origin} may not connect here\n"));
     }
+    let recover = match recover_positions(request.uri().query()) {
+        Ok(recover) => recover,
+        Err(why) => return text(StatusCode::BAD_REQUEST, format!("`recover`: {why}\n")),
+    };
     let presented = auth::presented(request.headers(), request.uri().query());
     let identity = match (matched.route.auth, &live.verifier, presented.token) {
         (AuthMode::None, _, _) | (AuthMode::Optional, _, None) => None,
@@ -128,6 +138,7 @@ pub async fn upgrade(
         close_grace: limits.shutdown_grace(),
         write_timeout: limits.write_timeout(),
         message_limit,
+        recover,
         shutdown: shared.shutdown.clone(),
     });
     // tungstenite's default read buffer is 128 KiB, allocated up front: per idle connection, that is
@@ -243,4 +254,20 @@ pub fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// The positions of the query's `recover` parameter: a JSON array of `{"group", "epoch", "offset"}`,
+/// percent-encoded. None when the query has no `recover`.
+fn recover_positions(query: Option<&str>) -> Result<Vec<Position>, String> {
+    let Some(value) = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("recover="))
+    else {
+        return Ok(Vec::new());
+    };
+    let json = percent_decode(value).ok_or("not percent-encoded UTF-8")?;
+    let positions: Vec<Position> = serde_json::from_str(&json)
+        .map_err(|e| format!("expected a JSON array of {{\"group\", \"epoch\", \"offset\"}}: {e}"))?;
+    if positions.len() > MAX_RECOVER_POSITIONS {
+        return Err(format!("at most {MAX_RECOVER_POSITIONS} positions"));
+    }
+    Ok(positions)
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use crate::config::{Config, ConfigError};
 use crate::edge::auth::Verifier;
 use crate::edge::limits::Admission;
 use crate::edge::router::Router;
+use crate::hub::history::Policy;
 use crate::hub::metrics::Metrics;
 use crate::hub::registry::{self, Registry};
 use crate::hub::state::{self, Kv};
@@ -120,6 +121,7 @@ impl Live {
         for (slot, next) in swaps {
             slot.swap(next);
         }
+        services.registry.set_history(history_policies(&config));
         Ok(Live { config, router, slots, verifier, tls, loaded_at: SystemTime::now() })
     }
 
@@ -164,4 +166,22 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+}
+
+/// Which namespaces keep group history, and how much (the configuration has checked that plugins
+/// sharing a namespace agree).
+fn history_policies(config: &Config) -> HashMap<Arc<str>, Policy> {
+    config
+        .plugins
+        .iter()
+        .filter_map(|(name, plugin)| {
+            let history = plugin.history?;
+            let policy = Policy {
+                size: history.size,
+                ttl: Duration::from_millis(history.ttl_ms),
+                meta_ttl: Duration::from_millis(history.meta_ttl_ms),
+            };
+            Some((Arc::from(plugin.namespace(name)), policy))
+        })
+        .collect()
 }

@@ -224,6 +224,7 @@ mod tests {
         config::Route {
             path: path.into(),
             plugin: plugin.into(),
+            name: None,
             metadata: false,
             params: Default::default(),
             auth: Default::default(),

@@ -27,6 +27,7 @@ use redis::{AsyncCommands, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config;
+use crate::hub::history::{self, Policy, Position, Recovery};
 use crate::hub::metrics::Metrics;
 use crate::hub::outbound::Delivery;
 use crate::hub::registry::{ConnectionId, GroupKey, Registry};
@@ -55,11 +56,81 @@ pub enum ClusterError {
     Timeout,
 }
 
+/// Appends a frame to a group's history and publishes it, in one step: no frame is published
+/// without its offset, none recorded without being published. KEYS: the stream, the group's
+/// `epoch`/`top` hash. ARGV: channel, message header, the group's name as JSON, the frame after its
+/// position keys, size, ttl_ms, meta_ttl_ms, an epoch for a group without one, the sender (for
+/// metadata stamps on a replay).
+const APPEND: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[8]
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'top', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[2], 'top', 1)
+local frame = '{"group":' .. ARGV[3] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'o', offset, 'f', frame, 's', ARGV[9])
+redis.call('XTRIM', KEYS[1], 'MINID', now - tonumber(ARGV[6]))
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. frame)
+return offset"#;
+
+/// Reads what a client missed and queues it, as one message on its node's inbox, behind every
+/// frame of the group published so far and before any published later. KEYS: the stream, the
+/// hash. ARGV: inbox, message header, the client's epoch and offset, ttl_ms, meta_ttl_ms, an epoch
+/// for a group without one. The message: `recovered\nepoch\ntop\n`, then each frame as
+/// `<bytes>:<sender><bytes>:<frame>`.
+const RECOVER: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'top', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+local top = tonumber(redis.call('HGET', KEYS[2], 'top'))
+local from = tonumber(ARGV[4])
+local out = {}
+local recovered = 0
+if epoch == ARGV[3] and from <= top then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local expect = from + 1
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], now - tonumber(ARGV[5]), '+')) do
+    local offset = tonumber(entry[2][2])
+    if offset >= expect then
+      if offset ~= expect then break end
+      local frame, sender = entry[2][4], entry[2][6]
+      table.insert(out, string.len(sender) .. ':' .. sender .. string.len(frame) .. ':' .. frame)
+      expect = expect + 1
+    end
+  end
+  if expect == top + 1 then recovered = 1 else out = {} end
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. recovered .. '\n' .. epoch .. '\n' .. top .. '\n' .. table.concat(out))
+return recovered"#;
+
+/// The first line of a replay on a node's inbox, where other messages start with a node number.
+const REPLAY: &str = "replay";
+
 /// What the publisher task sends, in queue order.
 enum Op {
     Publish {
         channel: String,
         message: Vec<u8>,
+    },
+    /// A broadcast into a group with history ([`APPEND`]).
+    Append {
+        stream: String,
+        meta: String,
+        channel: String,
+        header: String,
+        group: String,
+        tail: String,
+        policy: Policy,
+        sender: String,
     },
     Joined {
         key: GroupKey,
@@ -188,6 +259,14 @@ impl Link {
         format!("{}:ng:{}", self.prefix, self.node)
     }
 
+    /// A group's history: the stream of its frames, and the hash of its epoch and last offset.
+    fn history_keys(&self, key: &GroupKey) -> (String, String) {
+        (
+            format!("{}:h:{}:{}", self.prefix, key.namespace, key.name),
+            format!("{}:hm:{}:{}", self.prefix, key.namespace, key.name),
+        )
+    }
+
     fn kv_key(&self, namespace: &str, key: &str) -> String {
         format!("{}:kv:{namespace}:{key}", self.prefix)
     }
@@ -216,6 +295,55 @@ impl Link {
     /// Sends a broadcast to the other nodes (this node's members already have it).
     pub fn publish_group(&self, key: &GroupKey, delivery: &Delivery, exclude: Option<ConnectionId>) {
         self.publish(self.group_channel(key), encode(self.node, exclude.unwrap_or(0), delivery));
+    }
+
+    /// Sends a broadcast into a group with history to Redis, which numbers it and publishes it to
+    /// every node with members, this one included (origin 0: no node skips it).
+    pub fn publish_history(&self, key: &GroupKey, policy: Policy, delivery: &Delivery, exclude: Option<ConnectionId>) {
+        if self.backlog.fetch_add(1, Ordering::Relaxed) >= MAX_BACKLOG {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.cluster.dropped("backlog", 1);
+            return;
+        }
+        let (stream, meta) = self.history_keys(key);
+        self.queue(Op::Append {
+            stream,
+            meta,
+            channel: self.group_channel(key),
+            header: format!("0\n{}\n{}\n", exclude.unwrap_or(0), delivery.sender()),
+            group: serde_json::Value::from(key.name.as_str()).to_string(),
+            tail: history::position_tail(delivery.frame()),
+            policy,
+            sender: delivery.sender().to_owned(),
+        });
+    }
+
+    /// Asks Redis for what connection `id` missed in a group since `from`; the answer comes as a
+    /// replay on this node's inbox (see [`Registry::replayed`]). The node must be subscribed to
+    /// the group already.
+    pub async fn recover(
+        &self,
+        key: &GroupKey,
+        id: ConnectionId,
+        from: &Position,
+        policy: Policy,
+    ) -> Result<(), ClusterError> {
+        let (stream, meta) = self.history_keys(key);
+        let mut script = redis::cmd("EVAL");
+        script
+            .arg(RECOVER)
+            .arg(2)
+            .arg(stream)
+            .arg(meta)
+            .arg(self.inbox(self.node))
+            .arg(format!("{REPLAY}\n{id}\n{key}\n"))
+            .arg(&from.epoch)
+            .arg(from.offset)
+            .arg(ttl_ms(policy.ttl))
+            .arg(ttl_ms(policy.meta_ttl))
+            .arg(history::new_epoch().as_ref());
+        let _: u64 = within(script.query_async(&mut self.redis.clone())).await?;
+        Ok(())
     }
 
     /// Sends a frame to a connection of another node.
@@ -409,6 +537,34 @@ fn decode(message: &[u8]) -> Option<(u64, ConnectionId, Delivery)> {
     Some((origin, target, Delivery::new(frame, sender)))
 }
 
+/// A replay's `id\nnamespace:group\nrecovered\nepoch\ntop\n` and frames as
+/// `<bytes>:<sender><bytes>:<frame>`.
+#[allow(clippy::type_complexity)]
+fn decode_replay(message: &[u8]) -> Option<(GroupKey, ConnectionId, Recovery, Vec<Arc<Delivery>>)> {
+    let text = std::str::from_utf8(message).ok()?;
+    let mut parts = text.splitn(6, '\n');
+    let id = parts.next()?.parse().ok()?;
+    let key = GroupKey::parse(parts.next()?)?;
+    let recovered = parts.next()? == "1";
+    let epoch = parts.next()?.to_owned();
+    let offset = parts.next()?.parse().ok()?;
+    let mut rest = parts.next()?;
+    let mut frames = Vec::new();
+    // Each piece is `<bytes>:<text>`: a sender, then its frame.
+    let mut piece = || -> Option<String> {
+        let (len, after) = rest.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        let text = after.get(..len)?.to_owned();
+        rest = after.get(len..)?;
+        Some(text)
+    };
+    while let Some(sender) = piece() {
+        frames.push(Arc::new(Delivery::new(piece()?, sender)));
+    }
+    let recovery = Recovery { group: key.name.clone(), recovered, epoch, offset, replayed: frames.len() };
+    Some((key, id, recovery, frames))
+}
+
 /// Sends the queued operations in order, each batch as one pipeline.
 async fn publish(link: Arc<Link>, registry: Weak<Registry>, mut ops: mpsc::UnboundedReceiver<Op>) {
     let mut batch = Vec::new();
@@ -423,6 +579,25 @@ async fn publish(link: Arc<Link>, registry: Weak<Registry>, mut ops: mpsc::Unbou
                 Op::Publish { channel, message } => {
                     link.backlog.fetch_sub(1, Ordering::Relaxed);
                     pipe.publish(channel, message).ignore();
+                    published += 1;
+                }
+                Op::Append { stream, meta, channel, header, group, tail, policy, sender } => {
+                    link.backlog.fetch_sub(1, Ordering::Relaxed);
+                    pipe.cmd("EVAL")
+                        .arg(APPEND)
+                        .arg(2)
+                        .arg(stream)
+                        .arg(meta)
+                        .arg(channel)
+                        .arg(header)
+                        .arg(group)
+                        .arg(tail)
+                        .arg(policy.size)
+                        .arg(ttl_ms(policy.ttl))
+                        .arg(ttl_ms(policy.meta_ttl))
+                        .arg(history::new_epoch().as_ref())
+                        .arg(sender)
+                        .ignore();
                     published += 1;
                 }
                 Op::Joined { key, id, first, done: ack } => {
@@ -521,6 +696,13 @@ async fn receive(link: Arc<Link>, registry: Weak<Registry>, mut pushes: mpsc::Un
             continue;
         }
         let [Value::BulkString(channel), Value::BulkString(message)] = push.data.as_slice() else { continue };
+        if let Some(replay) = message.strip_prefix(format!("{REPLAY}\n").as_bytes()) {
+            match decode_replay(replay) {
+                Some((key, id, recovery, frames)) => registry.replayed(&key, id, recovery, frames),
+                None => tracing::warn!("a replay from Redis that does not parse"),
+            }
+            continue;
+        }
         let (Ok(channel), Some((origin, target, delivery))) = (std::str::from_utf8(channel), decode(message)) else {
             tracing::warn!("a cluster message that is not ours; is another program using the key prefix?");
             continue;

@@ -3,6 +3,7 @@
 //! the hub through the host interfaces; the hub never calls a plugin.
 
 pub mod cluster;
+pub mod history;
 pub mod metrics;
 pub mod outbound;
 pub mod registry;

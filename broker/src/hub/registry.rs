@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 
 use crate::hub::cluster::{self, Link};
+use crate::hub::history::{Histories, Policy, Position, Recovery};
 pub use crate::hub::outbound::{CloseReason, Delivery, Handle, SendError};
 use crate::hub::state::{Session, StateError};
 
@@ -19,6 +20,9 @@ pub type ConnectionId = u64;
 
 /// The longest group name, in bytes.
 pub const MAX_GROUP_NAME: usize = 256;
+
+/// The longest epoch a client may name (the broker's are 16 hex digits).
+const MAX_EPOCH: usize = 64;
 
 /// A group's full name: the namespace (a plugin's, unless broker.toml shares one) and the name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,6 +74,9 @@ struct Entry {
     session: Session,
     /// The token claims handed to plugins, as a JSON object text; `None` when anonymous.
     claims: Option<Box<str>>,
+    /// Where the client was in groups it has not been joined to yet, by group name: the join
+    /// replays what it missed.
+    recover: HashMap<String, Position>,
 }
 
 /// Per-connection limits.
@@ -86,6 +93,9 @@ pub struct Registry {
     groups: DashMap<GroupKey, HashMap<ConnectionId, Handle>>,
     limits: Limits,
     cluster: Option<Arc<Link>>,
+    history: Histories,
+    /// Members recovering from Redis, held out of live delivery until their replay arrives.
+    held: DashMap<GroupKey, HashSet<ConnectionId>>,
 }
 
 impl Registry {
@@ -97,7 +107,19 @@ impl Registry {
             groups: DashMap::new(),
             limits,
             cluster,
+            history: Histories::default(),
+            held: DashMap::new(),
         }
+    }
+
+    /// Sets which namespaces keep group history (see [`Histories::set_policies`]).
+    pub fn set_history(&self, policies: HashMap<Arc<str>, Policy>) {
+        self.history.set_policies(policies);
+    }
+
+    /// Drops expired history.
+    pub fn sweep_history(&self) {
+        self.history.sweep();
     }
 
     /// The link to the other nodes, in a cluster.
@@ -110,12 +132,46 @@ impl Registry {
         self.cluster.as_deref().filter(|link| cluster::node_of(id) != link.node)
     }
 
-    /// Adds a connection of `route` and returns its new id.
-    pub fn register(&self, handle: Handle, route: Arc<str>, claims: Option<Box<str>>) -> ConnectionId {
+    /// Adds a connection of `route`, with the positions it recovers from, and returns its new id.
+    pub fn register(
+        &self,
+        handle: Handle,
+        route: Arc<str>,
+        claims: Option<Box<str>>,
+        recover: Vec<Position>,
+    ) -> ConnectionId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.connections
-            .insert(id, Entry { handle, route, groups: HashSet::new(), session: Session::default(), claims });
+        let recover = recover.into_iter().map(|position| (position.group.clone(), position)).collect();
+        let entry = Entry { handle, route, groups: HashSet::new(), session: Session::default(), claims, recover };
+        self.connections.insert(id, entry);
         id
+    }
+
+    /// Positions to recover from when the connection is joined to their groups; returns why each
+    /// refused one was. A group it is already in is not recovered (its frames since the join were
+    /// delivered live), and a connection keeps at most as many positions as it may have groups.
+    pub fn recover(&self, id: ConnectionId, positions: Vec<Position>) -> Vec<String> {
+        let Some(mut entry) = self.connections.get_mut(&id) else { return Vec::new() };
+        let mut refused = Vec::new();
+        for position in positions {
+            let group = crate::wire::protocol::quote(&position.group).into_owned();
+            if !valid_name(&position.group) || position.epoch.len() > MAX_EPOCH {
+                refused.push(format!(
+                    "{group}: a group name is 1 to {MAX_GROUP_NAME} bytes, an epoch at most {MAX_EPOCH}"
+                ));
+            } else if entry.groups.iter().any(|key| key.name == position.group) {
+                refused.push(format!(
+                    "already in {group}: recover a group before the plugin joins it (on the handshake, `?recover=`)"
+                ));
+            } else if entry.recover.len() >= self.limits.max_groups_per_connection
+                && !entry.recover.contains_key(&position.group)
+            {
+                refused.push(format!("{group}: at most {} positions at a time", self.limits.max_groups_per_connection));
+            } else {
+                entry.recover.insert(position.group.clone(), position);
+            }
+        }
+        refused
     }
 
     /// The token claims of a connection, as broker.toml hands them to plugins.
@@ -219,32 +275,83 @@ impl Registry {
     /// Adds a connection to a group. In a cluster it returns once the other nodes can reach the
     /// connection through the group (or Redis did not answer in time; the membership stands).
     pub async fn join(&self, id: ConnectionId, key: GroupKey) -> Result<(), JoinError> {
-        let first = self.join_local(id, &key)?;
-        if let (Some(link), Some(first)) = (&self.cluster, first) {
-            link.joined(key, id, first).await;
+        let (first, recovering) = self.join_local(id, &key)?;
+        let Some(link) = &self.cluster else { return Ok(()) };
+        if let Some(first) = first {
+            link.joined(key.clone(), id, first).await;
+        }
+        // Subscribed: frames published from now on reach this node. The recovery reads the
+        // stream and queues the replay behind them, in one step in Redis; until the replay
+        // arrives (see `replayed`), the member is held out of live delivery.
+        if let Some((from, policy)) = recovering
+            && let Err(error) = link.recover(&key, id, &from, policy).await
+        {
+            tracing::warn!(group = %key, %error, "cannot recover from Redis; the client is told so");
+            self.replayed(&key, id, Recovery::lost(from.group), Vec::new());
         }
         Ok(())
     }
 
-    /// The join on this node: `Some(first)` when the membership is new, `first` when the group is.
-    fn join_local(&self, id: ConnectionId, key: &GroupKey) -> Result<Option<bool>, JoinError> {
+    /// The join on this node: `Some(first)` when the membership is new (`first` when the group
+    /// is), and in a cluster, the position to recover from in Redis.
+    #[allow(clippy::type_complexity)]
+    fn join_local(
+        &self,
+        id: ConnectionId,
+        key: &GroupKey,
+    ) -> Result<(Option<bool>, Option<(Position, Policy)>), JoinError> {
         if !valid_name(&key.name) {
             return Err(JoinError::InvalidName);
         }
         let mut entry = self.connections.get_mut(&id).ok_or(JoinError::Closed)?;
         if entry.groups.contains(key) {
-            return Ok(None);
+            return Ok((None, None));
         }
         if entry.groups.len() >= self.limits.max_groups_per_connection {
             return Err(JoinError::TooManyGroups(self.limits.max_groups_per_connection));
         }
         let handle = entry.handle.clone();
+        let from = entry.recover.remove(&key.name);
+        let mut recovering = None;
+        // In memory: held until the member is added, so no frame is appended between the replay
+        // and the join.
+        let mut stream = if self.cluster.is_none() { self.history.stream(key) } else { None };
+        match (from, self.cluster.is_some(), self.history.policy(key)) {
+            (None, _, _) => {}
+            (Some(from), true, Some(policy)) => {
+                self.held.entry(key.clone()).or_default().insert(id);
+                recovering = Some((from, policy));
+            }
+            (Some(from), _, _) => {
+                let (recovery, frames) = match stream.as_mut() {
+                    Some(stream) => stream.recover(&from),
+                    None => (Recovery::lost(from.group), Vec::new()),
+                };
+                deliver_replay(&handle, &recovery, frames);
+            }
+        }
         let mut members = self.groups.entry(key.clone()).or_default();
         let first = members.is_empty();
         members.insert(id, handle);
         drop(members);
+        drop(stream);
         entry.groups.insert(key.clone());
-        Ok(Some(first))
+        Ok((Some(first), recovering))
+    }
+
+    /// Delivers a recovery read from Redis to a member held out of live delivery, then lets it
+    /// in. Called from the cluster's receiving task, in the order of the group's frames, so what
+    /// came before the replay is in it and what comes after is live.
+    pub fn replayed(&self, key: &GroupKey, id: ConnectionId, recovery: Recovery, frames: Vec<Arc<Delivery>>) {
+        // A replay for a member no longer held (it left, or was already told its recovery
+        // failed) is dropped: delivering it would repeat frames it got live.
+        if !self.held.get(key).is_some_and(|held| held.contains(&id)) {
+            return;
+        }
+        if let Ok(handle) = self.handle(id) {
+            deliver_replay(&handle, &recovery, frames);
+        }
+        self.held.remove_if_mut(key, |_, held| held.remove(&id) && held.is_empty());
     }
 
     pub fn leave(&self, id: ConnectionId, key: &GroupKey) {
@@ -255,6 +362,9 @@ impl Registry {
     }
 
     fn remove_member(&self, key: GroupKey, id: ConnectionId) {
+        if !self.held.is_empty() {
+            self.held.remove_if_mut(&key, |_, held| held.remove(&id) && held.is_empty());
+        }
         // Removing the group when it empties, under the same shard lock, so an empty group is never seen.
         let emptied = self
             .groups
@@ -271,6 +381,18 @@ impl Registry {
     /// Queues `delivery` for every member of a group but `exclude`, on every node; returns how
     /// many members of this node it reached.
     pub fn broadcast(&self, key: &GroupKey, delivery: &Delivery, exclude: Option<ConnectionId>) -> usize {
+        if let (Some(link), Some(policy)) = (&self.cluster, self.history.policy(key)) {
+            // Numbered in Redis, and delivered from there to every node, this one included: each
+            // node gets a group's frames in offset order.
+            link.publish_history(key, policy, delivery, exclude);
+            return self.groups.get(key).map_or(0, |members| members.keys().filter(|id| Some(**id) != exclude).count());
+        }
+        if let Some(mut stream) = self.history.stream(key) {
+            // Numbered and fanned out under the stream's lock: members get a group's frames in
+            // offset order, and a recovering join sees each frame either in its replay or live.
+            let positioned = stream.append(&key.name, delivery);
+            return self.broadcast_local(key, &positioned, exclude);
+        }
         if let Some(link) = &self.cluster {
             link.publish_group(key, delivery, exclude);
         }
@@ -283,8 +405,13 @@ impl Registry {
     /// group's read lock here delays joins to this group by microseconds, and sockets not at all.
     pub fn broadcast_local(&self, key: &GroupKey, delivery: &Delivery, exclude: Option<ConnectionId>) -> usize {
         let Some(members) = self.groups.get(key) else { return 0 };
+        // Members recovering in a cluster get their frames from the replay until it arrives.
+        let held = if self.held.is_empty() { None } else { self.held.get(key) };
         let mut reached = 0;
         for (id, handle) in members.iter() {
+            if held.as_ref().is_some_and(|held| held.contains(id)) {
+                continue;
+            }
             if Some(*id) != exclude && handle.try_send(delivery.for_handle(handle)).is_ok() {
                 reached += 1;
             }
@@ -319,6 +446,18 @@ impl Registry {
     }
 }
 
+/// Tells a recovering member what its recovery found, then gives it the frames it missed. A queue
+/// too small for the replay closes the client as a slow consumer, as a burst would.
+fn deliver_replay(handle: &Handle, recovery: &Recovery, frames: Vec<Arc<Delivery>>) {
+    let told = serde_json::json!({"action": "recovered", "payload": recovery}).to_string();
+    let _ = handle.try_send(told.into());
+    for frame in frames {
+        if handle.try_send(frame.for_handle(handle)).is_err() {
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,7 +466,7 @@ mod tests {
     fn connect(registry: &Registry) -> (ConnectionId, outbound::Queue) {
         let bounds = outbound::Bounds { max_frames: 8, max_bytes: 1 << 20, slow_closes: Default::default() };
         let (handle, queue) = outbound::queue(&bounds, false);
-        (registry.register(handle, Arc::from("/ws"), None), queue)
+        (registry.register(handle, Arc::from("/ws"), None, Vec::new()), queue)
     }
 
     fn registry(max_groups_per_connection: usize) -> Registry {

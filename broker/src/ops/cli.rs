@@ -108,8 +108,10 @@ pub fn main() -> ExitCode {
             return block_on(print_document(
                 args.config,
                 |doc| match args.format {
-                    DocFormat::Json => serde_json::to_string_pretty(doc).unwrap_or_default() + "\n",
-                    DocFormat::Yaml => crate::documents::asyncapi::to_yaml(doc),
+                    DocFormat::Json => {
+                        serde_json::to_string_pretty(doc).map(|text| text + "\n").map_err(|e| e.to_string())
+                    }
+                    DocFormat::Yaml => Ok(crate::documents::asyncapi::to_yaml(doc)),
                 },
                 None,
             ));
@@ -118,7 +120,7 @@ pub fn main() -> ExitCode {
             let lang = args.lang;
             return block_on(print_document(
                 args.config,
-                move |doc| crate::documents::codegen::generate(doc, lang),
+                move |doc| crate::documents::codegen::generate(doc, lang).map_err(|e| e.to_string()),
                 args.out,
             ));
         }
@@ -190,7 +192,7 @@ async fn check(path: PathBuf) -> ExitCode {
 /// prints what `render` makes of it (to `out` when given).
 async fn print_document(
     path: PathBuf,
-    render: impl Fn(&serde_json::Value) -> String,
+    render: impl Fn(&crate::documents::asyncapi::model::Document) -> Result<String, String>,
     out: Option<PathBuf>,
 ) -> ExitCode {
     let config = match Config::load(&path) {
@@ -209,8 +211,14 @@ async fn print_document(
             return ExitCode::FAILURE;
         }
     };
-    let text =
-        render(&crate::documents::asyncapi::document(&live.config, &live.generations(), live.config.server.listen));
+    let document = crate::documents::asyncapi::document(&live.config, &live.generations(), live.config.server.listen);
+    let text = match render(&document) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     match out {
         None => {
             print!("{text}");

@@ -194,12 +194,13 @@ async fn sweep_idle(shared: Arc<Shared>) {
     }
 }
 
-/// Drops expired key-value entries every second.
+/// Drops expired key-value entries and group history every second.
 async fn sweep_state(shared: Arc<Shared>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         every.tick().await;
         shared.services.kv.sweep();
+        shared.registry.sweep_history();
     }
 }
 

@@ -332,6 +332,9 @@ impl LoadedPlugin {
         action: &str,
         payload: Option<&str>,
     ) -> Result<Result<Option<String>, HandlerError>, CallError> {
+        // A `null` the schema let through (or an action without one) reaches handlers as no
+        // payload, as it always has; only the validation tells the two apart.
+        let payload = payload.filter(|text| *text != "null");
         self.call(ctx.connection, Some(client), async |i| {
             i.bindings.broker_plugin_handler().call_on_message(&mut i.store, ctx, action, payload).await
         })

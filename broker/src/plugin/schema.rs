@@ -18,6 +18,9 @@ use crate::wire::unique_keys;
 #[derive(Default)]
 pub struct Validators {
     by_action: HashMap<String, Validator>,
+    /// The payload's model name, as pydantic names it in `model_type` messages: the schema's
+    /// `title` (the plugin's type), else `<Action>Payload`.
+    models: HashMap<String, String>,
 }
 
 impl Validators {
@@ -25,6 +28,7 @@ impl Validators {
     /// the plugin, since the broker could not keep its promise that handlers see valid payloads.
     pub fn compile(manifest: &PluginManifest) -> Result<Validators, String> {
         let mut by_action = HashMap::new();
+        let mut models = HashMap::new();
         for spec in &manifest.accepts {
             let Some(text) = &spec.payload_schema else { continue };
             let schema: Value = serde_json::from_str(text)
@@ -34,8 +38,14 @@ impl Validators {
                 .build(&schema)
                 .map_err(|e| format!("the payload schema of {:?} is not a valid JSON Schema: {e}", spec.name))?;
             by_action.insert(spec.name.clone(), validator);
+            let model = match schema.get("title").and_then(Value::as_str) {
+                Some(title) => title.to_owned(),
+                // As the AsyncAPI document titles an untitled payload: `user_message` → `UserMessagePayload`.
+                None => spec.name.split('_').flat_map(capitalize_word).chain("Payload".chars()).collect(),
+            };
+            models.insert(spec.name.clone(), model);
         }
-        Ok(Validators { by_action })
+        Ok(Validators { by_action, models })
     }
 
     /// Whether `action` needs a payload: its schema refuses `null`.
@@ -43,7 +53,8 @@ impl Validators {
         self.by_action.get(action).is_some_and(|validator| !validator.is_valid(&Value::Null))
     }
 
-    /// Checks `payload` (`None`: absent or null) of `action`; `Err` holds one problem per fault.
+    /// Checks `payload` (`None`: absent) of `action`; `Err` holds one problem per fault. An
+    /// absent payload is `missing`; a `null` one is not a model, as pydantic says it.
     pub fn check(&self, action: &str, payload: Option<&RawValue>) -> Result<(), Vec<Problem>> {
         let Some(validator) = self.by_action.get(action) else { return Ok(()) };
         let instance = match payload.map(|raw| unique_keys::parse(raw.get())) {
@@ -58,10 +69,21 @@ impl Validators {
                 return Err(vec![Problem::new("value_error", located(action, &at), msg)]);
             }
         };
-        let problems: Vec<Problem> =
+        let mut problems: Vec<Problem> =
             validator.iter_errors(&instance).flat_map(|error| problems_of(action, payload.is_none(), &error)).collect();
+        if payload.is_some() && instance.is_null() {
+            let model = self.models.get(action).map_or(action, String::as_str);
+            for problem in problems.iter_mut().filter(|p| p.kind == "model_type" && p.loc.len() == 2) {
+                problem.msg = format!("Input should be a valid dictionary or instance of {model}");
+            }
+        }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
+}
+
+fn capitalize_word(word: &str) -> impl Iterator<Item = char> + '_ {
+    let mut chars = word.chars();
+    chars.next().map(|c| c.to_ascii_uppercase()).into_iter().chain(chars)
 }
 
 /// `[action, "payload", ...path]`.
@@ -298,6 +320,17 @@ mod tests {
     fn absent_payload_is_missing_and_wrong_shapes_are_typed() {
         assert_eq!(problems(&chat(), None), vec![("missing".to_owned(), json!(["act", "payload"]))]);
         assert_eq!(problems(&chat(), Some("[1]")), vec![("model_type".to_owned(), json!(["act", "payload"]))]);
+        assert_eq!(problems(&chat(), Some("null")), vec![("model_type".to_owned(), json!(["act", "payload"]))]);
+        let null = RawValue::from_string("null".into()).unwrap();
+        let titled = validators(json!({"title": "Chat", "type": "object"}));
+        assert_eq!(
+            titled.check("act", Some(&null)).unwrap_err()[0].msg,
+            "Input should be a valid dictionary or instance of Chat"
+        );
+        assert_eq!(
+            chat().check("act", Some(&null)).unwrap_err()[0].msg,
+            "Input should be a valid dictionary or instance of ActPayload"
+        );
         let got = problems(&chat(), Some(r#"{"name": 5, "count": 1.5}"#));
         assert!(got.contains(&("string_type".to_owned(), json!(["act", "payload", "name"]))), "{got:?}");
         assert!(got.contains(&("int_from_float".to_owned(), json!(["act", "payload", "count"]))), "{got:?}");

@@ -12,6 +12,10 @@ use serde_json::value::RawValue;
 /// The action the broker answers itself on every route.
 pub const PING: &str = "ping";
 
+/// The action a client names the positions it recovers from with (group history), answered by the
+/// broker. Not listed among the expected tags of an unknown action, which are Chanx's.
+pub const RECOVER: &str = "recover";
+
 /// The most characters of client input an error frame quotes (in a `loc` entry or a `msg`).
 pub const QUOTE_CHARS: usize = 64;
 
@@ -28,7 +32,7 @@ pub fn quote(text: &str) -> Cow<'_, str> {
 #[derive(Debug)]
 pub struct Request<'a> {
     pub action: String,
-    /// The payload's JSON text; `None` when absent or `null`.
+    /// The payload's JSON text; `None` when absent (or `null` on `ping`).
     pub payload: Option<&'a RawValue>,
     /// The client's correlation id, echoed on the reply.
     pub reference: Option<String>,
@@ -73,10 +77,16 @@ pub struct Refusal {
 struct RawEnvelope<'a> {
     #[serde(borrow)]
     action: Option<&'a RawValue>,
-    #[serde(borrow)]
+    // `Option` alone would read `null` as absent; the two are answered differently.
+    #[serde(borrow, default, deserialize_with = "present")]
     payload: Option<&'a RawValue>,
     #[serde(rename = "ref", borrow)]
     reference: Option<&'a RawValue>,
+}
+
+/// A key that is there, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// Parses a client's text frame; `accepted` are the route's actions, for the error message.
@@ -118,7 +128,12 @@ fn envelope<'a>(text: &'a str, accepted: Option<&[String]>) -> Result<Request<'a
             None
         }
         Some(raw) => match serde_json::from_str::<String>(raw.get()) {
-            Ok(action) if accepted.is_none_or(|accepted| action == PING || accepted.contains(&action)) => Some(action),
+            Ok(action)
+                if accepted
+                    .is_none_or(|accepted| action == PING || action == RECOVER || accepted.contains(&action)) =>
+            {
+                Some(action)
+            }
             Ok(action) => {
                 problems.push(unknown_action(&action, accepted.unwrap_or_default()));
                 None
@@ -134,7 +149,9 @@ fn envelope<'a>(text: &'a str, accepted: Option<&[String]>) -> Result<Request<'a
     };
     match action {
         Some(action) if problems.is_empty() => {
-            let payload = envelope.payload.filter(|p| p.get() != "null");
+            // `ping` takes `null` as no payload (Chanx's `PingMessage.payload: None`); any other
+            // action keeps it, so its schema answers it as pydantic does (`model_type`).
+            let payload = envelope.payload.filter(|p| !(action == PING && p.get() == "null"));
             Ok(Request { action, payload, reference })
         }
         _ => Err(Refusal { problems, reference }),
@@ -142,8 +159,11 @@ fn envelope<'a>(text: &'a str, accepted: Option<&[String]>) -> Result<Request<'a
 }
 
 fn unknown_action(tag: &str, accepted: &[String]) -> Problem {
-    let mut expected = vec![format!("'{PING}'")];
-    expected.extend(accepted.iter().map(|a| format!("'{a}'")));
+    // In Chanx's order: its union of a consumer's messages is sorted by action.
+    let mut actions: Vec<&str> = accepted.iter().map(String::as_str).chain([PING]).collect();
+    actions.sort_unstable();
+    actions.dedup();
+    let expected: Vec<String> = actions.iter().map(|a| format!("'{a}'")).collect();
     Problem::new(
         "union_tag_invalid",
         vec![],
@@ -251,6 +271,8 @@ mod tests {
         assert_eq!(request.reference.as_deref(), Some("r1"));
         let request = parse(r#"{"action":"ping","payload":null}"#, &accepted()).unwrap();
         assert!(request.payload.is_none());
+        let request = parse(r#"{"action":"user_message","payload":null}"#, &accepted()).unwrap();
+        assert_eq!(request.payload.map(RawValue::get), Some("null"), "validated as null, not as missing");
     }
 
     #[test]

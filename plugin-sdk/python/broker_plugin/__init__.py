@@ -11,10 +11,17 @@ world `plugin-core` needs only `Handler`). See plugins/echo-py and plugins/chat-
 Payloads and frames are dataclasses. Each handler's payload class becomes the JSON Schema the
 broker checks payloads against before the handler runs, so a Python plugin refuses bad input with
 the same error frames as a Rust one.
+
+The same words mean the same things as in the Rust and JavaScript SDKs: `kv.get`/`kv.set` and
+`ctx.session_get`/`ctx.session_set` take and give text as stored, `*_json` encode and decode JSON
+over them; a failed host call raises `PluginError` with the words the other SDKs use; and an
+ordinary exception in a handler answers `plugin_error`, as `?` does in Rust.
 """
 
 import dataclasses
+import enum
 import json
+import logging
 import types as pytypes
 import typing
 from typing import Any, Callable, ClassVar, Optional
@@ -23,7 +30,7 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import groups, host, identity, kv as host_kv, session, types
 
-__all__ = ["Context", "Message", "Plugin", "PluginError", "Reject", "kv"]
+__all__ = ["Context", "HostLogHandler", "Message", "Plugin", "PluginError", "Reject", "kv", "log", "members", "send_to"]
 
 
 def _dumps(value: Any) -> str:
@@ -59,6 +66,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, enum.Enum):
+        return value.value
     return value
 
 
@@ -71,18 +80,72 @@ def _frame(message: Any) -> str:
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
+def _json_type(value: Any) -> Optional[str]:
+    """The JSON type of a literal value, as schemars names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return None
+
+
+def _values_schema(values: list, where: Any) -> dict:
+    """`enum` of literal values, typed when they share a JSON type: what schemars writes for a Rust
+    enum of unit variants (one value included, so `Literal["x"]` is refused as `enum`, as Rust's
+    one-variant enum is)."""
+    kinds = {_json_type(v) for v in values}
+    if None in kinds:
+        raise TypeError(f"{where!r}: only str, int, float, bool and None values have a JSON Schema")
+    schema: dict = {}
+    if len(kinds) == 1:
+        schema["type"] = kinds.pop()
+    schema["enum"] = list(values)
+    return schema
+
+
 def _schema(annotation: Any) -> dict:
-    """The JSON Schema (draft-07) of a type annotation, as schemars writes it for the Rust type."""
+    """The JSON Schema (draft-07) of a type annotation, as schemars writes it for the Rust type.
+
+    A type without a schema raises `TypeError` when the handler is registered, so the build fails
+    instead of publishing a schema that lets anything through.
+    """
     if annotation in _SCALARS:
         return {"type": _SCALARS[annotation]}
+    if annotation is Any:
+        # serde_json::Value: any JSON value.
+        return {}
+    if annotation is type(None) or annotation is None:
+        return {"type": "null"}
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, pytypes.UnionType) and type(None) in args:
-        inner = _schema(next(a for a in args if a is not type(None)))
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            raise TypeError(f"{annotation!r}: a union other than Optional[...] has no payload schema")
+        inner = _schema(rest[0])
         if isinstance(inner.get("type"), str):
             return {**inner, "type": [inner["type"], "null"]}
         return {"anyOf": [inner, {"type": "null"}]}
-    if origin is list:
+    if origin is list or annotation is list:
         return {"type": "array", "items": _schema(args[0]) if args else {}}
+    if origin is dict or annotation is dict:
+        # A HashMap<String, V>: an object whose every property is a V.
+        if args and args[0] is not str:
+            raise TypeError(f"{annotation!r}: JSON object keys are strings, use dict[str, ...]")
+        return {"type": "object", "additionalProperties": _schema(args[1]) if args else {}}
+    if origin is typing.Literal:
+        return _values_schema(list(args), annotation)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        schema = _values_schema([member.value for member in annotation], annotation)
+        doc = annotation.__doc__
+        if doc and doc != enum.Enum.__doc__ and not doc.startswith("An enumeration."):
+            schema = {"description": doc.strip(), **schema}
+        return schema
     if dataclasses.is_dataclass(annotation):
         hints = typing.get_type_hints(annotation)
         fields = dataclasses.fields(annotation)
@@ -95,7 +158,10 @@ def _schema(annotation: Any) -> dict:
         if required:
             schema["required"] = required
         return schema
-    return {}
+    raise TypeError(
+        f"{annotation!r} has no payload schema: use str, int, float, bool, Any, Optional, list, "
+        "dict[str, ...], Literal, an Enum or a dataclass of them"
+    )
 
 
 def _build(cls: Any, value: Any) -> Any:
@@ -104,12 +170,51 @@ def _build(cls: Any, value: Any) -> Any:
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: _build(hints[k], v) for k, v in value.items() if k in names})
+    if isinstance(cls, type) and issubclass(cls, enum.Enum):
+        return cls(value)
     origin, args = typing.get_origin(cls), typing.get_args(cls)
     if origin is list and args and isinstance(value, list):
         return [_build(args[0], v) for v in value]
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return {k: _build(args[1], v) for k, v in value.items()}
     if origin in (typing.Union, pytypes.UnionType) and value is not None:
         return _build(next(a for a in args if a is not type(None)), value)
     return value
+
+
+def _host_error(error: Any, connection: Optional[int] = None) -> "PluginError":
+    """A failed host call (`Err(variant)`) as a `PluginError` with the words every SDK uses."""
+    value = error.value if isinstance(error, Err) else error
+    kind = type(value).__name__
+    text = getattr(value, "value", None)
+    if kind == "SendError_Closed":
+        return PluginError(f"connection {connection} is closed" if connection is not None else "the connection is closed")
+    if kind == "SendError_InvalidFrame":
+        return PluginError(f"invalid frame: {text}")
+    if kind == "GroupError_InvalidName":
+        return PluginError("a group name is 1 to 256 bytes")
+    if isinstance(text, str):
+        return PluginError(text)
+    if kind.endswith("_Closed"):
+        return PluginError("the connection is closed")
+    return PluginError(kind)
+
+
+def _host(call: Callable, *args: Any, connection: Optional[int] = None) -> Any:
+    """Makes a host call, raising what it refuses as a `PluginError`."""
+    try:
+        return call(*args)
+    except Err as error:
+        raise _host_error(error, connection) from None
+
+
+def _decode(key: str, text: Optional[str]) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise PluginError(f"state {key!r} does not decode: {error}") from None
 
 
 class Context:
@@ -130,78 +235,195 @@ class Context:
         send_to(self.connection, message)
 
     def join(self, group: str) -> None:
-        groups.join(self.connection, group)
+        """Adds this connection to a group of this plugin's namespace."""
+        _host(groups.join, self.connection, group)
 
     def leave(self, group: str) -> None:
+        """Removes this connection from a group."""
         groups.leave(self.connection, group)
 
     def broadcast(self, group: str, message: Any) -> int:
         """Sends to every member of `group`, this connection included; returns how many it reached."""
-        return groups.broadcast(group, _frame(message), None)
+        return _host(groups.broadcast, group, _frame(message), None)
 
     def broadcast_to_others(self, group: str, message: Any) -> int:
-        return groups.broadcast(group, _frame(message), self.connection)
+        """Sends to every member of `group` but this connection; returns how many it reached."""
+        return _host(groups.broadcast, group, _frame(message), self.connection)
 
     def close(self, code: int, reason: str) -> None:
+        """Closes this connection with a WebSocket close code and reason, after what is queued."""
         host.close(self.connection, code, reason)
 
     def session_get(self, key: str) -> Optional[str]:
+        """A value of this connection's session as stored: the text `session_set` was given."""
         return session.get(self.connection, key)
 
     def session_set(self, key: str, value: str) -> None:
-        session.set(self.connection, key, value)
+        """Sets a value of this connection's session as it is; it is gone when the connection closes."""
+        _host(session.set, self.connection, key, value)
+
+    def session_get_json(self, key: str) -> Any:
+        """A value of this connection's session, decoded from JSON (None when absent)."""
+        return _decode(key, self.session_get(key))
+
+    def session_set_json(self, key: str, value: Any) -> None:
+        """Sets a value of this connection's session as JSON text."""
+        self.session_set(key, _dumps(_plain(value)))
 
     def session_delete(self, key: str) -> None:
+        """Deletes a value of this connection's session."""
         session.delete(self.connection, key)
 
     def claims(self) -> Optional[dict]:
+        """The claims of the connection's token that broker.toml hands to plugins, or None."""
         text = identity.claims(self.connection)
         return None if text is None else json.loads(text)
 
     def settings(self) -> Any:
+        """The plugin's `settings` table from broker.toml."""
         return json.loads(host.settings())
+
+    def log(self, level: str, message: str) -> None:
+        """Writes a line to the broker's log at `level` (`trace`, `debug`, `info`, `warn`, `error`)."""
+        getattr(log, level)(message)
 
 
 def send_to(connection: int, message: Any) -> None:
     """Queues a frame for any connection (of any node of a cluster)."""
-    host.send(connection, _frame(message))
+    _host(host.send, connection, _frame(message), connection=connection)
 
 
 def members(group: str) -> list:
+    """The members of a group of this plugin's namespace: connection ids."""
     return groups.members(group)
 
 
 class _Kv:
-    """The plugin's key-value store, kept by the host across calls, instances and reloads."""
+    """The plugin's key-value store, kept by the host across calls, instances and reloads, and
+    shared by the plugins of its namespace whatever their language."""
 
-    get = staticmethod(host_kv.get)
-    delete = staticmethod(host_kv.delete)
+    @staticmethod
+    def get(key: str) -> Optional[str]:
+        """A value as stored: the text `set` was given (None when absent)."""
+        return _host(host_kv.get, key)
 
     @staticmethod
     def set(key: str, value: str, ttl_ms: Optional[int] = None) -> None:
-        host_kv.set(key, value, ttl_ms)
+        """Stores `value` as it is, expiring after `ttl_ms` milliseconds if given."""
+        _host(host_kv.set, key, value, ttl_ms)
+
+    @staticmethod
+    def get_json(key: str) -> Any:
+        """A value decoded from JSON (None when absent)."""
+        return _decode(key, _Kv.get(key))
+
+    @staticmethod
+    def set_json(key: str, value: Any, ttl_ms: Optional[int] = None) -> None:
+        """Stores a value as JSON text, expiring after `ttl_ms` milliseconds if given."""
+        _Kv.set(key, _dumps(_plain(value)), ttl_ms)
+
+    @staticmethod
+    def delete(key: str) -> bool:
+        """Deletes a key; True when it existed."""
+        return _host(host_kv.delete, key)
 
     @staticmethod
     def compare_and_swap(key: str, expected: Optional[str], new: Optional[str], ttl_ms: Optional[int] = None) -> bool:
-        return host_kv.compare_and_swap(key, expected, new, ttl_ms)
+        """Sets `key` to `new` (None deletes it) only if its text is `expected` (None: absent)."""
+        return _host(host_kv.compare_and_swap, key, expected, new, ttl_ms)
 
 
 kv = _Kv()
 
 
-def _reason(error: Exception) -> str:
+class _Log:
+    """Writes to the broker's log, tagged with the plugin's name: `log.info("...")`."""
+
+    @staticmethod
+    def trace(message: Any) -> None:
+        host.log(types.Level.TRACE, str(message))
+
+    @staticmethod
+    def debug(message: Any) -> None:
+        host.log(types.Level.DEBUG, str(message))
+
+    @staticmethod
+    def info(message: Any) -> None:
+        host.log(types.Level.INFO, str(message))
+
+    @staticmethod
+    def warn(message: Any) -> None:
+        host.log(types.Level.WARN, str(message))
+
+    @staticmethod
+    def error(message: Any) -> None:
+        host.log(types.Level.ERROR, str(message))
+
+
+log = _Log()
+
+
+class HostLogHandler(logging.Handler):
+    """A `logging` handler writing to the broker's log; installed on the root logger, so
+    `logging.getLogger(__name__).info(...)` reaches the broker (which filters by level itself)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.ERROR:
+                level = types.Level.ERROR
+            elif record.levelno >= logging.WARNING:
+                level = types.Level.WARN
+            elif record.levelno >= logging.INFO:
+                level = types.Level.INFO
+            elif record.levelno >= logging.DEBUG:
+                level = types.Level.DEBUG
+            else:
+                level = types.Level.TRACE
+            host.log(level, text)
+        except Exception:
+            self.handleError(record)
+
+
+def _install_logging() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, HostLogHandler) for h in root.handlers):
+        handler = HostLogHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(handler)
+    # The broker's own filter (RUST_LOG) decides what is written.
+    root.setLevel(logging.DEBUG)
+
+
+_install_logging()
+
+
+def _reason(error: BaseException) -> str:
     """The message of a plugin error, or of a host call's error (`Err(variant)`)."""
     if isinstance(error, Err):
-        value = getattr(error.value, "value", None)
-        return value if isinstance(value, str) else type(error.value).__name__.split("_")[-1].lower()
+        return str(_host_error(error))
     return str(error)
+
+
+def _failure(error: Exception) -> str:
+    """The `plugin_error` message of an ordinary exception: its type and text, as Python prints them."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @dataclasses.dataclass
 class _Route:
     payload: Any
+    schema: Optional[dict]
     handler: Callable
     replies: list
+
+
+@dataclasses.dataclass
+class _Raw:
+    name: str
+    schema: dict
+    doc: Optional[str]
 
 
 class Plugin:
@@ -211,19 +433,32 @@ class Plugin:
         self.name, self.version, self.description, self.tags = name, version, description, list(tags)
         self._routes: dict = {}
         self._sends: list = []
+        self._raw: list = []
         self._on_connect: Optional[Callable] = None
         self._on_disconnect: Optional[Callable] = None
 
     def sends(self, *messages: type) -> "Plugin":
         """Declares frames the plugin sends besides its handlers' replies."""
-        self._sends.extend(m for m in messages if m not in self._sends)
+        for m in messages:
+            _schema(m)  # a type without a schema fails the build here
+            if m not in self._sends:
+                self._sends.append(m)
+        return self
+
+    def sends_raw(self, name: str, frame: type) -> "Plugin":
+        """Declares a kind of frame sent as it is, outside the `{"action", "payload"}` envelope;
+        `frame` (a dataclass) is the whole frame, and `name` labels it in the AsyncAPI document."""
+        self._raw = [r for r in self._raw if r.name != name]
+        self._raw.append(_Raw(name, _schema(frame), frame.__doc__))
         return self
 
     def on_connect(self, function: Callable) -> Callable:
+        """Decorates `on_connect(ctx)`; raising `Reject(code, reason)` refuses the client."""
         self._on_connect = function
         return function
 
     def on_disconnect(self, function: Callable) -> Callable:
+        """Decorates `on_disconnect(ctx)`, called once the connection has closed."""
         self._on_disconnect = function
         return function
 
@@ -237,21 +472,24 @@ class Plugin:
             reply = hints.get("return")
             replies = [reply] if isinstance(reply, type) and issubclass(reply, Message) else []
             self.sends(*replies)
-            self._routes[action] = _Route(payload, function, replies)
+            # Computed now, so a payload type without a schema fails the build.
+            schema = None if payload is None else _schema(payload)
+            self._routes[action] = _Route(payload, schema, function, replies)
             return function
 
         return register
 
-    def _spec(self, name: str, payload: Any, doc: Optional[str]) -> types.ActionSpec:
-        schema = None
-        if payload is not None:
-            schema = _dumps({"$schema": "http://json-schema.org/draft-07/schema#", **_schema(payload)})
+    def _spec(self, name: str, schema: Optional[dict], doc: Optional[str]) -> types.ActionSpec:
+        text = None
+        if schema is not None:
+            text = _dumps({"$schema": "http://json-schema.org/draft-07/schema#", **schema})
         summary = (doc or "").strip().splitlines()[0] if doc else None
-        return types.ActionSpec(name=name, summary=summary, description=None, payload_schema=schema)
+        return types.ActionSpec(name=name, summary=summary, description=None, payload_schema=text)
 
     def manifest(self) -> types.PluginManifest:
-        accepts = [self._spec(a, r.payload, r.handler.__doc__) for a, r in self._routes.items()]
-        sends = [self._spec(m.action, m, m.__doc__) for m in self._sends]
+        """What the broker asks once per load: the plugin, what it accepts and what it sends."""
+        accepts = [self._spec(a, r.schema, r.handler.__doc__) for a, r in self._routes.items()]
+        sends = [self._spec(m.action, _schema(m), m.__doc__) for m in self._sends]
         return types.PluginManifest(
             name=self.name,
             version=self.version,
@@ -279,22 +517,33 @@ class Plugin:
                 except (PluginError, Err) as error:
                     # As in the Rust SDK: a failure while accepting is an internal error (1011).
                     raise Err(types.Rejection(code=1011, reason=_reason(error)))
+                except Exception as error:
+                    raise Err(types.Rejection(code=1011, reason=_failure(error)))
 
             def on_message(self, ctx: types.Context, action: str, payload: Optional[str]) -> Optional[str]:
                 route = plugin._routes.get(action)
                 if route is None:
                     raise Err(types.HandlerError_Failed(f"no handler for {action!r}"))
-                value = None if payload is None else json.loads(payload)
-                argument = _build(route.payload, value) if route.payload is not None else value
                 try:
+                    value = None if payload is None else json.loads(payload)
+                    argument = _build(route.payload, value) if route.payload is not None else value
                     reply = route.handler(Context(ctx), argument)
+                    return None if reply is None else _frame(reply)
                 except (PluginError, Err) as error:
                     raise Err(types.HandlerError_Failed(_reason(error)))
-                return None if reply is None else _frame(reply)
+                except Exception as error:
+                    # As `?` in Rust: an ordinary error answers `plugin_error`, and the instance
+                    # keeps serving. Only a real trap is a crash.
+                    raise Err(types.HandlerError_Failed(_failure(error)))
 
             def on_disconnect(self, ctx: types.Context) -> None:
-                if plugin._on_disconnect is not None:
+                if plugin._on_disconnect is None:
+                    return
+                try:
                     plugin._on_disconnect(Context(ctx))
+                except Exception as error:
+                    # Nobody is left to answer: the log says what went wrong.
+                    log.error(f"on_disconnect failed: {_reason(error) if isinstance(error, (PluginError, Err)) else _failure(error)}")
 
         return Handler
 
@@ -319,6 +568,6 @@ class Plugin:
                 ]
 
             def raw_frames(self) -> list:
-                return []
+                return [plugin._spec(r.name, r.schema, r.doc) for r in plugin._raw]
 
         return Describe

@@ -46,7 +46,7 @@ struct Choice {
 
 /// One user message: ask the model, run the tools it asks for, ask again for the final answer.
 pub fn converse(ctx: &Context, out: &Out, settings: &Settings, message: &str) -> Result<()> {
-    let mut history: Vec<Value> = ctx.session_get(HISTORY)?.unwrap_or_default();
+    let mut history: Vec<Value> = ctx.session_get_json(HISTORY)?.unwrap_or_default();
     history.push(json!({"role": "user", "content": message}));
     let first = match ask(settings, &history) {
         Ok(reply) => reply,
@@ -74,7 +74,7 @@ pub fn converse(ctx: &Context, out: &Out, settings: &Settings, message: &str) ->
     out.final_response(&answer)?;
     history.push(json!({"role": "assistant", "content": answer}));
     let keep = history.len().saturating_sub(HISTORY_LIMIT);
-    ctx.session_set(HISTORY, &history[keep..].to_vec())
+    ctx.session_set_json(HISTORY, &history[keep..].to_vec())
 }
 
 /// One chat-completions request; the reply's `message`.

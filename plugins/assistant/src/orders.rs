@@ -45,11 +45,11 @@ impl Rules {
         let max = self.max_per_client;
         let taken = match ctx.user() {
             None => {
-                let placed: u32 = ctx.session_get(PLACED)?.unwrap_or(0);
+                let placed: u32 = ctx.session_get_json(PLACED)?.unwrap_or(0);
                 if placed >= max {
                     false
                 } else {
-                    ctx.session_set(PLACED, &(placed + 1))?;
+                    ctx.session_set_json(PLACED, &(placed + 1))?;
                     true
                 }
             }
@@ -74,8 +74,8 @@ impl Rules {
     pub fn give_back(&self, ctx: &Context) -> Result<()> {
         match ctx.user() {
             None => {
-                let placed: u32 = ctx.session_get(PLACED)?.unwrap_or(0);
-                ctx.session_set(PLACED, &placed.saturating_sub(1))
+                let placed: u32 = ctx.session_get_json(PLACED)?.unwrap_or(0);
+                ctx.session_set_json(PLACED, &placed.saturating_sub(1))
             }
             Some(user) => add(&user_key(user), -1, None, self.ttl()).map(drop),
         }
@@ -90,7 +90,7 @@ fn user_key(user: &str) -> String {
 /// other connections doing the same at once. False when it would pass `max`.
 fn add(key: &str, delta: i64, max: Option<u32>, ttl: Duration) -> Result<bool> {
     loop {
-        let current = kv::get_raw(key)?;
+        let current = kv::get(key)?;
         let count = current.as_deref().and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
         let next = count.saturating_add(delta).max(0);
         if max.is_some_and(|max| next > i64::from(max)) {

@@ -43,7 +43,7 @@ pub fn answer(ctx: &Context, out: &Out, message: &str) -> Result<()> {
         return match serde_json::from_str::<Value>(&placed) {
             Ok(order) => {
                 let id = order["order_id"].as_str().unwrap_or_default();
-                ctx.session_set(LAST_ORDER, &id)?;
+                ctx.session_set_json(LAST_ORDER, &id)?;
                 out.final_response(&format!(
                     "Your order **{id}** is placed: {} for {}.",
                     describe(&order["items"]),
@@ -81,7 +81,7 @@ fn wants_status(text: &str) -> bool {
 }
 
 fn last_order(ctx: &Context) -> Option<String> {
-    ctx.session_get::<String>(LAST_ORDER).ok().flatten()
+    ctx.session_get_json::<String>(LAST_ORDER).ok().flatten()
 }
 
 /// `ORD-0001` (any case) in the message.

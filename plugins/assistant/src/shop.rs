@@ -176,7 +176,7 @@ fn place_order(ctx: &Context, rules: &Rules, items: &[OrderItem]) -> std::result
     let stored = next_order_number().and_then(|number| {
         let id = format!("ORD-{number:04}");
         let order = json!({"order_id": id, "items": lines, "total": dollars(total), "status": "received"});
-        kv::set(&format!("order:{id}"), &order, Some(rules.ttl()))?;
+        kv::set_json(&format!("order:{id}"), &order, Some(rules.ttl()))?;
         Ok(order)
     });
     if stored.is_err() {
@@ -191,7 +191,7 @@ fn place_order(ctx: &Context, rules: &Rules, items: &[OrderItem]) -> std::result
 /// A shop-wide counter, safe against concurrent orders from other connections and instances.
 fn next_order_number() -> Result<u64> {
     loop {
-        let current = kv::get_raw("order-seq")?;
+        let current = kv::get("order-seq")?;
         let next = current.as_deref().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) + 1;
         if kv::compare_and_swap("order-seq", current.as_deref(), Some(&next.to_string()), None)? {
             return Ok(next);
@@ -201,5 +201,5 @@ fn next_order_number() -> Result<u64> {
 
 pub fn order_status(order_id: &str) -> Result<Value> {
     let id = order_id.trim().to_uppercase();
-    kv::get::<Value>(&format!("order:{id}"))?.ok_or_else(|| Error::msg(format!("no order {id}")))
+    kv::get_json::<Value>(&format!("order:{id}"))?.ok_or_else(|| Error::msg(format!("no order {id}")))
 }

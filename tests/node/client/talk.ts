@@ -4,7 +4,7 @@ import {
   connectWsAssistant,
   connectWsChatRoom,
   connectWsSystem,
-  type EchoClientUserMessage,
+  type UserMessagePayload,
   type WsAssistantServerFrame,
   type WsChatRoomServerFrame,
   type WsSystemServerFrame,
@@ -33,7 +33,7 @@ const pong = await echo.request({ action: "ping" });
 console.log(`ping: ${pong.action}`);
 
 // A payload the types forbid, forced through: the broker refuses it at the edge.
-const forced = {} as unknown as EchoClientUserMessage;
+const forced = {} as unknown as UserMessagePayload;
 const refused = await echo.request({ action: "user_message", payload: forced });
 if (refused.action !== "error") fail(`expected an error, got ${JSON.stringify(refused)}`);
 console.log(`refused: ${refused.payload.map((p) => `${p.type} at ${p.loc.join(".")}`).join(", ")}`);

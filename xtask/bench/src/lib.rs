@@ -1,7 +1,10 @@
 //! Shared by the load generator and the baseline: the WebSocket settings both use, so that the
 //! broker and the baseline are measured with the same client and comparable buffers. Also shared
 //! by the benchmarks and the black-box tests: the generations of the `versioned` plugin, and a
-//! redis-server to run a cluster against.
+//! redis-server to run a cluster against. `results` types what the load generator prints, for it and
+//! `cargo xtask bench`.
+
+pub mod results;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 

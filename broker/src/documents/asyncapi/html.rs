@@ -6,7 +6,12 @@ use std::fmt::Write;
 use serde_json::Value;
 
 /// The page for `doc` (an AsyncAPI 3.0 document built by [`super::document`]).
-pub fn render(doc: &Value) -> String {
+pub fn render(doc: &super::model::Document) -> String {
+    // The page follows references through the document as JSON, as a reader of the JSON would.
+    render_value(&serde_json::to_value(doc).unwrap_or_default())
+}
+
+fn render_value(doc: &Value) -> String {
     let mut page = String::new();
     let title = doc["info"]["title"].as_str().unwrap_or("AsyncAPI");
     let _ = write!(
@@ -109,19 +114,24 @@ fn render_message(page: &mut String, doc: &Value, message: &Value, op: &Value) {
             .collect();
         let _ = write!(page, "<p class=\"reply\">Answered with {}</p>", names.join(" or "));
     }
-    let payload = &message["payload"]["properties"]["payload"];
+    let frame = resolve(doc, &message["payload"]).unwrap_or(&message["payload"]);
+    let payload = &frame["properties"]["payload"];
     let shown = resolve(doc, payload).unwrap_or(payload);
     let pretty = serde_json::to_string_pretty(shown).unwrap_or_default();
     let _ =
         write!(page, "<details><summary>payload schema</summary><pre>{}</pre></details></article>", escape(&pretty));
 }
 
-/// Follows a local `$ref` (`#/a/b/c`) once; the value itself when it is not a reference.
-fn resolve<'a>(doc: &'a Value, value: &'a Value) -> Option<&'a Value> {
-    match value.get("$ref").and_then(Value::as_str) {
-        Some(pointer) => doc.pointer(pointer.strip_prefix('#')?),
-        None => Some(value),
+/// Follows local `$ref`s (`#/a/b/c`, a channel's message to its component); the value itself when
+/// it is not a reference.
+fn resolve<'a>(doc: &'a Value, mut value: &'a Value) -> Option<&'a Value> {
+    for _ in 0..4 {
+        match value.get("$ref").and_then(Value::as_str) {
+            Some(pointer) => value = doc.pointer(pointer.strip_prefix('#')?)?,
+            None => return Some(value),
+        }
     }
+    None
 }
 
 fn paragraphs(text: &str) -> String {
@@ -159,11 +169,14 @@ mod tests {
         let doc = json!({
             "asyncapi": "3.0.0",
             "info": {"title": "<b>", "version": "1", "description": "one\n\ntwo"},
-            "channels": {"c": {"address": "/ws", "messages": {"m": {"name": "hi", "payload": {"properties": {"payload": {"$ref": "#/components/schemas/s"}}}}}}},
+            "channels": {"c": {"address": "/ws", "messages": {"m": {"$ref": "#/components/messages/m"}}}},
             "operations": {"o": {"action": "receive", "channel": {"$ref": "#/channels/c"}, "messages": [{"$ref": "#/channels/c/messages/m"}]}},
-            "components": {"schemas": {"s": {"type": "object", "title": "a<b"}}},
+            "components": {
+                "messages": {"m": {"name": "hi", "payload": {"$ref": "#/components/schemas/f"}}},
+                "schemas": {"f": {"properties": {"payload": {"$ref": "#/components/schemas/s"}}}, "s": {"type": "object", "title": "a<b"}},
+            },
         });
-        let page = render(&doc);
+        let page = render_value(&doc);
         assert!(page.contains("<h1>&lt;b&gt;"), "{page}");
         assert!(page.contains("<p>one</p><p>two</p>"));
         assert!(page.contains("<code>hi</code>"));

@@ -1,14 +1,16 @@
 //! Typed clients generated from the AsyncAPI document (`broker client --lang ...`), so a front end
 //! gets compile-time checked frames, as Chanx's client generator gives its users.
 //!
-//! Both generators read the same model: the document's component schemas, and per channel the
-//! frames clients send (messages of `receive` operations) and the frames they get (messages of
-//! `send` operations and of replies).
+//! Both generators read the same model, from the typed document: its component schemas, and per
+//! channel the frames clients send (messages of `receive` operations) and the frames they get
+//! (messages of `send` operations and of replies).
 
 mod python;
 mod typescript;
 
 use serde_json::Value;
+
+use crate::documents::asyncapi::model::{Action, Dangling, Document, Reference};
 
 /// A client language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -17,25 +19,26 @@ pub enum Lang {
     Python,
 }
 
-/// The client module for `doc` (an AsyncAPI 3.0 document of [`crate::documents::asyncapi::document`]).
-pub fn generate(doc: &Value, lang: Lang) -> String {
-    let api = Api::read(doc);
-    match lang {
+/// The client module for `doc` (built by [`crate::documents::asyncapi::document`]); `Err` names a
+/// reference that leads nowhere, rather than generating a client without its frames.
+pub fn generate(doc: &Document, lang: Lang) -> Result<String, Dangling> {
+    let api = Api::read(doc)?;
+    Ok(match lang {
         Lang::Typescript => typescript::render(&api),
         Lang::Python => python::render(&api),
-    }
+    })
 }
 
 struct Api {
     title: String,
     version: String,
-    /// `components.schemas`, in document order.
+    /// `components.schemas`, by key.
     schemas: Vec<(String, Value)>,
     channels: Vec<Channel>,
 }
 
 struct Channel {
-    /// A name for identifiers, from the channel id: `ws_chat_room` → `WsChatRoom`.
+    /// A name for identifiers, from the path: `/ws/chat/{room}` → `WsChatRoom`.
     name: String,
     address: String,
     params: Vec<String>,
@@ -51,64 +54,54 @@ struct Frame {
 }
 
 impl Api {
-    fn read(doc: &Value) -> Api {
-        let schemas = doc["components"]["schemas"]
-            .as_object()
-            .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
+    fn read(doc: &Document) -> Result<Api, Dangling> {
+        let schemas = doc.components.schemas.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut channels = Vec::new();
-        for (id, channel) in doc["channels"].as_object().into_iter().flatten() {
+        for (id, channel) in &doc.channels {
             let mut from_client = Vec::new();
             let mut from_server = Vec::new();
-            let own = format!("#/channels/{id}");
-            for op in doc["operations"].as_object().into_iter().flat_map(|ops| ops.values()) {
-                if op["channel"]["$ref"].as_str() != Some(&own) {
-                    continue;
-                }
-                let (sent, replies) = match op["action"].as_str() {
-                    Some("receive") => (&mut from_client, op["reply"]["messages"].as_array()),
-                    _ => (&mut from_server, None),
+            for op in doc.operations_of(id) {
+                let (sent, replies) = match op.action {
+                    Action::Receive => (&mut from_client, op.reply.as_ref().map(|r| r.messages.as_slice())),
+                    Action::Send => (&mut from_server, None),
                 };
-                for message in op["messages"].as_array().into_iter().flatten() {
-                    push_frame(sent, doc, message);
+                for message in &op.messages {
+                    push_frame(sent, doc, message)?;
                 }
                 for message in replies.into_iter().flatten() {
-                    push_frame(&mut from_server, doc, message);
+                    push_frame(&mut from_server, doc, message)?;
                 }
             }
-            let params = channel["parameters"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
             channels.push(Channel {
-                name: pascal(id),
-                address: channel["address"].as_str().unwrap_or_default().to_owned(),
-                params,
+                name: pascal(&path_words(&channel.address)),
+                address: channel.address.clone(),
+                params: channel.parameters.keys().cloned().collect(),
                 from_client,
                 from_server,
             });
         }
-        Api {
-            title: doc["info"]["title"].as_str().unwrap_or_default().to_owned(),
-            version: doc["info"]["version"].as_str().unwrap_or_default().to_owned(),
-            schemas,
-            channels,
-        }
+        Ok(Api { title: doc.info.title.clone(), version: doc.info.version.clone(), schemas, channels })
     }
 }
 
-fn push_frame(frames: &mut Vec<Frame>, doc: &Value, reference: &Value) {
-    let message = match reference["$ref"].as_str().and_then(|r| r.strip_prefix('#')) {
-        Some(pointer) => doc.pointer(pointer),
-        None => Some(reference),
-    };
-    let Some(message) = message else { return };
-    let action = message["name"].as_str().unwrap_or_default().to_owned();
-    if frames.iter().any(|f| f.action == action) {
-        return;
+fn push_frame(frames: &mut Vec<Frame>, doc: &Document, reference: &Reference) -> Result<(), Dangling> {
+    let message = doc.message(reference)?;
+    if frames.iter().any(|f| f.action == message.name) {
+        return Ok(());
     }
     frames.push(Frame {
-        action,
-        summary: message["summary"].as_str().map(str::to_owned),
-        schema: message["payload"].clone(),
+        action: message.name.clone(),
+        summary: message.summary.clone(),
+        schema: doc.schema(&message.payload)?.clone(),
     });
+    Ok(())
+}
+
+/// `/ws/chat/{room}` → `ws_chat_room`: the generated clients' names stay those of the path, so a
+/// route renamed in broker.toml does not rename its client.
+fn path_words(path: &str) -> String {
+    let words: Vec<&str> = path.split(|c: char| !c.is_ascii_alphanumeric()).filter(|word| !word.is_empty()).collect();
+    if words.is_empty() { "root".to_owned() } else { words.join("_") }
 }
 
 /// `echo.client.user_message` → `EchoClientUserMessage`.
@@ -144,5 +137,7 @@ mod tests {
         assert_eq!(pascal("echo.client.user_message"), "EchoClientUserMessage");
         assert_eq!(pascal("ws_chat_room"), "WsChatRoom");
         assert_eq!(pascal("1st"), "_1st");
+        assert_eq!(path_words("/ws/chat/{room}"), "ws_chat_room");
+        assert_eq!(path_words("/"), "root");
     }
 }

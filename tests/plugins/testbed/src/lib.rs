@@ -46,6 +46,20 @@ struct Key {
     key: String,
 }
 
+/// A text value under a key: what `kv_set` and `session_set` store as it is.
+#[derive(Deserialize, JsonSchema)]
+struct TextValue {
+    key: String,
+    value: String,
+}
+
+/// Any JSON value under a key: what `kv_set_json` and `session_set_json` store as JSON text.
+#[derive(Deserialize, JsonSchema)]
+struct JsonValue {
+    key: String,
+    value: Value,
+}
+
 #[derive(Deserialize, JsonSchema)]
 struct Close {
     code: u16,
@@ -66,11 +80,34 @@ struct Strict {
     tags: Option<Vec<String>>,
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum Kind {
     Plain,
     Fancy,
+}
+
+/// Payload types beyond scalars, declared alike in tests/polyglot/parity-py and parity-js: a map,
+/// an enum and a single-value enum (Python's `Literal["only"]`).
+#[derive(Deserialize, Serialize, JsonSchema)]
+struct Typed {
+    flags: std::collections::BTreeMap<String, bool>,
+    kind: Kind,
+    only: Only,
+}
+
+#[derive(Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum Only {
+    Only,
+}
+
+/// A frame sent outside the action envelope, declared alike in the parity plugins.
+#[derive(Serialize, JsonSchema)]
+#[allow(dead_code)] // only its schema is used
+struct Status {
+    status: String,
+    done: bool,
 }
 
 /// The answer to `strict`: what was accepted.
@@ -91,6 +128,7 @@ fn plugin() -> Plugin {
     Plugin::new("testbed", env!("CARGO_PKG_VERSION"))
         .sends_untyped("spinning")
         .sends_untyped("pushed")
+        .sends_raw::<Status>("status")
         .on_connect(|ctx| {
             if ctx.path().starts_with("/ws/reject") {
                 return Err(Reject::new(4403, "this route refuses everyone"));
@@ -127,12 +165,34 @@ fn plugin() -> Plugin {
             let ttl = w.ttl_ms.map(std::time::Duration::from_millis);
             let done = match (w.cas, &w.value) {
                 (true, new) => plugin_sdk::kv::compare_and_swap(&w.key, w.expected.as_deref(), new.as_deref(), ttl)?,
-                (false, Some(value)) => plugin_sdk::kv::set_raw(&w.key, value, ttl).map(|()| true)?,
+                (false, Some(value)) => plugin_sdk::kv::set(&w.key, value, ttl).map(|()| true)?,
                 (false, None) => plugin_sdk::kv::delete(&w.key)?,
             };
             Ok(Frame::new("kv_written", done))
         })
-        .handle("kv_read", |_ctx, k: Key| Ok(Frame::new("kv_read", plugin_sdk::kv::get_raw(&k.key)?)))
+        .handle("kv_read", |_ctx, k: Key| Ok(Frame::new("kv_read", plugin_sdk::kv::get(&k.key)?)))
+        // The SDK parity actions, which tests/polyglot/parity-py and parity-js answer the same way.
+        .handle("kv_set", |_ctx, v: TextValue| Ok(Frame::new("kv_set", plugin_sdk::kv::set(&v.key, &v.value, None)?)))
+        .handle("kv_get", |_ctx, k: Key| Ok(Frame::new("kv_get", plugin_sdk::kv::get(&k.key)?)))
+        .handle("kv_set_json", |_ctx, v: JsonValue| {
+            Ok(Frame::new("kv_set_json", plugin_sdk::kv::set_json(&v.key, &v.value, None)?))
+        })
+        .handle("kv_get_json", |_ctx, k: Key| Ok(Frame::new("kv_get_json", plugin_sdk::kv::get_json::<Value>(&k.key)?)))
+        .handle("session_set", |ctx, v: TextValue| Ok(Frame::new("session_set", ctx.session_set(&v.key, &v.value)?)))
+        .handle("session_get", |ctx, k: Key| Ok(Frame::new("session_get", ctx.session_get(&k.key))))
+        .handle("session_set_json", |ctx, v: JsonValue| {
+            Ok(Frame::new("session_set_json", ctx.session_set_json(&v.key, &v.value)?))
+        })
+        .handle("session_get_json", |ctx, k: Key| {
+            Ok(Frame::new("session_get_json", ctx.session_get_json::<Value>(&k.key)?))
+        })
+        // An ordinary error, as `?` passes it on: the client gets `plugin_error`.
+        .handle("raise", |_ctx, _: ()| -> plugin_sdk::Result<()> {
+            let n: u32 = std::hint::black_box("not a number").parse()?;
+            let _ = n;
+            Ok(())
+        })
+        .handle("typed", |_ctx, typed: Typed| Ok(Frame::new("typed", typed)))
         .handle("send_to", |_ctx, s: SendTo| plugin_sdk::send_to(s.connection, &s.frame))
         .handle("members", |_ctx, group: Group| Ok(Frame::new("members", plugin_sdk::members(&group.group))))
         .handle("count", |_ctx, _: ()| Ok(Frame::new("count", CALLS.fetch_add(1, Ordering::Relaxed) + 1)))

@@ -41,13 +41,13 @@ fn plugin() -> Plugin {
         .handle("bounded", |_ctx, _: Bounded| Ok(Frame::new("bounded", MARKER)))
         .handle("panic", |_ctx, _: ()| -> plugin_sdk::Result<()> { panic!("{MARKER} panics") })
         .handle("remember", |ctx, remember: Remember| {
-            ctx.session_set("value", &remember.value)?;
-            kv::set("value", &remember.value, None)?;
+            ctx.session_set_json("value", &remember.value)?;
+            kv::set_json("value", &remember.value, None)?;
             Ok(())
         })
         .handle("recall", |ctx, _: ()| {
-            let session: Option<String> = ctx.session_get("value")?;
-            let stored: Option<String> = kv::get("value")?;
+            let session: Option<String> = ctx.session_get_json("value")?;
+            let stored: Option<String> = kv::get_json("value")?;
             Ok(Frame::new("recall", json!({ "gen": MARKER, "session": session, "kv": stored })))
         })
 }

@@ -4,7 +4,7 @@
 //! `baseline [ADDR]` prints `listening on ADDR` and serves `/ws/system` and `/ws/chat/{room}`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -13,7 +13,15 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-type Rooms = Arc<Mutex<HashMap<String, HashMap<u64, mpsc::Sender<Utf8Bytes>>>>>;
+/// Each room's members by connection id.
+type RoomMap = HashMap<String, HashMap<u64, mpsc::Sender<Utf8Bytes>>>;
+type Rooms = Arc<Mutex<RoomMap>>;
+
+/// The rooms, locked. Nothing panics while holding the lock, and a map left by a panicking task
+/// would still be whole, so a poisoned lock is taken as it is.
+fn lock(rooms: &Rooms) -> MutexGuard<'_, RoomMap> {
+    rooms.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -56,7 +64,7 @@ async fn serve(tcp: TcpStream, id: u64, rooms: Rooms) {
     let room = path.trim_end_matches('/').strip_prefix("/ws/chat/").map(str::to_owned);
     match &room {
         Some(room) => {
-            rooms.lock().unwrap().entry(room.clone()).or_default().insert(id, tx.clone());
+            lock(&rooms).entry(room.clone()).or_default().insert(id, tx.clone());
         }
         None => {
             let welcome =
@@ -81,9 +89,7 @@ async fn serve(tcp: TcpStream, id: u64, rooms: Rooms) {
                 // Serialized once, shared by every member, as the broker does.
                 let out =
                     Utf8Bytes::from(json!({"action": "new_chat_message", "payload": frame["payload"]}).to_string());
-                let members: Vec<_> = rooms
-                    .lock()
-                    .unwrap()
+                let members: Vec<_> = lock(&rooms)
                     .get(room)
                     .map(|m| m.iter().filter(|(k, _)| **k != id).map(|(_, v)| v.clone()).collect())
                     .unwrap_or_default();
@@ -95,7 +101,7 @@ async fn serve(tcp: TcpStream, id: u64, rooms: Rooms) {
         }
     }
     if let Some(room) = &room {
-        let mut rooms = rooms.lock().unwrap();
+        let mut rooms = lock(&rooms);
         if let Some(members) = rooms.get_mut(room) {
             members.remove(&id);
             if members.is_empty() {

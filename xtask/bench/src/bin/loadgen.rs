@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bench::results;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -46,25 +47,26 @@ async fn main() -> Result<()> {
     let result = match arg(0)?.as_str() {
         "echo" => {
             let action = args.get(5).cloned().unwrap_or_else(|| "user_message".into());
-            echo(&arg(1)?, num(2)? as usize, Duration::from_secs(num(3)?), Duration::from_secs(num(4)?), &action)
-                .await?
+            let (url, connections) = (arg(1)?, num(2)? as usize);
+            let (duration, warmup) = (Duration::from_secs(num(3)?), Duration::from_secs(num(4)?));
+            serde_json::to_string(&echo(&url, connections, duration, warmup, &action).await?)?
         }
         "fanout" => {
             let sender = arg(1)?;
             let members_url = args.get(4).cloned().unwrap_or_else(|| sender.clone());
-            fanout(&sender, &members_url, num(2)? as usize, num(3)?).await?
+            serde_json::to_string(&fanout(&sender, &members_url, num(2)? as usize, num(3)?).await?)?
         }
-        "hold" => hold(&arg(1)?, num(2)? as usize).await?,
+        "hold" => serde_json::to_string(&hold(&arg(1)?, num(2)? as usize).await?)?,
         "reload" => {
             let versions = args[4..]
                 .iter()
                 .map(|v| v.split_once('=').map(|(m, p)| (m.to_owned(), p.to_owned())).context("MARKER=FILE"))
                 .collect::<Result<Vec<_>>>()?;
-            reload(&arg(1)?, num(2)? as usize, &arg(3)?, &versions).await?
+            serde_json::to_string(&reload(&arg(1)?, num(2)? as usize, &arg(3)?, &versions).await?)?
         }
         "attack" => {
             let clients = args.get(4).map_or(Ok(1), |n| n.parse()).context("CLIENTS is a number")?;
-            attack(&arg(1)?, &arg(2)?, Duration::from_secs(num(3)?), clients).await?
+            serde_json::to_string(&attack(&arg(1)?, &arg(2)?, Duration::from_secs(num(3)?), clients).await?)?
         }
         other => bail!("unknown scenario {other:?}"),
     };
@@ -139,8 +141,9 @@ async fn pinged(mut ws: Ws) -> Result<Ws> {
     Ok(ws)
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+/// Microseconds from 1 to a minute, three significant digits.
+fn histogram() -> Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
 fn micros(d: Duration) -> u64 {
@@ -153,7 +156,7 @@ async fn echo(
     duration: Duration,
     warmup: Duration,
     action: &str,
-) -> Result<serde_json::Value> {
+) -> Result<results::Echo> {
     // The echo route greets each connection; another plugin's route is ready once it answers a ping.
     let clients = if action == "user_message" {
         connect_all(url, connections, welcomed).await?
@@ -172,7 +175,7 @@ async fn echo(
         .map(|mut ws| {
             let frame = frame.clone();
             tokio::spawn(async move {
-                let (mut hist, mut count) = (histogram(), 0u64);
+                let (mut hist, mut count) = (histogram()?, 0u64);
                 while Instant::now() < end {
                     let sent = Instant::now();
                     ws.send(Message::text(frame.as_str())).await?;
@@ -186,20 +189,20 @@ async fn echo(
             })
         })
         .collect();
-    let (mut hist, mut replies) = (histogram(), 0);
+    let (mut hist, mut replies) = (histogram()?, 0);
     for task in tasks {
         let (h, c) = task.await??;
         hist.add(h)?;
         replies += c;
     }
-    Ok(json!({
-        "connections": connections,
-        "replies": replies,
-        "per_second": replies as f64 / duration.as_secs_f64(),
-        "p50_us": hist.value_at_quantile(0.5),
-        "p99_us": hist.value_at_quantile(0.99),
-        "p999_us": hist.value_at_quantile(0.999),
-    }))
+    Ok(results::Echo {
+        connections: connections as u64,
+        replies,
+        per_second: replies as f64 / duration.as_secs_f64(),
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+    })
 }
 
 /// Sends `action` (a misbehaving handler of the test plugin) again and again for `duration`, each
@@ -207,7 +210,7 @@ async fn echo(
 /// backoff, so every attack runs for real.
 /// `clients` clients repeating a hostile action for `duration`; a connection the broker closes for
 /// it is replaced by a new one. `big:BYTES` sends a `user_message` of BYTES instead of an action.
-async fn attack(url: &str, action: &str, duration: Duration, clients: usize) -> Result<serde_json::Value> {
+async fn attack(url: &str, action: &str, duration: Duration, clients: usize) -> Result<results::Attack> {
     let attack = match action.strip_prefix("big:") {
         Some(bytes) => {
             json!({"action": "user_message", "payload": {"message": "x".repeat(bytes.parse()?)}}).to_string()
@@ -247,7 +250,7 @@ async fn attack(url: &str, action: &str, duration: Duration, clients: usize) -> 
         attacks += a;
         closed += c;
     }
-    Ok(json!({"action": action, "attacks": attacks, "closed": closed}))
+    Ok(results::Attack { action: action.to_owned(), attacks, closed })
 }
 
 /// Reads until a frame containing `marker` (true) or the end of the connection (false).
@@ -261,7 +264,7 @@ async fn answered(ws: &mut Ws, marker: &str) -> bool {
     }
 }
 
-async fn fanout(url: &str, members_url: &str, members: usize, messages: u64) -> Result<serde_json::Value> {
+async fn fanout(url: &str, members_url: &str, members: usize, messages: u64) -> Result<results::Fanout> {
     // A pong proves the member's join is done, on another node too (the broker answers it after
     // `on-connect`, which returns once the cluster can reach the member).
     let receivers = connect_all(members_url, members, pinged).await?;
@@ -273,7 +276,7 @@ async fn fanout(url: &str, members_url: &str, members: usize, messages: u64) -> 
         .map(|mut ws| {
             let delivered = delivered.clone();
             tokio::spawn(async move {
-                let mut hist = histogram();
+                let mut hist = histogram()?;
                 for _ in 0..messages {
                     let text = tokio::time::timeout(PHASE_LIMIT, next_text(&mut ws)).await??;
                     // `"message":"<sent at, µs since epoch>"`, found without a JSON parse: the load
@@ -302,33 +305,34 @@ async fn fanout(url: &str, members_url: &str, members: usize, messages: u64) -> 
         let frame = json!({"action": "new_chat_message", "payload": {"message": micros(epoch.elapsed()).to_string(), "name": "s"}});
         sender.send(Message::text(frame.to_string())).await?;
     }
-    let mut hist = histogram();
+    let mut hist = histogram()?;
     for task in tasks {
         hist.add(task.await??)?;
     }
     let elapsed = started.elapsed();
     let total = delivered.load(Ordering::Relaxed);
-    Ok(json!({
-        "members": members,
-        "messages": messages,
-        "deliveries": total,
-        "lost": messages * members as u64 - total,
-        "per_second": total as f64 / elapsed.as_secs_f64(),
-        "p50_us": hist.value_at_quantile(0.5),
-        "p99_us": hist.value_at_quantile(0.99),
-    }))
+    Ok(results::Fanout {
+        members: members as u64,
+        messages,
+        deliveries: total,
+        lost: messages * members as u64 - total,
+        per_second: total as f64 / elapsed.as_secs_f64(),
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+    })
 }
 
-async fn hold(url: &str, count: usize) -> Result<serde_json::Value> {
+async fn hold(url: &str, count: usize) -> Result<results::Held> {
     let started = Instant::now();
     let clients = connect_all(url, count, welcomed).await?;
     // The caller measures the server now, then closes our stdin.
-    println!("{}", json!({"ready": clients.len(), "connect_seconds": started.elapsed().as_secs_f64()}));
+    let ready = results::Ready { ready: clients.len() as u64, connect_seconds: started.elapsed().as_secs_f64() };
+    println!("{}", serde_json::to_string(&ready)?);
     let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await;
-    Ok(json!({"held": clients.len()}))
+    Ok(results::Held { held: clients.len() as u64 })
 }
 
-async fn reload(url: &str, connections: usize, file: &str, versions: &[(String, String)]) -> Result<serde_json::Value> {
+async fn reload(url: &str, connections: usize, file: &str, versions: &[(String, String)]) -> Result<results::Reload> {
     let clients = connect_all(url, connections, pinged).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = clients
@@ -383,14 +387,14 @@ async fn reload(url: &str, connections: usize, file: &str, versions: &[(String, 
     let warm: Vec<f64> = swaps.iter().skip(2).map(ms).collect();
     let mut sorted = warm.clone();
     sorted.sort_by(f64::total_cmp);
-    Ok(json!({
-        "connections": connections,
-        "swaps": swaps.len(),
-        "replies": replies,
-        "lost": lost,
-        "worst_reply_ms": ms(&worst),
-        "cold_swap_ms": swaps.iter().take(2).map(ms).collect::<Vec<_>>(),
-        "warm_swap_ms_median": sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
-        "warm_swap_ms_max": sorted.last().copied().unwrap_or(0.0),
-    }))
+    Ok(results::Reload {
+        connections: connections as u64,
+        swaps: swaps.len() as u64,
+        replies,
+        lost,
+        worst_reply_ms: ms(&worst),
+        cold_swap_ms: swaps.iter().take(2).map(ms).collect(),
+        warm_swap_ms_median: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+        warm_swap_ms_max: sorted.last().copied().unwrap_or(0.0),
+    })
 }

@@ -1,0 +1,270 @@
+//! SDK parity: the same plugin written with the Rust, Python and JavaScript SDKs (the testbed,
+//! tests/polyglot/parity-py and parity-js, sharing one namespace) means the same thing by the
+//! same words, fails the same way and is documented the same way.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Broker, Client, compile_cache, default_config, js_plugin_path, plugin_path, py_plugin_path};
+
+/// The languages, in the order of `parity_config`'s routes (`/ws/parity/{lang}`).
+const LANGS: [&str; 3] = ["rust", "python", "javascript"];
+
+/// `default_config` with the three parity plugins mounted at `/ws/parity/{lang}` in the one
+/// namespace `parity`, with small state limits to run into.
+fn parity_config() -> String {
+    default_config(&format!(
+        r#"
+[engine]
+cache_dir = "{cache}"
+
+[state]
+kv_value_bytes = 128
+session_bytes = 256
+
+[plugins.parity-rust]
+path = "{rust}"
+namespace = "parity"
+
+[plugins.parity-python]
+path = "{python}"
+namespace = "parity"
+
+[plugins.parity-javascript]
+path = "{javascript}"
+namespace = "parity"
+
+[[routes]]
+path = "/ws/parity/rust"
+plugin = "parity-rust"
+
+[[routes]]
+path = "/ws/parity/python"
+plugin = "parity-python"
+
+[[routes]]
+path = "/ws/parity/javascript"
+plugin = "parity-javascript"
+"#,
+        cache = compile_cache().display(),
+        rust = plugin_path("testbed").display(),
+        python = py_plugin_path("parity-py").display(),
+        javascript = js_plugin_path("parity-js").display(),
+    ))
+}
+
+/// Sends `action` with `payload` and returns the answer's payload, which must be `action`'s.
+async fn call(client: &mut Client, action: &str, payload: Value) -> Value {
+    let answer = client.request(json!({"action": action, "payload": payload})).await;
+    assert_eq!(answer["action"], action, "{action} {payload}: {answer}");
+    answer["payload"].clone()
+}
+
+/// A JSON value with what tends to differ between encoders: nesting, a float, null, escapes and
+/// non-ASCII text.
+fn sample() -> Value {
+    json!({"n": 1, "text": "h\u{e9}llo \"quoted\"", "list": [1, 2.5, null, true], "nested": {"a": []}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_languages_read_each_others_key_value_and_session_values_alike_raw_and_json() {
+    let broker = Broker::with_config(&parity_config());
+    let mut clients = Vec::new();
+    for lang in LANGS {
+        clients.push(broker.connect(&format!("/ws/parity/{lang}")).await);
+    }
+    let sample = sample();
+
+    // Each language writes text as it is and values as JSON, under keys of its own...
+    for (writer, lang) in LANGS.iter().enumerate() {
+        let client = &mut clients[writer];
+        call(client, "kv_set", json!({"key": format!("{lang}:raw"), "value": "plain text, not JSON"})).await;
+        call(client, "kv_set", json!({"key": format!("{lang}:raw-json"), "value": "[1,2]"})).await;
+        call(client, "kv_set_json", json!({"key": format!("{lang}:json"), "value": sample})).await;
+        call(client, "kv_set_json", json!({"key": format!("{lang}:string"), "value": "hi"})).await;
+    }
+    // ... and every language reads every other's the same way.
+    for lang in LANGS {
+        for (reader, reader_lang) in LANGS.iter().enumerate() {
+            let client = &mut clients[reader];
+            let key = |suffix: &str| json!({"key": format!("{lang}:{suffix}")});
+            let seen = [
+                call(client, "kv_get", key("raw")).await,
+                call(client, "kv_get_json", key("raw-json")).await,
+                call(client, "kv_get", key("json")).await,
+                call(client, "kv_get_json", key("json")).await,
+                call(client, "kv_get", key("string")).await,
+                call(client, "kv_get_json", key("string")).await,
+                call(client, "kv_get", key("absent")).await,
+                call(client, "kv_get_json", key("absent")).await,
+            ];
+            let expected = [
+                json!("plain text, not JSON"),
+                json!([1, 2]),
+                json!(sample.to_string()),
+                sample.clone(),
+                json!("\"hi\""),
+                json!("hi"),
+                Value::Null,
+                Value::Null,
+            ];
+            assert_eq!(seen, expected, "{reader_lang} reading what {lang} wrote");
+        }
+    }
+
+    // Sessions are per connection: each language reads back what it set, through the same
+    // accessors, the same way.
+    for lang in LANGS {
+        let mut client = broker.connect(&format!("/ws/parity/{lang}")).await;
+        call(&mut client, "session_set", json!({"key": "raw", "value": "plain text, not JSON"})).await;
+        call(&mut client, "session_set", json!({"key": "raw-json", "value": "{\"a\":[true]}"})).await;
+        call(&mut client, "session_set_json", json!({"key": "json", "value": sample})).await;
+        call(&mut client, "session_set_json", json!({"key": "string", "value": "hi"})).await;
+        let key = |key: &str| json!({"key": key});
+        let seen = [
+            call(&mut client, "session_get", key("raw")).await,
+            call(&mut client, "session_get_json", key("raw-json")).await,
+            call(&mut client, "session_get", key("json")).await,
+            call(&mut client, "session_get_json", key("json")).await,
+            call(&mut client, "session_get", key("string")).await,
+            call(&mut client, "session_get_json", key("string")).await,
+            call(&mut client, "session_get", key("absent")).await,
+            call(&mut client, "session_get_json", key("absent")).await,
+        ];
+        let expected = [
+            json!("plain text, not JSON"),
+            json!({"a": [true]}),
+            json!(sample.to_string()),
+            sample.clone(),
+            json!("\"hi\""),
+            json!("hi"),
+            Value::Null,
+            Value::Null,
+        ];
+        assert_eq!(seen, expected, "{lang}'s session");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_exception_is_a_plugin_error_in_every_language_and_takes_nothing_down() {
+    let broker = Broker::with_config(&parity_config());
+    for lang in LANGS {
+        let route = format!("/ws/parity/{lang}");
+        let mut client = broker.connect(&route).await;
+        for n in 0..100 {
+            let answer = client.request(json!({"action": "raise", "ref": n.to_string()})).await;
+            assert_eq!(answer["action"], "error", "{lang}, call {n}: {answer}");
+            assert_eq!(answer["ref"], n.to_string(), "{lang}: {answer}");
+            let [problem] = answer["payload"].as_array().map(Vec::as_slice).unwrap_or_default() else {
+                panic!("{lang}: one problem expected: {answer}");
+            };
+            assert_eq!((&problem["type"], &problem["loc"]), (&json!("plugin_error"), &json!(["raise"])), "{lang}");
+            assert!(problem["msg"].as_str().is_some_and(|msg| !msg.is_empty()), "{lang}: {answer}");
+        }
+        // The client that raised is still served, and so is anyone else, at once.
+        client.assert_alive().await;
+        assert_eq!(call(&mut client, "kv_get", json!({"key": "absent"})).await, Value::Null, "{lang}");
+        let mut other = broker.connect(&route).await;
+        assert_eq!(call(&mut other, "kv_get", json!({"key": "absent"})).await, Value::Null, "{lang}");
+
+        let plugin = format!("parity-{lang}");
+        let errors = format!("broker_plugin_errors_total{{plugin=\"{plugin}\",kind=\"error\"}}");
+        assert_eq!(broker.metric(&errors).await, 100.0, "{lang}");
+        let (_, metrics) = broker.http("GET", "/metrics", None, "").await;
+        let crashed = format!("broker_plugin_errors_total{{plugin=\"{plugin}\",kind=\"crashed\"}}");
+        assert!(!metrics.contains(&crashed), "{lang}: nothing trapped:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_host_failure_gives_the_same_frame_in_every_language() {
+    let broker = Broker::with_config(&parity_config());
+    let failures = [
+        (
+            "kv_set",
+            json!({"key": "big", "value": "x".repeat(200)}),
+            "a value of 200 bytes is over state.kv_value_bytes (128)",
+        ),
+        (
+            "kv_set_json",
+            json!({"key": "big", "value": "x".repeat(198)}),
+            "a value of 200 bytes is over state.kv_value_bytes (128)",
+        ),
+        (
+            "session_set",
+            json!({"key": "big", "value": "x".repeat(300)}),
+            "the session would hold 303 bytes, over state.session_bytes (256)",
+        ),
+        (
+            "send_to",
+            json!({"connection": 999_999_999u64, "frame": {"action": "hello"}}),
+            "connection 999999999 is closed",
+        ),
+    ];
+    for (action, payload, msg) in failures {
+        let mut frames = Vec::new();
+        for lang in LANGS {
+            let mut client = broker.connect(&format!("/ws/parity/{lang}")).await;
+            frames.push(client.request(json!({"action": action, "payload": payload, "ref": "r"})).await);
+        }
+        let expected = json!({
+            "action": "error",
+            "payload": [{"type": "plugin_error", "loc": [action], "msg": msg}],
+            "ref": "r",
+        });
+        assert_eq!(frames, [expected.clone(), expected.clone(), expected], "{action}: rust, python, javascript");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_enums_literals_and_raw_frames_are_declared_alike_in_every_language() {
+    let broker = Broker::with_config(&parity_config());
+    let valid = json!({"flags": {"a": true, "b": false}, "kind": "fancy", "only": "only"});
+    let invalid = [
+        json!({"flags": {"a": 1}, "kind": "plain", "only": "only"}),
+        json!({"flags": [], "kind": "odd", "only": "other"}),
+        json!({"flags": {}, "kind": 5, "only": null}),
+    ];
+    let mut answers: Vec<Vec<Value>> = Vec::new();
+    for lang in LANGS {
+        let mut client = broker.connect(&format!("/ws/parity/{lang}")).await;
+        let mut seen = vec![client.request(json!({"action": "typed", "payload": valid})).await];
+        for payload in &invalid {
+            let answer = client.request(json!({"action": "typed", "payload": payload})).await;
+            // Refused by the schema at the edge: a `{}` schema would let it reach the handler.
+            assert_eq!(answer["action"], "error", "{lang}: {payload} was not refused: {answer}");
+            assert!(answer["payload"].as_array().is_some_and(|p| !p.is_empty()), "{answer}");
+            seen.push(answer);
+        }
+        answers.push(seen);
+    }
+    assert_eq!(answers[0][0], json!({"action": "typed", "payload": valid}));
+    assert_eq!(answers[1], answers[0], "python and rust");
+    assert_eq!(answers[2], answers[0], "javascript and rust");
+
+    // Each declares the frame it sends outside the envelope, with the same fields.
+    let (status, body) = broker.http("GET", "/asyncapi.json", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).expect("JSON");
+    for lang in LANGS {
+        let channel = doc["channels"]
+            .as_object()
+            .and_then(|channels| channels.values().find(|c| c["address"] == format!("/ws/parity/{lang}")))
+            .unwrap_or_else(|| panic!("no channel for {lang}"));
+        let messages = resolve(&doc, &channel["messages"]).as_object().cloned().unwrap_or_default();
+        let raw = messages.values().map(|message| resolve(&doc, &resolve(&doc, message)["payload"]).clone()).find(
+            |payload| payload["properties"]["status"].is_object() && payload["properties"].get("action").is_none(),
+        );
+        let raw = raw.unwrap_or_else(|| panic!("{lang}: no raw frame `status` among {messages:?}"));
+        assert_eq!(raw["properties"]["status"]["type"], "string", "{lang}: {raw}");
+        assert_eq!(raw["properties"]["done"]["type"], "boolean", "{lang}: {raw}");
+        assert_eq!(raw["required"], json!(["status", "done"]), "{lang}: {raw}");
+    }
+}
+
+/// `value`, or what its `$ref` (a local JSON pointer, `#/components/...`) points at, followed to the end.
+fn resolve<'a>(doc: &'a Value, mut value: &'a Value) -> &'a Value {
+    while let Some(target) = value.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
+        value = doc.pointer(target).unwrap_or(&Value::Null);
+    }
+    value
+}

@@ -1,0 +1,118 @@
+//! What `loadgen` prints, one JSON line per scenario: written by `loadgen` and read by `cargo xtask
+//! bench` through these types alone, so a renamed or missing key fails the read instead of writing a
+//! zero into BENCHMARKS.md. Unknown keys fail too: the two sides change together.
+
+use serde::{Deserialize, Serialize};
+
+/// `loadgen echo`: closed-loop request/reply over `connections` connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Echo {
+    pub connections: u64,
+    /// Replies in the measured time (after the warm-up).
+    pub replies: u64,
+    pub per_second: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+}
+
+/// `loadgen fanout`: one sender, a room of `members`, every member receiving every message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fanout {
+    pub members: u64,
+    pub messages: u64,
+    pub deliveries: u64,
+    /// Deliveries expected (`members * messages`) but never received.
+    pub lost: u64,
+    /// Deliveries per second.
+    pub per_second: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+/// `loadgen hold`'s first line: the connections are open, the server may be measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ready {
+    pub ready: u64,
+    pub connect_seconds: f64,
+}
+
+/// `loadgen hold`'s last line, once stdin closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Held {
+    pub held: u64,
+}
+
+/// `loadgen reload`: closed-loop echo while the plugin file is replaced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reload {
+    pub connections: u64,
+    pub swaps: u64,
+    pub replies: u64,
+    /// Replies that did not carry their request's number.
+    pub lost: u64,
+    pub worst_reply_ms: f64,
+    /// The first two swaps, which compile their version.
+    pub cold_swap_ms: Vec<f64>,
+    /// The later swaps, whose versions come from the compile cache (0 when there are none).
+    pub warm_swap_ms_median: f64,
+    pub warm_swap_ms_max: f64,
+}
+
+/// `loadgen attack`: clients repeating a hostile action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attack {
+    pub action: String,
+    pub attacks: u64,
+    /// Connections the broker closed for the attack (each replaced by a new one).
+    pub closed: u64,
+}
+
+/// Reads the result `loadgen` printed last in `stdout` (earlier lines, such as `hold`'s `Ready`, are
+/// read on their own).
+pub fn last_line<T: serde::de::DeserializeOwned>(stdout: &str) -> anyhow::Result<T> {
+    use anyhow::Context;
+    let line = stdout.lines().last().context("loadgen printed nothing")?;
+    serde_json::from_str(line).with_context(|| {
+        format!("loadgen's result {line:?} is not a {} (xtask/bench/src/results.rs)", std::any::type_name::<T>())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_reads_back_as_written() -> anyhow::Result<()> {
+        let echo = Echo { connections: 10, replies: 3000, per_second: 1000.5, p50_us: 90, p99_us: 200, p999_us: 900 };
+        let printed = serde_json::to_string(&echo)?;
+        assert_eq!(last_line::<Echo>(&format!("warming up\n{printed}\n"))?, echo);
+        let reload = Reload {
+            connections: 100,
+            swaps: 20,
+            replies: 5,
+            lost: 0,
+            worst_reply_ms: 1.5,
+            cold_swap_ms: vec![300.0, 280.0],
+            warm_swap_ms_median: 4.0,
+            warm_swap_ms_max: 9.0,
+        };
+        assert_eq!(last_line::<Reload>(&serde_json::to_string(&reload)?)?, reload);
+        Ok(())
+    }
+
+    #[test]
+    fn a_renamed_or_missing_key_fails_the_read() {
+        let renamed = r#"{"connections":1,"replies":1,"rate":1.0,"p50_us":1,"p99_us":1,"p999_us":1}"#;
+        let error = last_line::<Echo>(renamed).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(error.contains("bench::results::Echo"), "{error}");
+        assert!(last_line::<Attack>(r#"{"action":"spin","attacks":3}"#).is_err());
+        assert!(last_line::<Held>("").is_err());
+    }
+}
