@@ -178,11 +178,19 @@ pub struct State {
     pub kv_value_bytes: usize,
     /// Keys one namespace's key-value store may hold. Default 100,000.
     pub kv_keys_per_namespace: usize,
+    /// Bytes of frames group history may keep in this node's memory, over every group (memory
+    /// backend; Redis keeps its own). Default 64 MiB.
+    pub history_bytes: usize,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State { session_bytes: 64 << 10, kv_value_bytes: 1 << 20, kv_keys_per_namespace: 100_000 }
+        State {
+            session_bytes: 64 << 10,
+            kv_value_bytes: 1 << 20,
+            kv_keys_per_namespace: 100_000,
+            history_bytes: 64 << 20,
+        }
     }
 }
 
@@ -556,6 +564,7 @@ impl Config {
             ("state.session_bytes", self.state.session_bytes as u64),
             ("state.kv_value_bytes", self.state.kv_value_bytes as u64),
             ("state.kv_keys_per_namespace", self.state.kv_keys_per_namespace as u64),
+            ("state.history_bytes", self.state.history_bytes as u64),
             ("cluster.heartbeat_ms", self.cluster.heartbeat_ms),
         ];
         for (key, value) in positive {

@@ -63,6 +63,8 @@ export declare class Context {
   send(frame: Frame): void;
   join(group: string): void;
   leave(group: string): void;
+  /** Makes this connection's next `join` to `group` first replay its last `count` frames. */
+  rewind(group: string, count: number): void;
   broadcast(group: string, frame: Frame): number;
   broadcastToOthers(group: string, frame: Frame): number;
   close(code: number, reason: string): void;
@@ -100,6 +102,25 @@ export declare const kv: {
   setJson(key: string, value: unknown, ttlMs?: number): void;
   delete(key: string): boolean;
   compareAndSwap(key: string, expected: string | null, value: string | null, ttlMs?: number): boolean;
+};
+
+/** One frame of a group's history: its offset, and the JSON text members received. */
+export interface HistoryEntry {
+  offset: number;
+  frame: string;
+}
+
+/** Frames of a group's history, oldest first, with the stream's epoch and last offset. */
+export interface HistoryPage {
+  epoch: string;
+  offset: number;
+  entries: HistoryEntry[];
+}
+
+/** The recent frames of the groups of the plugin's namespace (`[plugins.<name>.history]`). */
+export declare const history: {
+  read(group: string, after?: number | null, limit?: number): HistoryPage;
+  rewind(connection: bigint | number, group: string, count: number): void;
 };
 
 export declare const log: Record<'trace' | 'debug' | 'info' | 'warn' | 'error', (text: unknown) => void>;

@@ -16,11 +16,12 @@
 // over them; a failed host call throws `PluginError` with the words the other SDKs use; and an
 // ordinary exception in a handler answers `plugin_error`, as `?` does in Rust.
 
-import * as groups from 'broker:plugin/groups@0.1.3';
-import * as host from 'broker:plugin/host@0.1.3';
-import * as identity from 'broker:plugin/identity@0.1.3';
-import * as hostKv from 'broker:plugin/kv@0.1.3';
-import * as session from 'broker:plugin/session@0.1.3';
+import * as groups from 'broker:plugin/groups@0.1.4';
+import * as host from 'broker:plugin/host@0.1.4';
+import * as identity from 'broker:plugin/identity@0.1.4';
+import * as hostHistory from 'broker:plugin/history@0.1.4';
+import * as hostKv from 'broker:plugin/kv@0.1.4';
+import * as session from 'broker:plugin/session@0.1.4';
 
 const DRAFT_07 = 'http://json-schema.org/draft-07/schema#';
 const OPTIONAL = Symbol('optional');
@@ -188,6 +189,32 @@ export const kv = {
     hostCall(() => hostKv.compareAndSwap(key, expected ?? undefined, value ?? undefined, ttl(ttlMs))),
 };
 
+/**
+ * The recent frames of the groups of the plugin's namespace, when broker.toml keeps them
+ * (`[plugins.<name>.history]`).
+ */
+export const history = {
+  /**
+   * The frames of `group` after offset `after` (null: the newest `limit`), oldest first, at most
+   * `limit` (and at most 1000) of those still kept: `{ epoch, offset, entries: [{ offset, frame }] }`,
+   * offsets as numbers, each frame the JSON text members received. Throws `PluginError` when the
+   * namespace keeps no history.
+   */
+  read(group, after = null, limit = 100) {
+    const page = hostCall(() => hostHistory.read(group, after == null ? undefined : BigInt(after), limit));
+    const entries = page.entries.map((entry) => ({ offset: Number(entry.offset), frame: entry.frame }));
+    return { epoch: page.epoch, offset: Number(page.offset), entries };
+  },
+  /**
+   * Makes `connection`'s next join to `group` first replay the group's last `count` frames (as
+   * many as are kept), as a recovery does; nothing when the client named its own position in the
+   * group, or the namespace keeps no history.
+   */
+  rewind(connection, group, count) {
+    hostHistory.rewind(BigInt(connection), group, count);
+  },
+};
+
 /** Writes to the broker's log, tagged with the plugin's name. */
 export const log = Object.fromEntries(
   ['trace', 'debug', 'info', 'warn', 'error'].map((level) => [level, (text) => host.log(level, String(text))]),
@@ -233,6 +260,11 @@ export class Context {
 
   leave(group) {
     groups.leave(this.connection, group);
+  }
+
+  /** Makes this connection's next `join` to `group` first replay its last `count` frames (see `history.rewind`). */
+  rewind(group, count) {
+    history.rewind(this.connection, group, count);
   }
 
   /** Sends to every member of `group`, this connection included; returns how many it reached. */

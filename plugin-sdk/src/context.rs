@@ -66,6 +66,12 @@ impl Context {
         groups::join(self.connection(), group).map_err(group_error)
     }
 
+    /// Makes this connection's next [`join`](Context::join) to `group` first replay the group's
+    /// last `count` frames, as Ably's rewind does (see [`history::rewind`](crate::history::rewind)).
+    pub fn rewind(&self, group: &str, count: u32) {
+        crate::history::rewind(self.connection(), group, count);
+    }
+
     /// Removes this connection from a group.
     pub fn leave(&self, group: &str) {
         groups::leave(self.connection(), group);

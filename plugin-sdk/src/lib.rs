@@ -39,6 +39,7 @@ mod context;
 mod error;
 mod exports;
 mod frame;
+pub mod history;
 pub mod http;
 mod message;
 mod payload;

@@ -22,7 +22,12 @@ function room(ctx) {
   return name;
 }
 
-plugin.onConnect((ctx) => ctx.join(room(ctx)));
+// Joins the room; with the setting `rewind` (N), the newcomer first gets its last N messages.
+plugin.onConnect((ctx) => {
+  const rewind = Number(ctx.settings().rewind ?? 0);
+  if (rewind > 0) ctx.rewind(room(ctx), rewind);
+  ctx.join(room(ctx));
+});
 
 plugin.handle(
   'new_chat_message',

@@ -32,6 +32,10 @@ def room(ctx: Context) -> str:
 
 @plugin.on_connect
 def join(ctx: Context) -> None:
+    """Joins the room; with the setting `rewind` (N), the newcomer first gets its last N messages."""
+    rewind = int(ctx.settings().get("rewind", 0))
+    if rewind > 0:
+        ctx.rewind(room(ctx), rewind)
     ctx.join(room(ctx))
 
 

@@ -120,13 +120,18 @@ fn broker_asyncapi_prints_the_document_of_the_repository_broker_toml() {
 
 /// The TypeScript client of the repository's broker.toml compiles under `tsc --strict` (with lines
 /// that must not compile, marked `@ts-expect-error`), and a script using it talks to a broker
-/// serving that configuration.
+/// serving that configuration with the chat's history on: a chat client whose connection is cut
+/// without a close frame reconnects with backoff and recovers what it missed, once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_typescript_client_compiles_and_talks_to_the_broker() {
+    let mut config = repository_config();
+    if !config.contains("[plugins.chat.history]") {
+        config.push_str("\n[plugins.chat.history]\nsize = 100\nttl_ms = 60000\n");
+    }
     let work = tempfile::tempdir().unwrap();
     let (ok, _, stderr) = run_cli(
         &["client", "--lang", "typescript", "--out", &work.path().join("broker.ts").display().to_string()],
-        &repository_config(),
+        &config,
     );
     assert!(ok, "{stderr}");
     for file in ["talk.ts", "tsconfig.json"] {
@@ -139,7 +144,7 @@ async fn a_generated_typescript_client_compiles_and_talks_to_the_broker() {
     assert!(tsc.status.success(), "tsc:\n{}", text(&tsc));
     std::fs::write(work.path().join("out/package.json"), r#"{"type": "module"}"#).unwrap();
 
-    let broker = Broker::with_config(&repository_config());
+    let broker = Broker::with_config(&config);
     let mut talk = tokio::process::Command::new("node");
     // Node 20 has WebSocket behind a flag; later versions have it on.
     if !run(Command::new("node").args(["-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"])).status.success()
@@ -159,6 +164,9 @@ async fn a_generated_typescript_client_compiles_and_talks_to_the_broker() {
         "refused: missing at user_message.payload.message",
         "chat: alice: hi bob",
         "assistant: welcome, initial_response, tool_result, final_response",
+        "lost with 1006",
+        "recovered: true, replayed 5 up to 6",
+        "carol read: m1 m2 m3 m4 m5 m6 m7",
         "done",
     ] {
         assert!(report.contains(line), "{line:?} not in:\n{report}");

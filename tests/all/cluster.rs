@@ -389,3 +389,122 @@ async fn a_client_whose_node_is_killed_recovers_on_another_node_without_a_gap() 
     assert_eq!(told["payload"]["recovered"], false, "{told}");
     assert_eq!(told["payload"]["epoch"], renewed["epoch"]);
 }
+
+/// `history_node` with the testbed's groups keeping history too, and the chat rewinding `rewind`.
+fn rewinding_node(redis: &Redis, name: &str, rewind: u32) -> Broker {
+    let history = "size = 1000\nttl_ms = 60000\n";
+    Broker::with_config(&default_config(&format!(
+        r#"
+[server]
+messages_per_second = 0
+
+[cluster]
+backend = "redis"
+redis_url = "redis://127.0.0.1:{port}"
+node_id = "{name}"
+heartbeat_ms = 100
+node_ttl_ms = 1000
+
+[plugins.chat.history]
+{history}
+[plugins.chat.settings]
+rewind = {rewind}
+
+[plugins.chat-meta.history]
+{history}
+[plugins.testbed.history]
+{history}
+"#,
+        port = redis.port()
+    )))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_read_and_rewind_history_kept_in_redis_from_any_node() {
+    let redis = Redis::start();
+    let (one, two) = (rewinding_node(&redis, "one", 3), rewinding_node(&redis, "two", 3));
+    let mut alice = one.connect("/ws/chat/r").await;
+    assert_eq!(alice.recv().await["action"], "recovered");
+    let mut bob = two.connect("/ws/chat/r").await;
+    assert_eq!(bob.recv().await["action"], "recovered");
+    await_members(&one, "chat:r", 2).await;
+    let mut received = Vec::new();
+    for i in 0..5 {
+        alice.send(chat(&format!("m{i}"))).await;
+        received.push(bob.recv().await);
+    }
+    let epoch = received[0]["epoch"].as_str().unwrap().to_owned();
+
+    // A newcomer on either node gets the last 3, as members got them, then the live stream.
+    for node in [&one, &two] {
+        let mut carol = node.connect("/ws/chat/r").await;
+        let told = carol.recv().await;
+        assert_eq!(
+            told["payload"],
+            json!({"group": "r", "recovered": true, "epoch": epoch, "offset": 5, "replayed": 3}),
+            "{told}"
+        );
+        for expected in &received[2..] {
+            assert_eq!(&carol.recv().await, expected);
+        }
+        carol.assert_alive().await;
+    }
+    alice.send(chat("live")).await;
+    assert_eq!(offset(&bob.recv().await), 6);
+
+    // The testbed reads a group's history from Redis on a node other than the writer's.
+    let mut member = one.connect("/ws/testbed").await;
+    member.send(json!({"action": "join", "payload": {"group": "g"}})).await;
+    member.assert_alive().await;
+    await_members(&two, "testbed:g", 1).await;
+    let mut writer = two.connect("/ws/testbed").await;
+    let mut frames = Vec::new();
+    for i in 1..=3 {
+        let frame = json!({"action": "tick", "payload": {"i": i}});
+        writer.request(json!({"action": "broadcast", "payload": {"group": "g", "frame": frame}})).await;
+        frames.push(member.recv().await);
+    }
+    let page = member.request(json!({"action": "history_read", "payload": {"group": "g", "limit": 2}})).await;
+    let entries = |page: &Value| -> Vec<(u64, Value)> {
+        page["payload"]["entries"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"))
+            .iter()
+            .map(|e| (e["offset"].as_u64().unwrap(), serde_json::from_str(e["frame"].as_str().unwrap()).unwrap()))
+            .collect()
+    };
+    assert_eq!(page["payload"]["offset"], 3, "{page}");
+    assert_eq!(page["payload"]["epoch"], frames[0]["epoch"]);
+    assert_eq!(entries(&page), vec![(2, frames[1].clone()), (3, frames[2].clone())], "{page}");
+    let after =
+        member.request(json!({"action": "history_read", "payload": {"group": "g", "after": 1, "limit": 1}})).await;
+    assert_eq!(entries(&after), vec![(2, frames[1].clone())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_publish_retried_on_another_node_is_delivered_once() {
+    let redis = Redis::start();
+    let (one, two) = (history_node(&redis, "one"), history_node(&redis, "two"));
+    let mut on_one = one.connect("/ws/chat/idem").await;
+    let mut on_two = two.connect("/ws/chat/idem").await;
+    await_members(&two, "chat:idem", 2).await;
+    let body = |text: &str| {
+        json!({"group": "chat:idem", "frame": {"action": "notice", "payload": {"text": text}}, "idempotency_key": "order-7"})
+            .to_string()
+    };
+    let (status, first) = one.http("POST", "/api/publish", Some(API_KEY), &body("once")).await;
+    assert_eq!(status, 200, "{first}");
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!((first["offset"].as_u64(), first["duplicate"].as_bool()), (Some(1), Some(false)), "{first}");
+    // The backend retries on the other node: Redis remembers the key.
+    let (_, retry) = two.http("POST", "/api/publish", Some(API_KEY), &body("once")).await;
+    let retry: Value = serde_json::from_str(&retry).unwrap();
+    assert_eq!((retry["offset"].as_u64(), retry["duplicate"].as_bool()), (Some(1), Some(true)), "{retry}");
+    let (_, next) = two.http("POST", "/api/publish", Some(API_KEY), &body("once").replace("order-7", "order-8")).await;
+    assert_eq!(serde_json::from_str::<Value>(&next).unwrap()["offset"], 2);
+    for client in [&mut on_one, &mut on_two] {
+        assert_eq!(offset(&client.recv().await), 1);
+        assert_eq!(offset(&client.recv().await), 2, "the retry was delivered");
+        client.assert_alive().await;
+    }
+}

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Broker, default_config, run_cli};
+use crate::harness::{API_KEY, Broker, default_config, run_cli};
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -154,9 +154,15 @@ fn broker_routes_prints_the_table() {
     );
 }
 
+/// The demo page in Chromium: echo, chat between two pages, a chat page whose connection is cut
+/// (no close frame) while messages are sent to its room, which reconnects, shows "recovered 5
+/// messages" and each missed message once, in order; and the assistant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_page_works_in_a_real_browser() {
-    let broker = Broker::start();
+    let history = "size = 100\nttl_ms = 60000\n";
+    let broker = Broker::with_config(&default_config(&format!(
+        "[plugins.chat.history]\n{history}[plugins.chat-meta.history]\n{history}"
+    )));
     let (status, page) = broker.http("GET", "/", None, "").await;
     assert_eq!(status, 200);
     assert!(page.contains("<title>broker demo</title>"));
@@ -167,6 +173,7 @@ async fn the_demo_page_works_in_a_real_browser() {
     let output = tokio::process::Command::new("node")
         .arg(root.join("browser/demo.mjs"))
         .args([&url, &shots.display().to_string()])
+        .env("BROKER_API_KEY", API_KEY)
         .current_dir(root.join("browser"))
         .output();
     let output = tokio::time::timeout(std::time::Duration::from_secs(120), output)
@@ -179,7 +186,7 @@ async fn the_demo_page_works_in_a_real_browser() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    for shot in ["echo.png", "chat-alice.png", "chat-bob.png", "assistant.png"] {
+    for shot in ["echo.png", "chat-alice.png", "chat-bob.png", "chat-recovered.png", "assistant.png"] {
         assert!(shots.join(shot).is_file(), "{shot} was not saved");
     }
 }

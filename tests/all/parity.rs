@@ -268,3 +268,61 @@ fn resolve<'a>(doc: &'a Value, mut value: &'a Value) -> &'a Value {
     }
     value
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_language_reads_a_groups_history_alike() {
+    let mut config = parity_config();
+    for lang in LANGS {
+        config.push_str(&format!("\n[plugins.parity-{lang}.history]\nsize = 100\nttl_ms = 60000\n"));
+    }
+    let broker = Broker::with_config(&config);
+    let mut writer = broker.connect("/ws/parity/rust").await;
+    let mut member = broker.connect("/ws/parity/rust").await;
+    member.send(json!({"action": "join", "payload": {"group": "g"}})).await;
+    member.assert_alive().await;
+    let mut received = Vec::new();
+    for i in 1..=3 {
+        let frame = json!({"action": "tick", "payload": {"i": i}});
+        writer.request(json!({"action": "broadcast", "payload": {"group": "g", "frame": frame}})).await;
+        received.push(member.recv().await);
+    }
+    let reads = [
+        json!({"group": "g", "limit": 2}),
+        json!({"group": "g", "after": 0, "limit": 1}),
+        json!({"group": "g", "after": 3, "limit": 10}),
+        json!({"group": "quiet", "limit": 10}),
+    ];
+    let mut pages = Vec::new();
+    for lang in LANGS {
+        let mut client = broker.connect(&format!("/ws/parity/{lang}")).await;
+        let mut answers = Vec::new();
+        for read in &reads {
+            answers.push(call(&mut client, "history_read", read.clone()).await);
+        }
+        pages.push((lang, answers));
+    }
+    let (_, rust) = &pages[0];
+    let newest: Vec<(u64, Value)> = rust[0]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["offset"].as_u64().unwrap(), serde_json::from_str(e["frame"].as_str().unwrap()).unwrap()))
+        .collect();
+    assert_eq!(newest, vec![(2, received[1].clone()), (3, received[2].clone())]);
+    assert_eq!((rust[0]["epoch"].as_str(), rust[0]["offset"].as_u64()), (received[0]["epoch"].as_str(), Some(3)));
+    for (lang, answers) in &pages[1..] {
+        assert_eq!(answers, rust, "{lang} reads the history otherwise than Rust");
+    }
+
+    // A namespace without history: the same error in every language, but for the plugin named.
+    let plain = Broker::with_config(&parity_config());
+    let mut errors = Vec::new();
+    for lang in LANGS {
+        let mut client = plain.connect(&format!("/ws/parity/{lang}")).await;
+        let error = client.request(json!({"action": "history_read", "payload": {"group": "g", "limit": 1}})).await;
+        assert_eq!(error["payload"][0]["type"], "plugin_error", "{lang}: {error}");
+        errors.push(error.to_string().replace(&format!("parity-{lang}"), "parity-<lang>"));
+    }
+    assert!(errors[0].contains("keeps no group history"), "{}", errors[0]);
+    assert!(errors.iter().all(|e| *e == errors[0]), "{errors:?}");
+}

@@ -1,6 +1,7 @@
-//! `cargo xtask bench <scenario|all> [--runs N] [--write]`: runs the load generator against the
-//! broker and the native baseline in the same run, and reports medians (writes BENCHMARKS.md with
-//! `--write`). Everything runs on 127.0.0.1 and stops by itself.
+//! `cargo xtask bench <scenario|all> [--runs N] [--write] [--no-build]`: runs the load generator
+//! against the broker and the native baseline in the same run, and reports medians (`--write`:
+//! writes BENCHMARKS.md, or with one scenario replaces its section alone; `--no-build`: runs what
+//! was built before). Everything runs on 127.0.0.1 and stops by itself.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -25,6 +26,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("reload", reload),
     ("hostile", hostile),
     ("cluster", cluster),
+    ("history", history),
 ];
 
 /// The scenarios' names, for messages.
@@ -145,7 +147,10 @@ struct Report {
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let scenario = args.first().map(String::as_str).unwrap_or("all");
     if matches!(scenario, "help" | "--help" | "-h") {
-        println!("usage: cargo xtask bench NAME|all [--runs N] [--write]\n\nscenarios: {}", scenario_names());
+        println!(
+            "usage: cargo xtask bench NAME|all [--runs N] [--write] [--no-build]\n\n--no-build: run the binaries and plugins built before\nscenarios: {}",
+            scenario_names()
+        );
         return Ok(());
     }
     let write = args.iter().any(|a| a == "--write");
@@ -163,7 +168,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     };
     // Children inherit the raised hard limit: the servers then hold 100,000 connections too.
     bench::raise_fd_limit();
-    prepare(root)?;
+    if !args.iter().any(|a| a == "--no-build") {
+        prepare(root)?;
+    }
     let dir = std::env::temp_dir().join(format!("broker-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let bench = Bench { root: root.to_owned(), dir: tempdir::Dir(dir), runs };
@@ -177,8 +184,17 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         reports.push(report);
     }
     eprintln!("benchmarks took {:.0} s", started.elapsed().as_secs_f64());
-    if write {
+    if write && scenario == "all" {
         write_benchmarks(root, &reports, started.elapsed().as_secs_f64())?;
+    } else if write {
+        // One scenario: its section of BENCHMARKS.md alone is replaced (or added), the rest kept.
+        let path = root.join("BENCHMARKS.md");
+        let mut text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        for report in &reports {
+            text = splice(&text, report);
+        }
+        std::fs::write(&path, text)?;
+        eprintln!("updated the section of {scenario} in BENCHMARKS.md");
     }
     Ok(())
 }
@@ -455,6 +471,97 @@ fn cluster(bench: &Bench) -> Result<Report> {
     })
 }
 
+/// Members of the history scenario's room, messages sent to them, and the paced rate (messages a
+/// second: about a quarter of what this machine delivers to 1,000 members unpaced).
+const HISTORY_MEMBERS: u64 = 1000;
+const HISTORY_MESSAGES: u64 = 1000;
+const HISTORY_RATE: u64 = 250;
+/// Messages a member misses, then recovers; the room keeps that many.
+const HISTORY_MISSED: u64 = 10_000;
+
+/// Fan-out to 1,000 members with the room's history off and on (unpaced: what it delivers at most;
+/// paced: the latency at a steady rate), and the time a member takes to recover 10,000 messages.
+fn history(bench: &Bench) -> Result<Report> {
+    let base = std::fs::read_to_string(bench.dir.0.join("broker.toml"))?;
+    // A replay is queued for its connection at once, behind the `recovered` frame: the queue must
+    // hold it, or the member is closed as a slow consumer. Both configurations get the same queue.
+    let queue = format!("outbound_queue = {}", 2 * HISTORY_MISSED);
+    ensure!(base.contains("outbound_queue = 4096"), "broker.toml's outbound_queue moved");
+    let off = base.replace("outbound_queue = 4096", &queue);
+    let on = format!("{off}\n[plugins.chat.history]\nsize = {HISTORY_MISSED}\nttl_ms = 300000\n");
+    std::fs::write(bench.dir.0.join("history-off.toml"), off)?;
+    std::fs::write(bench.dir.0.join("history-on.toml"), on)?;
+    let servers = [("off", bench.broker_with("history-off.toml")?), ("on", bench.broker_with("history-on.toml")?)];
+    let mut table = vec![["measure", "history off", "history on", "on / off"].map(String::from).to_vec()];
+    for rate in [0, HISTORY_RATE] {
+        let mut runs: BTreeMap<&str, Vec<results::Paced>> = BTreeMap::new();
+        // Off and on alternate, so what else runs on the machine weighs on both alike.
+        for run in 0..bench.runs {
+            for (name, server) in &servers {
+                let room = server.url(&format!("/ws/chat/history-{rate}-{run}"));
+                let (members, messages) = (HISTORY_MEMBERS.to_string(), HISTORY_MESSAGES.to_string());
+                let r: results::Paced =
+                    bench.loadgen(&args(&["paced", &room, &members, &messages, &rate.to_string()]))?;
+                let numbered = if *name == "on" { r.deliveries } else { 0 };
+                ensure!(r.numbered == numbered, "history {name}: {} of {} frames numbered", r.numbered, r.deliveries);
+                runs.entry(name).or_default().push(r);
+            }
+        }
+        // Unpaced, the throughput is the measure; paced, the latency.
+        let key = |r: &results::Paced| if rate == 0 { r.per_second } else { r.p99_us as f64 };
+        let off = median_run(runs.remove("off").unwrap_or_default(), key)?;
+        let on = median_run(runs.remove("on").unwrap_or_default(), key)?;
+        let how = if rate == 0 { "unpaced".to_owned() } else { format!("{rate} msg/s") };
+        let delivered = |r: &results::Paced| match r.lost {
+            0 => num(r.per_second),
+            lost => format!("{} ({lost} lost)", num(r.per_second)),
+        };
+        table.push(vec![
+            format!("fan-out to {HISTORY_MEMBERS}, {how}: deliveries/s"),
+            delivered(&off),
+            delivered(&on),
+            format!("{:.2}", on.per_second / off.per_second),
+        ]);
+        table.push(vec![
+            format!("fan-out to {HISTORY_MEMBERS}, {how}: p50/p99 µs"),
+            format!("{}/{}", off.p50_us, off.p99_us),
+            format!("{}/{}", on.p50_us, on.p99_us),
+            format!("{:.2} (p99)", on.p99_us as f64 / off.p99_us.max(1) as f64),
+        ]);
+    }
+    let on = &servers[1].1;
+    let recoveries = (0..bench.runs)
+        .map(|run| {
+            let room = on.url(&format!("/ws/chat/recover-{run}"));
+            bench.loadgen(&args(&["recover", &room, &HISTORY_MISSED.to_string()]))
+        })
+        .collect::<Result<Vec<results::Recovery>>>()?;
+    let worst = recoveries.iter().map(|r| r.last_ms).fold(0.0, f64::max);
+    let incomplete = recoveries.iter().find(|r| !(r.recovered && r.replayed == HISTORY_MISSED && r.in_order));
+    let complete = match incomplete {
+        None => "yes, every run".to_owned(),
+        Some(r) => format!("no: recovered {}, replayed {}, in order {}", r.recovered, r.replayed, r.in_order),
+    };
+    let r = median_run(recoveries, |r| r.last_ms)?;
+    table.push(vec![
+        format!("recovery of {HISTORY_MISSED} missed: complete, in order"),
+        "-".into(),
+        complete,
+        "-".into(),
+    ]);
+    table.push(vec![
+        format!("recovery of {HISTORY_MISSED} missed: ms to `recovered` / to the last frame (max)"),
+        "-".into(),
+        format!("{} / {} ({})", num(r.told_ms), num(r.last_ms), num(worst)),
+        "-".into(),
+    ]);
+    Ok(Report {
+        title: "history: fan-out with the room's history off and on, and recovering missed messages".into(),
+        command: "cargo xtask bench history".into(),
+        table,
+    })
+}
+
 /// Opens `count` idle connections and returns the server's (RSS, PSS) growth per connection, in KiB.
 fn held(bench: &Bench, server: &Server, count: usize) -> Result<(f64, f64, f64)> {
     let (rss0, pss0) = server.memory_kib()?;
@@ -660,6 +767,35 @@ fn markdown(report: &Report) -> String {
     out
 }
 
+/// `benchmarks` (BENCHMARKS.md) with `report`'s section (from its `### ` heading, found by the
+/// command line under it, to the next heading) replaced by a run of that scenario alone, or added
+/// at the end.
+fn splice(benchmarks: &str, report: &Report) -> String {
+    let section = markdown(report).replacen(
+        &format!("`{}`\n", report.command),
+        &format!("`{}` (this section from a run of that scenario alone)\n", report.command),
+        1,
+    );
+    let command = format!("\n`{}`", report.command);
+    let found = benchmarks.match_indices(&command).find_map(|(at, _)| {
+        // The line under a heading, not a mention in the prose (`cargo xtask bench fanout`, ...).
+        let after = &benchmarks[at + command.len()..];
+        if !(after.starts_with('\n') || after.starts_with(" (")) {
+            return None;
+        }
+        let start = benchmarks[..at].trim_end_matches('\n').rfind("\n### ").map(|i| i + 1)?;
+        let end = benchmarks[at + 1..].find("\n### ").map_or(benchmarks.len(), |i| at + 1 + i + 1);
+        Some((start, end))
+    });
+    match found {
+        Some((start, end)) => {
+            let gap = if end < benchmarks.len() { "\n" } else { "" };
+            format!("{}{section}{gap}{}", &benchmarks[..start], &benchmarks[end..])
+        }
+        None => format!("{}\n\n{section}", benchmarks.trim_end()),
+    }
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -690,4 +826,35 @@ fn write_benchmarks(root: &Path, reports: &[Report], seconds: f64) -> Result<()>
     std::fs::write(root.join("BENCHMARKS.md"), out)?;
     eprintln!("wrote BENCHMARKS.md");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str, value: &str) -> Report {
+        Report {
+            title: format!("{name}: a scenario"),
+            command: format!("cargo xtask bench {name}"),
+            table: vec![vec!["a".into()], vec![value.into()]],
+        }
+    }
+
+    #[test]
+    fn one_scenario_replaces_its_section_alone() {
+        let head = "# Benchmarks\n\nCommands:\n`cargo xtask bench fanout`, `cargo xtask bench echo`\n";
+        let all = format!("{head}\n{}\n{}", markdown(&report("echo", "1")), markdown(&report("fanout", "2")));
+        let echo = splice(&all, &report("echo", "3"));
+        let expected = "### echo: a scenario\n\n`cargo xtask bench echo` (this section from a run of that scenario alone)\n\n| a |\n|---|\n| 3 |\n";
+        assert_eq!(echo, format!("{head}\n{expected}\n{}", markdown(&report("fanout", "2"))));
+        // The last section, and again: the same text, nothing doubled.
+        let fanout = splice(&echo, &report("fanout", "4"));
+        assert!(fanout.ends_with("alone)\n\n| a |\n|---|\n| 4 |\n"), "{fanout}");
+        assert_eq!(splice(&fanout, &report("fanout", "4")), fanout);
+        assert_eq!(fanout.matches("### ").count(), 2);
+        // A scenario not there yet is added at the end; `cargo xtask bench echo-2` is not echo's.
+        let added = splice(&fanout, &report("echo-2", "5"));
+        assert!(added.starts_with(&fanout.trim_end().to_owned()), "{added}");
+        assert!(added.ends_with("| 5 |\n") && added.matches("### ").count() == 3, "{added}");
+    }
 }

@@ -29,6 +29,7 @@ use crate::plugin::{CallError, Slot};
 use crate::wire::close_code::{
     GOING_AWAY, INTERNAL_ERROR, INVALID_PAYLOAD, MESSAGE_TOO_BIG, POLICY_VIOLATION, PROTOCOL_ERROR,
 };
+use crate::wire::problem::Kind;
 use crate::wire::protocol::{self, PING, Problem, RECOVER, Request};
 
 /// What a connection needs from the broker.
@@ -238,7 +239,7 @@ impl Connection {
                     Verdict::Refused => {
                         self.metrics.shared().limit_hit("server.messages_per_second");
                         let msg = "Too many messages: over server.messages_per_second; this one was not handled";
-                        let frame = protocol::error_frame(&[Problem::new("rate_limited", vec![], msg)], None);
+                        let frame = protocol::error_frame(&[Problem::new(Kind::RateLimited, vec![], msg)], None);
                         Box::pin(self.reply(frame)).await;
                         continue;
                     }
@@ -255,7 +256,7 @@ impl Connection {
                 Some(Ok(Message::Binary(bytes))) => {
                     self.metrics.frame_in(None, bytes.len());
                     let msg = "Invalid JSON: binary frames are not supported, send JSON as text frames";
-                    Box::pin(self.reply(protocol::error_frame(&[Problem::new("json_invalid", vec![], msg)], None)))
+                    Box::pin(self.reply(protocol::error_frame(&[Problem::new(Kind::JsonInvalid, vec![], msg)], None)))
                         .await;
                 }
                 // tungstenite answers pings itself; pongs and raw frames need nothing.
@@ -302,7 +303,7 @@ impl Connection {
             let frame = match payload {
                 None => protocol::pong_frame(reference),
                 Some(_) => protocol::error_frame(
-                    &[Problem::new("none_required", vec![PING.into(), "payload".into()], "Input should be None")],
+                    &[Problem::new(Kind::NoneRequired, vec![PING.into(), "payload".into()], "Input should be None")],
                     reference,
                 ),
             };
@@ -313,7 +314,7 @@ impl Connection {
                 Ok(positions) => {
                     let at = || vec![RECOVER.into(), "payload".into(), "positions".into()];
                     let refused = self.registry.recover(self.id, positions);
-                    refused.into_iter().map(|why| Problem::new("value_error", at(), why)).collect()
+                    refused.into_iter().map(|why| Problem::new(Kind::ValueError, at(), why)).collect()
                 }
                 Err(problem) => vec![problem],
             };
@@ -335,7 +336,7 @@ impl Connection {
                 Ok(frame) => return self.reply(frame).await,
                 Err(why) => {
                     self.metrics.shared().plugin_error(self.slot.name(), "error");
-                    vec![Problem::at_action("plugin_error", &action, format!("the plugin replied with {why}"))]
+                    vec![Problem::at_action(Kind::PluginError, &action, format!("the plugin replied with {why}"))]
                 }
             },
             Ok(Err(HandlerError::Invalid(issues))) => {
@@ -357,13 +358,13 @@ impl Connection {
             }
             Ok(Err(HandlerError::Failed(message))) => {
                 self.metrics.shared().plugin_error(self.slot.name(), "error");
-                vec![Problem::at_action("plugin_error", &action, message)]
+                vec![Problem::at_action(Kind::PluginError, &action, message)]
             }
             Err(error) => {
                 let (kind, counted) = match error {
-                    CallError::Timeout(_) => ("plugin_timeout", "timeout"),
+                    CallError::Timeout(_) => (Kind::PluginTimeout, "timeout"),
                     CallError::Trap { .. } | CallError::Instantiate(_) | CallError::BackedOff(_) => {
-                        ("plugin_crashed", "crashed")
+                        (Kind::PluginCrashed, "crashed")
                     }
                 };
                 self.metrics.shared().plugin_error(self.slot.name(), counted);
@@ -413,10 +414,10 @@ fn positions(payload: Option<&serde_json::value::RawValue>) -> Result<Vec<Positi
         positions: Vec<Position>,
     }
     let loc = || vec![RECOVER.into(), "payload".into()];
-    let Some(payload) = payload else { return Err(Problem::new("missing", loc(), "Field required")) };
+    let Some(payload) = payload else { return Err(Problem::new(Kind::Missing, loc(), "Field required")) };
     serde_json::from_str::<Recover>(payload.get()).map(|recover| recover.positions).map_err(|e| {
         Problem::new(
-            "value_error",
+            Kind::ValueError,
             loc(),
             format!("expected {{\"positions\": [{{\"group\", \"epoch\", \"offset\"}}]}}: {e}"),
         )

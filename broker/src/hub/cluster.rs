@@ -27,7 +27,7 @@ use redis::{AsyncCommands, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config;
-use crate::hub::history::{self, Policy, Position, Recovery};
+use crate::hub::history::{self, Outcome, Policy, Position, Recovery};
 use crate::hub::metrics::Metrics;
 use crate::hub::outbound::Delivery;
 use crate::hub::registry::{ConnectionId, GroupKey, Registry};
@@ -60,12 +60,18 @@ pub enum ClusterError {
 /// without its offset, none recorded without being published. KEYS: the stream, the group's
 /// `epoch`/`top` hash. ARGV: channel, message header, the group's name as JSON, the frame after its
 /// position keys, size, ttl_ms, meta_ttl_ms, an epoch for a group without one, the sender (for
-/// metadata stamps on a replay).
+/// metadata stamps on a replay). An optional KEYS[3] is an idempotency key: a publish naming it
+/// again within the TTL is not appended nor published, and gets the first one's offset.
+/// Returns `{offset, epoch, duplicate}`.
 const APPEND: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[8]
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'top', 0)
+end
+if KEYS[3] then
+  local first = redis.call('GET', KEYS[3])
+  if first then return {tonumber(first), epoch, 1} end
 end
 local offset = redis.call('HINCRBY', KEYS[2], 'top', 1)
 local frame = '{"group":' .. ARGV[3] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[4]
@@ -75,13 +81,15 @@ redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'o', offset, 'f', frame, 's'
 redis.call('XTRIM', KEYS[1], 'MINID', now - tonumber(ARGV[6]))
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
+if KEYS[3] then redis.call('SET', KEYS[3], offset, 'PX', ARGV[6]) end
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. frame)
-return offset"#;
+return {offset, epoch, 0}"#;
 
 /// Reads what a client missed and queues it, as one message on its node's inbox, behind every
 /// frame of the group published so far and before any published later. KEYS: the stream, the
 /// hash. ARGV: inbox, message header, the client's epoch and offset, ttl_ms, meta_ttl_ms, an epoch
-/// for a group without one. The message: `recovered\nepoch\ntop\n`, then each frame as
+/// for a group without one. The message: `outcome\nepoch\ntop\n` (1: complete, 0: frames are gone,
+/// 2: another epoch), then each frame as
 /// `<bytes>:<sender><bytes>:<frame>`.
 const RECOVER: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
@@ -94,7 +102,9 @@ local top = tonumber(redis.call('HGET', KEYS[2], 'top'))
 local from = tonumber(ARGV[4])
 local out = {}
 local recovered = 0
-if epoch == ARGV[3] and from <= top then
+if epoch ~= ARGV[3] then
+  recovered = 2
+elseif from <= top then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local expect = from + 1
@@ -111,6 +121,41 @@ if epoch == ARGV[3] and from <= top then
 end
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. recovered .. '\n' .. epoch .. '\n' .. top .. '\n' .. table.concat(out))
 return recovered"#;
+
+/// Reads a group's history for a plugin: its epoch (given one, as [`RECOVER`] does, when it has
+/// none), its last offset, and the frames kept after an offset, or the newest. KEYS: the stream,
+/// the hash. ARGV: the offset to read after (empty: the newest), the most frames, ttl_ms,
+/// meta_ttl_ms, an epoch for a group without one. Returns `epoch, top, offset, frame, offset,
+/// frame, ...`, oldest first.
+const READ: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'top', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+local out = {epoch, redis.call('HGET', KEYS[2], 'top')}
+local limit = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local oldest = math.max(0, now - tonumber(ARGV[3]))
+if limit > 0 and ARGV[1] == '' then
+  local entries = redis.call('XREVRANGE', KEYS[1], '+', oldest, 'COUNT', limit)
+  for i = #entries, 1, -1 do
+    table.insert(out, entries[i][2][2])
+    table.insert(out, entries[i][2][4])
+  end
+elseif limit > 0 then
+  local after = tonumber(ARGV[1])
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], oldest, '+')) do
+    if tonumber(entry[2][2]) > after then
+      table.insert(out, entry[2][2])
+      table.insert(out, entry[2][4])
+      if #out >= 2 + 2 * limit then break end
+    end
+  end
+end
+return out"#;
 
 /// The first line of a replay on a node's inbox, where other messages start with a node number.
 const REPLAY: &str = "replay";
@@ -318,6 +363,37 @@ impl Link {
         });
     }
 
+    /// Appends and publishes a frame from the publish API at once, waiting for its offset; with
+    /// `idempotency`, a retry within the TTL gets the first publish's offset and is not published
+    /// again. Returns the offset, the epoch and whether it was such a retry.
+    pub async fn append_now(
+        &self,
+        key: &GroupKey,
+        policy: Policy,
+        delivery: &Delivery,
+        idempotency: Option<&str>,
+    ) -> Result<(u64, String, bool), ClusterError> {
+        let (stream, meta) = self.history_keys(key);
+        let mut script = redis::cmd("EVAL");
+        script.arg(APPEND).arg(if idempotency.is_some() { 3 } else { 2 }).arg(stream).arg(meta);
+        if let Some(idempotency) = idempotency {
+            script.arg(format!("{}:idem:{}:{}:{idempotency}", self.prefix, key.namespace, key.name));
+        }
+        script
+            .arg(self.group_channel(key))
+            .arg(format!("0\n0\n{}\n", delivery.sender()))
+            .arg(serde_json::Value::from(key.name.as_str()).to_string())
+            .arg(history::position_tail(delivery.frame()))
+            .arg(policy.size)
+            .arg(ttl_ms(policy.ttl))
+            .arg(ttl_ms(policy.meta_ttl))
+            .arg(history::new_epoch().as_ref())
+            .arg(delivery.sender());
+        let (offset, epoch, duplicate): (u64, String, u64) =
+            within(script.query_async(&mut self.redis.clone())).await?;
+        Ok((offset, epoch, duplicate == 1))
+    }
+
     /// Asks Redis for what connection `id` missed in a group since `from`; the answer comes as a
     /// replay on this node's inbox (see [`Registry::replayed`]). The node must be subscribed to
     /// the group already.
@@ -344,6 +420,39 @@ impl Link {
             .arg(history::new_epoch().as_ref());
         let _: u64 = within(script.query_async(&mut self.redis.clone())).await?;
         Ok(())
+    }
+
+    /// A page of a group's history, read from Redis in one step (see [`READ`]).
+    pub async fn read_history(
+        &self,
+        key: &GroupKey,
+        policy: Policy,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<history::Page, ClusterError> {
+        let (stream, meta) = self.history_keys(key);
+        let mut script = redis::cmd("EVAL");
+        script
+            .arg(READ)
+            .arg(2)
+            .arg(stream)
+            .arg(meta)
+            .arg(after.map_or(String::new(), |after| after.to_string()))
+            .arg(limit)
+            .arg(ttl_ms(policy.ttl))
+            .arg(ttl_ms(policy.meta_ttl))
+            .arg(history::new_epoch().as_ref());
+        let answer: Vec<String> = within(script.query_async(&mut self.redis.clone())).await?;
+        let mut answer = answer.into_iter();
+        let not_ours =
+            || redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "a history read that does not parse"));
+        let epoch = answer.next().ok_or_else(not_ours)?;
+        let offset = answer.next().and_then(|top| top.parse().ok()).ok_or_else(not_ours)?;
+        let mut entries = Vec::new();
+        while let (Some(offset), Some(frame)) = (answer.next(), answer.next()) {
+            entries.push((offset.parse().map_err(|_| not_ours())?, frame));
+        }
+        Ok(history::Page { epoch, offset, entries })
     }
 
     /// Sends a frame to a connection of another node.
@@ -540,12 +649,17 @@ fn decode(message: &[u8]) -> Option<(u64, ConnectionId, Delivery)> {
 /// A replay's `id\nnamespace:group\nrecovered\nepoch\ntop\n` and frames as
 /// `<bytes>:<sender><bytes>:<frame>`.
 #[allow(clippy::type_complexity)]
-fn decode_replay(message: &[u8]) -> Option<(GroupKey, ConnectionId, Recovery, Vec<Arc<Delivery>>)> {
+fn decode_replay(message: &[u8]) -> Option<(GroupKey, ConnectionId, Recovery, Vec<Arc<Delivery>>, Outcome)> {
     let text = std::str::from_utf8(message).ok()?;
     let mut parts = text.splitn(6, '\n');
     let id = parts.next()?.parse().ok()?;
     let key = GroupKey::parse(parts.next()?)?;
-    let recovered = parts.next()? == "1";
+    let outcome = match parts.next()? {
+        "1" => Outcome::Complete,
+        "2" => Outcome::EpochChanged,
+        _ => Outcome::TooOld,
+    };
+    let recovered = outcome == Outcome::Complete;
     let epoch = parts.next()?.to_owned();
     let offset = parts.next()?.parse().ok()?;
     let mut rest = parts.next()?;
@@ -562,7 +676,7 @@ fn decode_replay(message: &[u8]) -> Option<(GroupKey, ConnectionId, Recovery, Ve
         frames.push(Arc::new(Delivery::new(piece()?, sender)));
     }
     let recovery = Recovery { group: key.name.clone(), recovered, epoch, offset, replayed: frames.len() };
-    Some((key, id, recovery, frames))
+    Some((key, id, recovery, frames, outcome))
 }
 
 /// Sends the queued operations in order, each batch as one pipeline.
@@ -698,7 +812,9 @@ async fn receive(link: Arc<Link>, registry: Weak<Registry>, mut pushes: mpsc::Un
         let [Value::BulkString(channel), Value::BulkString(message)] = push.data.as_slice() else { continue };
         if let Some(replay) = message.strip_prefix(format!("{REPLAY}\n").as_bytes()) {
             match decode_replay(replay) {
-                Some((key, id, recovery, frames)) => registry.replayed(&key, id, recovery, frames),
+                Some((key, id, recovery, frames, outcome)) => {
+                    registry.replayed(&key, id, recovery, frames, Some(outcome));
+                }
                 None => tracing::warn!("a replay from Redis that does not parse"),
             }
             continue;

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -15,6 +16,7 @@ use dashmap::DashMap;
 use dashmap::mapref::one::RefMut;
 use serde::{Deserialize, Serialize};
 
+use crate::hub::metrics::HistoryMetrics;
 use crate::hub::outbound::Delivery;
 use crate::hub::registry::GroupKey;
 
@@ -46,8 +48,59 @@ pub struct Stream {
     last: u64,
     /// The frames still kept, oldest first, each with its offset and when it was appended.
     entries: VecDeque<(u64, Instant, Arc<Delivery>)>,
+    /// Idempotency keys of publishes still within the TTL, with the offset each got.
+    published: VecDeque<(String, u64, Instant)>,
     policy: Policy,
     touched: Instant,
+    budget: Arc<Budget>,
+}
+
+/// The bytes of history this node keeps, over all streams, under `state.history_bytes`.
+pub struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+    metrics: HistoryMetrics,
+}
+
+impl Budget {
+    pub fn new(limit: usize, metrics: HistoryMetrics) -> Budget {
+        Budget { used: AtomicUsize::new(0), limit, metrics }
+    }
+
+    fn take(&self, bytes: usize) {
+        let used = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.metrics.bytes.set(used as i64);
+    }
+
+    fn give(&self, bytes: usize) {
+        let used = self.used.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+        self.metrics.bytes.set(used as i64);
+    }
+
+    fn over(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.limit
+    }
+}
+
+/// How a recovery ended, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Complete,
+    /// The client's epoch is not the stream's: the history it knew was lost.
+    EpochChanged,
+    /// Frames it missed are no longer kept (past `size`, `ttl_ms` or `state.history_bytes`), or its
+    /// offset is past the last.
+    TooOld,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::EpochChanged => "epoch_changed",
+            Outcome::TooOld => "too_old",
+        }
+    }
 }
 
 /// What a recovery found, told to the client before the frames it missed.
@@ -73,25 +126,71 @@ impl Recovery {
     }
 }
 
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.budget.give(self.entries.iter().map(|(_, _, d)| d.frame().len()).sum());
+    }
+}
+
 impl Stream {
-    fn new(policy: Policy) -> Stream {
-        Stream { epoch: new_epoch(), last: 0, entries: VecDeque::new(), policy, touched: Instant::now() }
+    fn new(policy: Policy, budget: Arc<Budget>) -> Stream {
+        Stream {
+            epoch: new_epoch(),
+            last: 0,
+            entries: VecDeque::new(),
+            published: VecDeque::new(),
+            policy,
+            touched: Instant::now(),
+            budget,
+        }
+    }
+
+    /// The stream's epoch and last offset.
+    pub fn position(&self) -> (&str, u64) {
+        (&self.epoch, self.last)
+    }
+
+    /// The offset a publish with idempotency key `key` got, if one did within the TTL.
+    pub fn published(&mut self, key: &str) -> Option<u64> {
+        self.expire(Instant::now());
+        self.published.iter().find(|(k, _, _)| k == key).map(|(_, offset, _)| *offset)
     }
 
     /// Numbers `delivery` and keeps it; returns it as members of the group receive it: with the
-    /// group's name, its offset and the epoch as top-level keys.
-    pub fn append(&mut self, group: &str, delivery: &Delivery) -> Arc<Delivery> {
+    /// group's name, its offset and the epoch as top-level keys. With `key`, a publish within the
+    /// TTL that names it again gets this offset (see [`Stream::published`]).
+    pub fn append(&mut self, group: &str, delivery: &Delivery, key: Option<&str>) -> Arc<Delivery> {
         let now = Instant::now();
         self.expire(now);
         self.last += 1;
         let frame = format!("{}{}", position_head(group, &self.epoch, self.last), position_tail(delivery.frame()));
         let positioned = Arc::new(Delivery::new(frame, delivery.sender().to_owned()));
+        self.budget.take(positioned.frame().len());
         self.entries.push_back((self.last, now, positioned.clone()));
-        while self.entries.len() > self.policy.size {
-            self.entries.pop_front();
+        if let Some(key) = key {
+            self.published.push_back((key.to_owned(), self.last, now));
+            if self.published.len() > self.policy.size {
+                self.published.pop_front();
+            }
         }
+        while self.entries.len() > self.policy.size {
+            self.pop();
+        }
+        // Over the node's total: this stream gives back its oldest first, down to not keeping
+        // the new frame at all (it is still delivered; a client that missed it is told so).
+        while self.budget.over() && !self.entries.is_empty() {
+            self.pop();
+            self.budget.metrics.evicted.inc();
+        }
+        self.budget.metrics.appends.inc();
         self.touched = now;
         positioned
+    }
+
+    fn pop(&mut self) {
+        if let Some((_, _, delivery)) = self.entries.pop_front() {
+            self.budget.give(delivery.frame().len());
+        }
     }
 
     /// The frames after `from` if the stream still holds all of them, and what to tell the client.
@@ -99,12 +198,21 @@ impl Stream {
         self.expire(Instant::now());
         // The offset right before the oldest frame kept: a client there or later misses nothing.
         let floor = self.entries.front().map_or(self.last, |(offset, _, _)| offset - 1);
-        let recovered = *from.epoch == *self.epoch && from.offset >= floor && from.offset <= self.last;
+        let outcome = if *from.epoch != *self.epoch {
+            Outcome::EpochChanged
+        } else if from.offset < floor || from.offset > self.last {
+            Outcome::TooOld
+        } else {
+            Outcome::Complete
+        };
+        let recovered = outcome == Outcome::Complete;
         let frames: Vec<Arc<Delivery>> = if recovered {
             self.entries.iter().filter(|(offset, _, _)| *offset > from.offset).map(|(_, _, d)| d.clone()).collect()
         } else {
             Vec::new()
         };
+        self.budget.metrics.recovered(outcome.label());
+        self.budget.metrics.replayed.inc_by(frames.len() as u64);
         let recovery = Recovery {
             group: from.group.clone(),
             recovered,
@@ -117,19 +225,42 @@ impl Stream {
 
     fn expire(&mut self, now: Instant) {
         while self.entries.front().is_some_and(|(_, at, _)| now.duration_since(*at) > self.policy.ttl) {
-            self.entries.pop_front();
+            self.pop();
+        }
+        while self.published.front().is_some_and(|(_, _, at)| now.duration_since(*at) > self.policy.ttl) {
+            self.published.pop_front();
         }
     }
 }
 
 /// The streams of every group with history on this node, and which namespaces keep history.
-#[derive(Default)]
 pub struct Histories {
     policies: ArcSwap<HashMap<Arc<str>, Policy>>,
     streams: DashMap<GroupKey, Stream>,
+    budget: Arc<Budget>,
+}
+
+impl Default for Histories {
+    fn default() -> Self {
+        Histories::new(usize::MAX, HistoryMetrics::default())
+    }
 }
 
 impl Histories {
+    /// No streams yet, keeping at most `limit` bytes of frames over all of them.
+    pub fn new(limit: usize, metrics: HistoryMetrics) -> Histories {
+        Histories {
+            policies: ArcSwap::default(),
+            streams: DashMap::new(),
+            budget: Arc::new(Budget::new(limit, metrics)),
+        }
+    }
+
+    /// The counters recoveries outside a memory stream report to (the Redis backend's).
+    pub fn metrics(&self) -> &HistoryMetrics {
+        &self.budget.metrics
+    }
+
     /// Sets which namespaces keep history, and how much; a namespace no longer listed loses its
     /// streams.
     pub fn set_policies(&self, policies: HashMap<Arc<str>, Policy>) {
@@ -155,7 +286,7 @@ impl Histories {
             return None;
         }
         let policy = *self.policies.load().get(&key.namespace)?;
-        Some(self.streams.entry(key.clone()).or_insert_with(|| Stream::new(policy)))
+        Some(self.streams.entry(key.clone()).or_insert_with(|| Stream::new(policy, self.budget.clone())))
     }
 
     /// The history policy of `key`'s namespace, if it keeps history.
@@ -171,6 +302,58 @@ impl Histories {
             stream.expire(now);
             now.duration_since(stream.touched) <= stream.policy.meta_ttl
         });
+    }
+}
+
+/// The most frames one read of a group's history returns.
+pub const MAX_READ: usize = 1000;
+
+/// Frames of a group's history as plugins read them (the WIT `history` interface).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The stream's epoch.
+    pub epoch: String,
+    /// The offset of the group's last frame; 0 before the first.
+    pub offset: u64,
+    /// Offsets and frames as members received them, oldest first.
+    pub entries: Vec<(u64, String)>,
+}
+
+impl Stream {
+    /// The kept frames after `after` (none: the newest `limit`), oldest first, at most `limit`
+    /// (and [`MAX_READ`]).
+    pub fn page(&mut self, after: Option<u64>, limit: usize) -> Page {
+        self.expire(Instant::now());
+        let limit = limit.min(MAX_READ);
+        let start = match after {
+            Some(after) => self.entries.partition_point(|(offset, _, _)| *offset <= after),
+            None => self.entries.len().saturating_sub(limit),
+        };
+        let entries = self
+            .entries
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|(offset, _, delivery)| (*offset, delivery.frame().to_owned()))
+            .collect();
+        Page { epoch: self.epoch.to_string(), offset: self.last, entries }
+    }
+
+    /// The position whose recovery replays the last `count` frames kept (all of them when fewer
+    /// are): right before the oldest of them, never before the oldest kept, which would make the
+    /// recovery fail. What a plugin's `rewind` recovers from.
+    pub fn rewind(&mut self, group: &str, count: u32) -> Position {
+        self.expire(Instant::now());
+        let kept = self.entries.len().min(usize::try_from(count).unwrap_or(usize::MAX));
+        let offset = self.entries.get(self.entries.len() - kept).map_or(self.last, |(offset, _, _)| offset - 1);
+        Position { group: group.to_owned(), epoch: self.epoch.to_string(), offset }
+    }
+}
+
+impl Histories {
+    /// A page of `key`'s history (see [`Stream::page`]); `None` when its namespace keeps none.
+    pub fn read(&self, key: &GroupKey, after: Option<u64>, limit: usize) -> Option<Page> {
+        self.stream(key).map(|mut stream| stream.page(after, limit))
     }
 }
 
@@ -222,6 +405,10 @@ mod tests {
         Policy { size, ttl: Duration::from_secs(60), meta_ttl: Duration::from_secs(600) }
     }
 
+    fn budget() -> Arc<Budget> {
+        Arc::new(Budget::new(usize::MAX, HistoryMetrics::default()))
+    }
+
     fn frame(text: &str) -> Delivery {
         Delivery::new(format!(r#"{{"action":"m","payload":{{"text":"{text}"}}}}"#), "s".into())
     }
@@ -233,23 +420,60 @@ mod tests {
             .collect()
     }
 
+    impl Stream {
+        fn append_test(&mut self, group: &str, delivery: &Delivery) -> Arc<Delivery> {
+            self.append(group, delivery, None)
+        }
+    }
+
+    #[test]
+    fn history_stays_within_its_size_and_the_node_s_total_and_says_what_it_lost() {
+        let budget = Arc::new(Budget::new(1000, HistoryMetrics::default()));
+        let mut big = Stream::new(policy(100), budget.clone());
+        for i in 0..50 {
+            big.append_test("big", &frame(&format!("{i:0>100}")));
+        }
+        assert!(budget.used.load(Ordering::Relaxed) <= 1000, "the total holds");
+        assert!(big.entries.len() < 10, "{} kept", big.entries.len());
+        let epoch = big.epoch.to_string();
+        let (lost, _) = big.recover(&Position { group: "big".into(), epoch: epoch.clone(), offset: 10 });
+        assert!(!lost.recovered, "evicted frames are reported lost");
+        drop(big);
+        assert_eq!(budget.used.load(Ordering::Relaxed), 0, "a dropped stream gives its bytes back");
+        let mut small = Stream::new(policy(2), budget.clone());
+        for i in 0..10 {
+            small.append_test("small", &frame(&i.to_string()));
+        }
+        assert_eq!(small.entries.len(), 2, "size holds per group");
+    }
+
+    #[test]
+    fn an_idempotency_key_answers_the_first_offset_within_the_ttl() {
+        let mut stream = Stream::new(policy(10), budget());
+        assert_eq!(stream.published("k"), None);
+        stream.append("room", &frame("a"), Some("k"));
+        stream.append("room", &frame("b"), None);
+        assert_eq!(stream.published("k"), Some(1));
+        assert_eq!(stream.published("other"), None);
+    }
+
     #[test]
     fn frames_are_numbered_and_positioned() {
-        let mut stream = Stream::new(policy(10));
-        let first = stream.append("room", &frame("a"));
+        let mut stream = Stream::new(policy(10), budget());
+        let first = stream.append_test("room", &frame("a"));
         let value: serde_json::Value = serde_json::from_str(first.frame()).unwrap();
         assert_eq!(value["group"], "room");
         assert_eq!(value["offset"], 1);
         assert_eq!(value["epoch"], &*stream.epoch);
         assert_eq!(value["payload"]["text"], "a");
-        assert_eq!(offsets(&[stream.append("room", &frame("b"))]), vec![2]);
+        assert_eq!(offsets(&[stream.append_test("room", &frame("b"))]), vec![2]);
     }
 
     #[test]
     fn recovery_replays_what_follows_or_says_it_cannot() {
-        let mut stream = Stream::new(policy(3));
+        let mut stream = Stream::new(policy(3), budget());
         for text in ["a", "b", "c", "d", "e"] {
-            stream.append("room", &frame(text));
+            stream.append_test("room", &frame(text));
         }
         let at = |epoch: &str, offset| Position { group: "room".into(), epoch: epoch.into(), offset };
         let epoch = stream.epoch.to_string();
@@ -267,8 +491,9 @@ mod tests {
 
     #[test]
     fn expired_frames_are_not_recovered() {
-        let mut stream = Stream::new(Policy { size: 10, ttl: Duration::ZERO, meta_ttl: Duration::from_secs(60) });
-        stream.append("room", &frame("a"));
+        let mut stream =
+            Stream::new(Policy { size: 10, ttl: Duration::ZERO, meta_ttl: Duration::from_secs(60) }, budget());
+        stream.append_test("room", &frame("a"));
         std::thread::sleep(Duration::from_millis(2));
         let epoch = stream.epoch.to_string();
         let (recovery, frames) = stream.recover(&Position { group: "room".into(), epoch, offset: 0 });

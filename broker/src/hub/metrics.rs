@@ -44,6 +44,8 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     /// The Redis backend (`[cluster] backend = "redis"`).
     pub cluster: ClusterMetrics,
+    /// Group history (`[plugins.<name>.history]`).
+    pub history: HistoryMetrics,
     /// The (route, action) series of `frames_out` so far.
     out_actions: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -74,6 +76,7 @@ impl Default for Metrics {
             api_published: Counter::default(),
             reloads: Family::default(),
             cluster: ClusterMetrics::default(),
+            history: HistoryMetrics::default(),
             out_actions: Default::default(),
         };
         registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
@@ -113,6 +116,24 @@ impl Default for Metrics {
         );
         registry.register("api_published", "Frames delivered through the publish API", metrics.api_published.clone());
         registry.register("reloads", "Plugin and configuration reloads, by result", metrics.reloads.clone());
+        let history = &metrics.history;
+        registry.register("history_appends", "Frames numbered into a group's history", history.appends.clone());
+        registry.register(
+            "history_recoveries",
+            "Recoveries by outcome: complete, epoch_changed, too_old, no_history, failed",
+            history.recoveries.clone(),
+        );
+        registry.register("history_replayed", "Frames replayed to recovering clients", history.replayed.clone());
+        registry.register(
+            "history_bytes",
+            "Bytes of frames this node keeps in history (memory backend)",
+            history.bytes.clone(),
+        );
+        registry.register(
+            "history_evicted",
+            "Frames dropped from history before their time to stay under state.history_bytes",
+            history.evicted.clone(),
+        );
         let cluster = &metrics.cluster;
         registry.register("cluster_redis_up", "1 while the Redis backend answers", cluster.redis_up.clone());
         registry.register(
@@ -137,6 +158,23 @@ pub struct ClusterMetrics {
     pub published: Counter,
     pub received: Counter,
     dropped: Family<Labels, Counter>,
+}
+
+/// The metrics of group history, shared with the hub's streams.
+#[derive(Clone, Default)]
+pub struct HistoryMetrics {
+    pub appends: Counter,
+    recoveries: Family<Labels, Counter>,
+    pub replayed: Counter,
+    pub bytes: Gauge,
+    pub evicted: Counter,
+}
+
+impl HistoryMetrics {
+    /// Counts a recovery that ended with `outcome`.
+    pub fn recovered(&self, outcome: &'static str) {
+        self.recoveries.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
+    }
 }
 
 impl ClusterMetrics {

@@ -20,6 +20,9 @@ use crate::wire::close_code::{GOING_AWAY, SLOW_CONSUMER};
 pub enum Outbound {
     /// Write a text frame; the permit holds its bytes against the queue's byte bound.
     Frame(Utf8Bytes, OwnedSemaphorePermit),
+    /// Write these text frames in order: a recovery's replay, one place in the queue however many
+    /// frames it holds (the permit holds their bytes).
+    Frames(std::collections::VecDeque<Utf8Bytes>, OwnedSemaphorePermit),
     /// Write a close frame after everything queued before it.
     Close(CloseReason),
     /// Write a ping: the idle sweep asks a quiet client whether it is still there.
@@ -191,6 +194,28 @@ impl Handle {
             return Err(self.slow_consumer("outbound bytes"));
         };
         match self.outbound.try_send(Outbound::Frame(frame, permit)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(self.slow_consumer("outbound frames")),
+        }
+    }
+
+    /// Queues frames as one item without waiting: a replay of thousands of frames takes one place
+    /// of the frame bound and its bytes of the byte bound, so recovering a long absence is bounded
+    /// by bytes, not by the count of frames a live burst is measured by.
+    pub fn try_send_all(&self, frames: Vec<Utf8Bytes>) -> Result<(), SendError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        if self.control.is_closing() {
+            return Err(SendError::Closed);
+        }
+        let bytes: usize = frames.iter().map(|frame| frame.len().max(1)).sum();
+        let cost = u32::try_from(bytes.min(self.max_bytes)).unwrap_or(u32::MAX);
+        let Ok(permit) = self.bytes.clone().try_acquire_many_owned(cost) else {
+            return Err(self.slow_consumer("outbound bytes"));
+        };
+        match self.outbound.try_send(Outbound::Frames(frames.into(), permit)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
             Err(mpsc::error::TrySendError::Full(_)) => Err(self.slow_consumer("outbound frames")),

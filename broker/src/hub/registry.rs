@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 
 use crate::hub::cluster::{self, Link};
-use crate::hub::history::{Histories, Policy, Position, Recovery};
+use crate::hub::history::{Histories, MAX_READ, Outcome, Page, Policy, Position, Recovery};
 pub use crate::hub::outbound::{CloseReason, Delivery, Handle, SendError};
 use crate::hub::state::{Session, StateError};
 
@@ -77,6 +77,28 @@ struct Entry {
     /// Where the client was in groups it has not been joined to yet, by group name: the join
     /// replays what it missed.
     recover: HashMap<String, Position>,
+    /// Groups whose next join replays their last frames, by group name: a plugin's `rewind`.
+    rewind: HashMap<String, u32>,
+}
+
+/// What a publish from the HTTP API did.
+#[derive(Debug)]
+pub struct Published {
+    /// Members of this node it was queued for.
+    pub delivered: usize,
+    /// The epoch and offset it got, when the group keeps history.
+    pub position: Option<(String, u64)>,
+    /// A retry of an earlier publish with the same idempotency key: not broadcast again.
+    pub duplicate: bool,
+}
+
+/// Why a publish from the HTTP API was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("an idempotency key needs history on the group's namespace (`[plugins.<name>.history]`)")]
+    NoHistory,
+    #[error("the cluster's Redis: {0}")]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// Per-connection limits.
@@ -112,6 +134,13 @@ impl Registry {
         }
     }
 
+    /// Keeps at most `limit` bytes of group history on this node (`state.history_bytes`), counted
+    /// in `metrics`.
+    pub fn with_history(mut self, limit: usize, metrics: crate::hub::metrics::HistoryMetrics) -> Registry {
+        self.history = Histories::new(limit, metrics);
+        self
+    }
+
     /// Sets which namespaces keep group history (see [`Histories::set_policies`]).
     pub fn set_history(&self, policies: HashMap<Arc<str>, Policy>) {
         self.history.set_policies(policies);
@@ -142,7 +171,15 @@ impl Registry {
     ) -> ConnectionId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let recover = recover.into_iter().map(|position| (position.group.clone(), position)).collect();
-        let entry = Entry { handle, route, groups: HashSet::new(), session: Session::default(), claims, recover };
+        let entry = Entry {
+            handle,
+            route,
+            groups: HashSet::new(),
+            session: Session::default(),
+            claims,
+            recover,
+            rewind: HashMap::new(),
+        };
         self.connections.insert(id, entry);
         id
     }
@@ -275,6 +312,9 @@ impl Registry {
     /// Adds a connection to a group. In a cluster it returns once the other nodes can reach the
     /// connection through the group (or Redis did not answer in time; the membership stands).
     pub async fn join(&self, id: ConnectionId, key: GroupKey) -> Result<(), JoinError> {
+        if let Some(link) = &self.cluster {
+            self.rewind_position(link, id, &key).await;
+        }
         let (first, recovering) = self.join_local(id, &key)?;
         let Some(link) = &self.cluster else { return Ok(()) };
         if let Some(first) = first {
@@ -287,7 +327,7 @@ impl Registry {
             && let Err(error) = link.recover(&key, id, &from, policy).await
         {
             tracing::warn!(group = %key, %error, "cannot recover from Redis; the client is told so");
-            self.replayed(&key, id, Recovery::lost(from.group), Vec::new());
+            self.replayed(&key, id, Recovery::lost(from.group), Vec::new(), None);
         }
         Ok(())
     }
@@ -312,10 +352,17 @@ impl Registry {
         }
         let handle = entry.handle.clone();
         let from = entry.recover.remove(&key.name);
+        let rewind = entry.rewind.remove(&key.name);
         let mut recovering = None;
         // In memory: held until the member is added, so no frame is appended between the replay
         // and the join.
         let mut stream = if self.cluster.is_none() { self.history.stream(key) } else { None };
+        // A plugin's rewind recovers from right before the last frames kept, found under the lock
+        // the replay is read under.
+        let from = match (from, rewind, stream.as_mut()) {
+            (None, Some(count), Some(stream)) => Some(stream.rewind(&key.name, count)),
+            (from, _, _) => from,
+        };
         match (from, self.cluster.is_some(), self.history.policy(key)) {
             (None, _, _) => {}
             (Some(from), true, Some(policy)) => {
@@ -325,7 +372,10 @@ impl Registry {
             (Some(from), _, _) => {
                 let (recovery, frames) = match stream.as_mut() {
                     Some(stream) => stream.recover(&from),
-                    None => (Recovery::lost(from.group), Vec::new()),
+                    None => {
+                        self.history.metrics().recovered("no_history");
+                        (Recovery::lost(from.group), Vec::new())
+                    }
                 };
                 deliver_replay(&handle, &recovery, frames);
             }
@@ -339,15 +389,82 @@ impl Registry {
         Ok((Some(first), recovering))
     }
 
+    /// Makes the connection's next join to `key` first replay the group's last `count` frames, as
+    /// a recovery does (a plugin's `rewind`). Nothing when the client named its own position in
+    /// the group, is in it already, or its namespace keeps no history; a connection keeps at most
+    /// as many rewinds as it may have groups.
+    pub fn rewind(&self, id: ConnectionId, key: &GroupKey, count: u32) {
+        if count == 0 || self.history.policy(key).is_none() {
+            return;
+        }
+        let Some(mut entry) = self.connections.get_mut(&id) else { return };
+        let full = entry.rewind.len() >= self.limits.max_groups_per_connection;
+        if entry.recover.contains_key(&key.name)
+            || entry.groups.contains(key)
+            || (full && !entry.rewind.contains_key(&key.name))
+        {
+            return;
+        }
+        entry.rewind.insert(key.name.clone(), count);
+    }
+
+    /// In a cluster, turns a pending rewind of `key` into the position to recover from, read
+    /// from Redis. Frames appended between this read and the recovery are replayed too, so none
+    /// is missed; Redis not answering leaves the join without a replay.
+    async fn rewind_position(&self, link: &Link, id: ConnectionId, key: &GroupKey) {
+        let pending = self.connections.get_mut(&id).and_then(|mut entry| entry.rewind.remove(&key.name));
+        let (Some(count), Some(policy)) = (pending, self.history.policy(key)) else { return };
+        let limit = usize::try_from(count).unwrap_or(usize::MAX);
+        match link.read_history(key, policy, None, limit).await {
+            Ok(page) => {
+                let offset = page.entries.first().map_or(page.offset, |(offset, _)| offset - 1);
+                if let Some(mut entry) = self.connections.get_mut(&id)
+                    && !entry.groups.contains(key)
+                {
+                    let position = Position { group: key.name.clone(), epoch: page.epoch, offset };
+                    entry.recover.entry(key.name.clone()).or_insert(position);
+                }
+            }
+            Err(error) => tracing::warn!(group = %key, %error, "cannot rewind from Redis; joining without a replay"),
+        }
+    }
+
+    /// The frames of `key`'s history after `after` (none: the newest `limit`), oldest first, at
+    /// most `limit` and [`MAX_READ`]; `None` when its namespace keeps no history.
+    pub async fn read_history(
+        &self,
+        key: &GroupKey,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Page>, cluster::ClusterError> {
+        let limit = limit.min(MAX_READ);
+        match (&self.cluster, self.history.policy(key)) {
+            (_, None) => Ok(None),
+            (Some(link), Some(policy)) => link.read_history(key, policy, after, limit).await.map(Some),
+            (None, Some(_)) => Ok(self.history.read(key, after, limit)),
+        }
+    }
+
     /// Delivers a recovery read from Redis to a member held out of live delivery, then lets it
     /// in. Called from the cluster's receiving task, in the order of the group's frames, so what
     /// came before the replay is in it and what comes after is live.
-    pub fn replayed(&self, key: &GroupKey, id: ConnectionId, recovery: Recovery, frames: Vec<Arc<Delivery>>) {
+    /// `outcome` is `None` when Redis could not be asked.
+    pub fn replayed(
+        &self,
+        key: &GroupKey,
+        id: ConnectionId,
+        recovery: Recovery,
+        frames: Vec<Arc<Delivery>>,
+        outcome: Option<Outcome>,
+    ) {
         // A replay for a member no longer held (it left, or was already told its recovery
         // failed) is dropped: delivering it would repeat frames it got live.
         if !self.held.get(key).is_some_and(|held| held.contains(&id)) {
             return;
         }
+        let metrics = self.history.metrics();
+        metrics.recovered(outcome.map_or("failed", Outcome::label));
+        metrics.replayed.inc_by(frames.len() as u64);
         if let Ok(handle) = self.handle(id) {
             deliver_replay(&handle, &recovery, frames);
         }
@@ -390,13 +507,44 @@ impl Registry {
         if let Some(mut stream) = self.history.stream(key) {
             // Numbered and fanned out under the stream's lock: members get a group's frames in
             // offset order, and a recovering join sees each frame either in its replay or live.
-            let positioned = stream.append(&key.name, delivery);
+            let positioned = stream.append(&key.name, delivery, None);
             return self.broadcast_local(key, &positioned, exclude);
         }
         if let Some(link) = &self.cluster {
             link.publish_group(key, delivery, exclude);
         }
         self.broadcast_local(key, delivery, exclude)
+    }
+
+    /// A publish from the HTTP API: broadcast like any other, numbered when the group keeps
+    /// history, and with `idempotency`, not broadcast again when a publish within the history's
+    /// TTL named the same key (its offset is answered).
+    pub async fn publish(
+        &self,
+        key: &GroupKey,
+        delivery: &Delivery,
+        idempotency: Option<&str>,
+    ) -> Result<Published, PublishError> {
+        let policy = self.history.policy(key);
+        if idempotency.is_some() && policy.is_none() {
+            return Err(PublishError::NoHistory);
+        }
+        if let (Some(link), Some(policy)) = (&self.cluster, policy) {
+            let (offset, epoch, duplicate) = link.append_now(key, policy, delivery, idempotency).await?;
+            let delivered = if duplicate { 0 } else { self.groups.get(key).map_or(0, |members| members.len()) };
+            return Ok(Published { delivered, position: Some((epoch, offset)), duplicate });
+        }
+        let Some(mut stream) = self.history.stream(key) else {
+            return Ok(Published { delivered: self.broadcast(key, delivery, None), position: None, duplicate: false });
+        };
+        if let Some(offset) = idempotency.and_then(|k| stream.published(k)) {
+            let epoch = stream.position().0.to_owned();
+            return Ok(Published { delivered: 0, position: Some((epoch, offset)), duplicate: true });
+        }
+        let positioned = stream.append(&key.name, delivery, idempotency);
+        let (epoch, offset) = stream.position();
+        let position = Some((epoch.to_owned(), offset));
+        Ok(Published { delivered: self.broadcast_local(key, &positioned, None), position, duplicate: false })
     }
 
     /// Queues `delivery` for this node's members of a group but `exclude`.
@@ -447,14 +595,12 @@ impl Registry {
 }
 
 /// Tells a recovering member what its recovery found, then gives it the frames it missed. A queue
-/// too small for the replay closes the client as a slow consumer, as a burst would.
+/// The replay is one item of its queue: only its bytes count against `outbound_queue_bytes`, past
+/// which the client is closed as a slow consumer, as a burst would.
 fn deliver_replay(handle: &Handle, recovery: &Recovery, frames: Vec<Arc<Delivery>>) {
     let told = serde_json::json!({"action": "recovered", "payload": recovery}).to_string();
-    let _ = handle.try_send(told.into());
-    for frame in frames {
-        if handle.try_send(frame.for_handle(handle)).is_err() {
-            break;
-        }
+    if handle.try_send(told.into()).is_ok() {
+        let _ = handle.try_send_all(frames.iter().map(|frame| frame.for_handle(handle)).collect());
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use crate::edge::handshake::text;
 use crate::edge::live::Shared;
-use crate::hub::registry::{Delivery, GroupKey};
+use crate::hub::registry::{Delivery, GroupKey, PublishError};
 use crate::plugin::rfc3339;
 use crate::wire::percent::percent_decode;
 use crate::wire::protocol;
@@ -43,6 +43,8 @@ pub enum Endpoint {
     Plugins,
     /// `GET /api/groups/{group}/members`, with the group as written in the path (percent-decoded).
     Members(String),
+    /// `GET /api/groups/{group}/history?after=&limit=`: the frames a group with history keeps.
+    History(String),
     /// Under `/api/` but nothing there.
     Unknown,
 }
@@ -67,10 +69,12 @@ impl Endpoint {
         if rest == "plugins" {
             return Some(Endpoint::Plugins);
         }
-        let group = rest.strip_prefix("groups/").and_then(|r| r.strip_suffix("/members"));
-        Some(match group.and_then(percent_decode) {
-            Some(group) => Endpoint::Members(group),
-            None => Endpoint::Unknown,
+        let Some(group) = rest.strip_prefix("groups/") else { return Some(Endpoint::Unknown) };
+        let named = |suffix: &str| group.strip_suffix(suffix).and_then(percent_decode);
+        Some(match (named("/members"), named("/history")) {
+            (Some(group), _) => Endpoint::Members(group),
+            (_, Some(group)) => Endpoint::History(group),
+            _ => Endpoint::Unknown,
         })
     }
 }
@@ -138,6 +142,7 @@ pub(crate) async fn serve(shared: &Shared, endpoint: Endpoint, request: Request<
             match (endpoint, method) {
                 (Endpoint::Publish, Method::POST) => publish(shared, request).await,
                 (Endpoint::Members(group), Method::GET) => members(shared, &group).await,
+                (Endpoint::History(group), Method::GET) => history(shared, &group, request.uri().query()).await,
                 (Endpoint::Plugins, Method::GET) => plugins(shared),
                 // Every other pair was answered 405 above.
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
@@ -173,7 +178,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 struct Publish {
     group: String,
     frame: Box<RawValue>,
+    /// A retry naming the same key within the history's TTL is not broadcast again.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
+
+/// The longest idempotency key, in bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 async fn publish(shared: &Shared, request: Request<Incoming>) -> Reply {
     let (limit, deadline) = {
@@ -198,7 +209,12 @@ async fn publish(shared: &Shared, request: Request<Incoming>) -> Reply {
     let publish: Publish = match serde_json::from_slice(&body) {
         Ok(publish) => publish,
         Err(e) => {
-            return error(StatusCode::BAD_REQUEST, &format!("expected {{\"group\": string, \"frame\": object}}: {e}"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "expected {{\"group\": string, \"frame\": object, \"idempotency_key\": string (optional)}}: {e}"
+                ),
+            );
         }
     };
     let Some(group) = GroupKey::parse(&publish.group) else {
@@ -228,10 +244,68 @@ async fn publish(shared: &Shared, request: Request<Incoming>) -> Reply {
             }),
         );
     }
+    if publish.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY) {
+        return error(StatusCode::BAD_REQUEST, &format!("`idempotency_key` is 1 to {MAX_IDEMPOTENCY_KEY} bytes"));
+    }
     let delivery = Delivery::new(publish.frame.get().to_owned(), API_SENDER.to_owned());
-    let delivered = shared.registry.broadcast(&group, &delivery, None);
-    shared.metrics.api_published.inc();
-    json_reply(StatusCode::OK, json!({"group": group.to_string(), "delivered": delivered}))
+    let published = match shared.registry.publish(&group, &delivery, publish.idempotency_key.as_deref()).await {
+        Ok(published) => published,
+        Err(why @ PublishError::NoHistory) => return error(StatusCode::BAD_REQUEST, &why.to_string()),
+        Err(why @ PublishError::Cluster(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, &why.to_string()),
+    };
+    if !published.duplicate {
+        shared.metrics.api_published.inc();
+    }
+    let mut answer = json!({"group": group.to_string(), "delivered": published.delivered});
+    if let Some((epoch, offset)) = published.position {
+        answer["epoch"] = epoch.into();
+        answer["offset"] = offset.into();
+        answer["duplicate"] = published.duplicate.into();
+    }
+    json_reply(StatusCode::OK, answer)
+}
+
+/// The frames a group keeps after `after` (none: the newest), at most `limit` (default 100), as
+/// members received them, with the stream's epoch and last offset: what a backend reads to
+/// rebuild a room or check what was delivered.
+async fn history(shared: &Shared, group: &str, query: Option<&str>) -> Reply {
+    let Some(key) = GroupKey::parse(group) else {
+        return error(StatusCode::BAD_REQUEST, "the group is `namespace:name`, for example `chat:room1`");
+    };
+    let mut after = None;
+    let mut limit = 100;
+    for (name, value) in query.into_iter().flat_map(|q| q.split('&')).filter_map(|pair| pair.split_once('=')) {
+        let number = value.parse::<u64>();
+        match (name, number) {
+            ("after", Ok(n)) => after = Some(n),
+            ("limit", Ok(n)) => limit = usize::try_from(n).unwrap_or(usize::MAX),
+            ("after" | "limit", Err(_)) => {
+                return error(StatusCode::BAD_REQUEST, &format!("`{name}` is a non-negative integer"));
+            }
+            _ => {}
+        }
+    }
+    match shared.registry.read_history(&key, after, limit).await {
+        Ok(Some(page)) => {
+            let entries: Vec<serde_json::Value> = page
+                .entries
+                .into_iter()
+                .map(|(offset, frame)| {
+                    let frame = serde_json::from_str(&frame).unwrap_or(serde_json::Value::String(frame));
+                    json!({"offset": offset, "frame": frame})
+                })
+                .collect();
+            json_reply(
+                StatusCode::OK,
+                json!({"group": key.to_string(), "epoch": page.epoch, "offset": page.offset, "entries": entries}),
+            )
+        }
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            &format!("{key} keeps no history: its namespace has no `[plugins.<name>.history]`"),
+        ),
+        Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("the cluster's Redis: {why}")),
+    }
 }
 
 async fn members(shared: &Shared, group: &str) -> Reply {

@@ -60,13 +60,16 @@ impl Server {
             Backend::Redis => Some(Link::connect(&config.cluster, metrics.clone()).await?),
         };
         let link = cluster.as_ref().map(|(link, _)| link.clone());
-        let registry = Arc::new(Registry::new(
-            registry::Limits {
-                max_groups_per_connection: config.server.max_groups_per_connection,
-                session_bytes: config.state.session_bytes,
-            },
-            link.clone(),
-        ));
+        let registry = Arc::new(
+            Registry::new(
+                registry::Limits {
+                    max_groups_per_connection: config.server.max_groups_per_connection,
+                    session_bytes: config.state.session_bytes,
+                },
+                link.clone(),
+            )
+            .with_history(config.state.history_bytes, metrics.history.clone()),
+        );
         if let Some((_, tasks)) = cluster {
             tasks.spawn(&registry);
         }

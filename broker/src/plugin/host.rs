@@ -327,3 +327,32 @@ impl self::broker::plugin::kv::Host for HostState {
         Ok(swapped.map_err(|e| self.state_error(e)))
     }
 }
+
+impl self::broker::plugin::history::Host for HostState {
+    async fn read(
+        &mut self,
+        group: String,
+        after: Option<u64>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<self::broker::plugin::history::Page, StateError>> {
+        use self::broker::plugin::history::{Entry, Page};
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let page = match self.env.registry.read_history(&self.group(&group), after, limit).await {
+            Ok(Some(page)) => page,
+            Ok(None) => {
+                return Ok(Err(StateError::Unavailable(format!(
+                    "the namespace {:?} keeps no group history: add [plugins.{}.history] to broker.toml",
+                    &*self.env.namespace, self.env.name
+                ))));
+            }
+            Err(error) => return Ok(Err(StateError::Unavailable(error.to_string()))),
+        };
+        let entries = page.entries.into_iter().map(|(offset, frame)| Entry { offset, frame }).collect();
+        Ok(Ok(Page { epoch: page.epoch, offset: page.offset, entries }))
+    }
+
+    async fn rewind(&mut self, connection: u64, group: String, count: u32) -> wasmtime::Result<()> {
+        self.env.registry.rewind(connection, &self.group(&group), count);
+        Ok(())
+    }
+}

@@ -3,5 +3,6 @@
 
 pub mod close_code;
 pub mod percent;
+pub mod problem;
 pub mod protocol;
 pub mod unique_keys;

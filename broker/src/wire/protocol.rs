@@ -9,6 +9,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+pub use crate::wire::problem::{Kind, Problem};
+
 /// The action the broker answers itself on every route.
 pub const PING: &str = "ping";
 
@@ -36,34 +38,6 @@ pub struct Request<'a> {
     pub payload: Option<&'a RawValue>,
     /// The client's correlation id, echoed on the reply.
     pub reference: Option<String>,
-}
-
-/// One entry of an error frame.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Problem {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub loc: Vec<serde_json::Value>,
-    pub msg: String,
-}
-
-impl Problem {
-    /// A problem at `loc`, whose keys (a client's action and payload keys) are quoted as `quote` cuts them.
-    pub fn new(kind: impl Into<String>, loc: Vec<serde_json::Value>, msg: impl Into<String>) -> Self {
-        let loc = loc
-            .into_iter()
-            .map(|item| match item {
-                serde_json::Value::String(key) if key.chars().nth(QUOTE_CHARS).is_some() => quote(&key).into(),
-                other => other,
-            })
-            .collect();
-        Problem { kind: kind.into(), loc, msg: msg.into() }
-    }
-
-    /// A problem located at `[action]`: how plugin failures are reported.
-    pub fn at_action(kind: &str, action: &str, msg: impl Into<String>) -> Self {
-        Problem::new(kind, vec![action.into()], msg)
-    }
 }
 
 /// A frame that could not be dispatched: what to tell the client.
@@ -101,27 +75,27 @@ fn envelope<'a>(text: &'a str, accepted: Option<&[String]>) -> Result<Request<'a
     let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
         let msg =
             if text.trim().is_empty() { "Invalid JSON: empty frame".to_owned() } else { format!("Invalid JSON: {e}") };
-        refuse(Problem::new("json_invalid", vec![], msg))
+        refuse(Problem::new(Kind::JsonInvalid, vec![], msg))
     })?;
     if !raw.get().starts_with('{') {
-        return Err(refuse(Problem::new("model_type", vec![], "Input should be an object")));
+        return Err(refuse(Problem::new(Kind::ModelType, vec![], "Input should be an object")));
     }
     let envelope: RawEnvelope<'a> = serde_json::from_str(text)
-        .map_err(|e| refuse(Problem::new("json_invalid", vec![], format!("Invalid JSON: {e}"))))?;
+        .map_err(|e| refuse(Problem::new(Kind::JsonInvalid, vec![], format!("Invalid JSON: {e}"))))?;
 
     let mut problems = Vec::new();
     let reference = match envelope.reference.map(|r| serde_json::from_str::<Option<String>>(r.get())) {
         None | Some(Ok(None)) => None,
         Some(Ok(Some(reference))) => Some(reference),
         Some(Err(_)) => {
-            problems.push(Problem::new("string_type", vec!["ref".into()], "Input should be a valid string"));
+            problems.push(Problem::new(Kind::StringType, vec!["ref".into()], "Input should be a valid string"));
             None
         }
     };
     let action = match envelope.action {
         None => {
             problems.push(Problem::new(
-                "union_tag_not_found",
+                Kind::UnionTagNotFound,
                 vec![],
                 "Unable to extract tag using discriminator 'action'",
             ));
@@ -141,7 +115,7 @@ fn envelope<'a>(text: &'a str, accepted: Option<&[String]>) -> Result<Request<'a
             Err(_) => {
                 problems.push(match accepted {
                     Some(accepted) => unknown_action(raw.get(), accepted),
-                    None => Problem::new("string_type", vec!["action".into()], "Input should be a valid string"),
+                    None => Problem::new(Kind::StringType, vec!["action".into()], "Input should be a valid string"),
                 });
                 None
             }
@@ -165,7 +139,7 @@ fn unknown_action(tag: &str, accepted: &[String]) -> Problem {
     actions.dedup();
     let expected: Vec<String> = actions.iter().map(|a| format!("'{a}'")).collect();
     Problem::new(
-        "union_tag_invalid",
+        Kind::UnionTagInvalid,
         vec![],
         format!(
             "Input tag '{}' found using 'action' does not match any of the expected tags: {}",
@@ -226,11 +200,11 @@ pub fn published_frame(text: &str) -> Result<(), Refusal> {
     envelope(text, None)?;
     let refuse = |problems: Vec<Problem>| Refusal { problems, reference: None };
     let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
-        .map_err(|e| refuse(vec![Problem::new("json_invalid", vec![], format!("Invalid JSON: {e}"))]))?;
+        .map_err(|e| refuse(vec![Problem::new(Kind::JsonInvalid, vec![], format!("Invalid JSON: {e}"))]))?;
     let owned: Vec<Problem> = STAMPED_KEYS
         .iter()
         .filter(|key| object.contains_key(**key))
-        .map(|key| Problem::new("extra_forbidden", vec![(*key).into()], "Set by the broker; a frame may not set it"))
+        .map(|key| Problem::new(Kind::ExtraForbidden, vec![(*key).into()], "Set by the broker; a frame may not set it"))
         .collect();
     if owned.is_empty() { Ok(()) } else { Err(refuse(owned)) }
 }

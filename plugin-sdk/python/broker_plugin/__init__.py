@@ -29,8 +29,23 @@ from typing import Any, Callable, ClassVar, Optional
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import groups, host, identity, kv as host_kv, session, types
+from wit_world.imports import history as host_history
 
-__all__ = ["Context", "HostLogHandler", "Message", "Plugin", "PluginError", "Reject", "kv", "log", "members", "send_to"]
+__all__ = [
+    "Context",
+    "HistoryEntry",
+    "HistoryPage",
+    "HostLogHandler",
+    "Message",
+    "Plugin",
+    "PluginError",
+    "Reject",
+    "history",
+    "kv",
+    "log",
+    "members",
+    "send_to",
+]
 
 
 def _dumps(value: Any) -> str:
@@ -238,6 +253,11 @@ class Context:
         """Adds this connection to a group of this plugin's namespace."""
         _host(groups.join, self.connection, group)
 
+    def rewind(self, group: str, count: int) -> None:
+        """Makes this connection's next `join` to `group` first replay the group's last `count`
+        frames, as Ably's rewind does (see `history.rewind`)."""
+        history.rewind(self.connection, group, count)
+
     def leave(self, group: str) -> None:
         """Removes this connection from a group."""
         groups.leave(self.connection, group)
@@ -334,6 +354,48 @@ class _Kv:
 
 
 kv = _Kv()
+
+
+@dataclasses.dataclass
+class HistoryEntry:
+    """One frame of a group's history: its offset, and the frame (JSON text) exactly as members
+    received it, with its `group`, `offset` and `epoch` keys."""
+
+    offset: int
+    frame: str
+
+
+@dataclasses.dataclass
+class HistoryPage:
+    """Frames of a group's history, oldest first, with the stream's epoch and last offset."""
+
+    epoch: str
+    offset: int
+    entries: list
+
+
+class _History:
+    """The recent frames of the groups of the plugin's namespace, when broker.toml keeps them
+    (`[plugins.<name>.history]`)."""
+
+    @staticmethod
+    def read(group: str, after: Optional[int] = None, limit: int = 100) -> HistoryPage:
+        """The frames of `group` after offset `after` (None: the newest `limit`), oldest first, at
+        most `limit` (and at most 1000) of those still kept. Raises `PluginError` when the
+        namespace keeps no history."""
+        page = _host(host_history.read, group, after, limit)
+        entries = [HistoryEntry(entry.offset, entry.frame) for entry in page.entries]
+        return HistoryPage(page.epoch, page.offset, entries)
+
+    @staticmethod
+    def rewind(connection: int, group: str, count: int) -> None:
+        """Makes `connection`'s next join to `group` first replay the group's last `count` frames
+        (as many as are kept), as a recovery does; nothing when the client named its own
+        position in the group, or the namespace keeps no history."""
+        host_history.rewind(connection, group, count)
+
+
+history = _History()
 
 
 class _Log:

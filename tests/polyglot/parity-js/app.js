@@ -1,7 +1,7 @@
 // The SDK parity plugin in JavaScript: the same actions, and the same answers, as the testbed's
 // (tests/plugins/testbed) and tests/polyglot/parity-py.
 
-import { Plugin, kv, log, sendTo, t } from '../../../plugin-sdk/js/index.js';
+import { Plugin, history, kv, log, sendTo, t } from '../../../plugin-sdk/js/index.js';
 
 const TextValue = t.object({ key: t.string(), value: t.string() });
 const JsonValue = t.object({ key: t.string(), value: {} });
@@ -13,6 +13,7 @@ const Typed = t.object({
   // A one-variant Rust enum, Python's Literal['only']: `t.literal` would be `const`.
   only: t.enum(['only']),
 });
+const HistoryRead = t.object({ group: t.string(), after: t.optional(t.integer()), limit: t.integer() });
 const Status = t.object({ status: t.string(), done: t.boolean() });
 
 const plugin = new Plugin({ name: 'parity', version: '0.1.0' }).sendsRaw(
@@ -42,6 +43,9 @@ plugin
     JSON.parse('not a number');
   })
   .handle('send_to', { payload: SendTo }, (_ctx, { connection, frame }) => sendTo(connection, frame))
-  .handle('typed', { payload: Typed }, (_ctx, typed) => answer('typed', typed));
+  .handle('typed', { payload: Typed }, (_ctx, typed) => answer('typed', typed))
+  .handle('history_read', { payload: HistoryRead }, (_ctx, { group, after, limit }) =>
+    answer('history_read', history.read(group, after, limit)),
+  );
 
 export const { handler, describe } = plugin.exports();

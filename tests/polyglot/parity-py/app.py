@@ -4,9 +4,9 @@
 import logging
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
-from broker_plugin import Context, Plugin, kv, send_to
+from broker_plugin import Context, Plugin, history, kv, send_to
 
 
 @dataclass
@@ -114,6 +114,20 @@ def fail(ctx: Context, payload: None) -> None:
 @plugin.handle("send_to")
 def send(ctx: Context, payload: SendTo) -> None:
     send_to(payload.connection, payload.frame)
+
+
+@dataclass
+class HistoryRead:
+    group: str
+    limit: int
+    after: Optional[int] = None
+
+
+@plugin.handle("history_read")
+def history_read(ctx: Context, payload: HistoryRead) -> dict:
+    page = history.read(payload.group, payload.after, payload.limit)
+    entries = [{"offset": e.offset, "frame": e.frame} for e in page.entries]
+    return answer("history_read", {"epoch": page.epoch, "offset": page.offset, "entries": entries})
 
 
 @plugin.handle("typed")

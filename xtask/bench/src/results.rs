@@ -32,6 +32,44 @@ pub struct Fanout {
     pub p99_us: u64,
 }
 
+/// `loadgen paced`: `fanout` with the sender held to `rate` messages a second (0: as fast as the
+/// window of messages in flight allows), counting the frames that carry a history offset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paced {
+    pub members: u64,
+    pub messages: u64,
+    /// Messages a second the sender was held to; 0: unpaced.
+    pub rate: u64,
+    pub deliveries: u64,
+    /// Deliveries expected (`members * messages`) but never received.
+    pub lost: u64,
+    /// Deliveries carrying an `"offset"`: all of them with the room's history on, none without.
+    pub numbered: u64,
+    /// Deliveries per second.
+    pub per_second: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+/// `loadgen recover`: a member leaves a room, `missed` messages go to it, the member comes back
+/// with its last position and is replayed what it missed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    pub missed: u64,
+    /// The `recovered` frame's `recovered` and `replayed`.
+    pub recovered: bool,
+    pub replayed: u64,
+    /// Every replayed frame carried the offset after the one before it, from the member's own.
+    pub in_order: bool,
+    /// From the start of the recovering connection: its handshake done, the `recovered` frame
+    /// read, the last replayed frame read.
+    pub handshake_ms: f64,
+    pub told_ms: f64,
+    pub last_ms: f64,
+}
+
 /// `loadgen hold`'s first line: the connections are open, the server may be measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +142,28 @@ mod tests {
             warm_swap_ms_max: 9.0,
         };
         assert_eq!(last_line::<Reload>(&serde_json::to_string(&reload)?)?, reload);
+        let paced = Paced {
+            members: 1000,
+            messages: 500,
+            rate: 250,
+            deliveries: 500_000,
+            lost: 0,
+            numbered: 500_000,
+            per_second: 240_000.5,
+            p50_us: 900,
+            p99_us: 4000,
+        };
+        assert_eq!(last_line::<Paced>(&serde_json::to_string(&paced)?)?, paced);
+        let recovery = Recovery {
+            missed: 10_000,
+            recovered: true,
+            replayed: 10_000,
+            in_order: true,
+            handshake_ms: 0.4,
+            told_ms: 12.5,
+            last_ms: 80.25,
+        };
+        assert_eq!(last_line::<Recovery>(&serde_json::to_string(&recovery)?)?, recovery);
         Ok(())
     }
 
@@ -114,5 +174,9 @@ mod tests {
         assert!(error.contains("bench::results::Echo"), "{error}");
         assert!(last_line::<Attack>(r#"{"action":"spin","attacks":3}"#).is_err());
         assert!(last_line::<Held>("").is_err());
+        let without_order = r#"{"missed":1,"recovered":true,"replayed":1,"handshake_ms":1,"told_ms":1,"last_ms":1}"#;
+        assert!(last_line::<Recovery>(without_order).is_err());
+        let extra = r#"{"members":1,"messages":1,"rate":0,"deliveries":1,"lost":0,"numbered":0,"per_second":1,"p50_us":1,"p99_us":1,"epoch":"x"}"#;
+        assert!(last_line::<Paced>(extra).is_err());
     }
 }

@@ -42,6 +42,9 @@ pub fn document(config: &Config, plugins: &Plugins, listen: std::net::SocketAddr
     doc.builtins();
     for (route, name) in config.routes.iter().zip(channel_names(&config.routes)) {
         doc.channel(&name, route, plugins.get(&route.plugin).map(Arc::as_ref));
+        if config.plugins.get(&route.plugin).is_some_and(|plugin| plugin.history.is_some()) {
+            doc.recovery(&name, route.auth == AuthMode::Required);
+        }
     }
     let security_schemes = if config.routes.iter().any(|route| route.auth != AuthMode::None) {
         security_schemes(config)
@@ -122,6 +125,10 @@ struct Builder {
 /// schema (one class in Chanx's generated client) when their payloads agree.
 const REF: &str = "A correlation id: a request's reply carries the request's `ref`";
 
+/// The recovery frames of routes whose plugin keeps group history.
+const RECOVER: &str = "RecoverMessage";
+const RECOVERED: &str = "RecoveredMessage";
+
 /// The broker's own frames, the same on every route: component keys of their messages.
 const PING: &str = "PingMessage";
 const PONG: &str = "PongMessage";
@@ -159,6 +166,106 @@ impl Builder {
                 payload: Reference::schema(&key),
                 correlation_id: Some(Reference { target: "#/components/correlationIds/ref".into() }),
             });
+        }
+    }
+
+    /// `recover` and `recovered` on a channel whose groups keep history (README, "History and
+    /// recovery"); their schemas and messages are added once.
+    fn recovery(&mut self, name: &str, secured: bool) {
+        if !self.messages.contains_key(RECOVER) {
+            let position = json!({
+                "type": "object",
+                "properties": {
+                    "group": {"type": "string", "minLength": 1, "maxLength": 256},
+                    "epoch": {"type": "string", "maxLength": 64},
+                    "offset": {"type": "integer", "minimum": 0},
+                },
+                "required": ["group", "epoch", "offset"],
+                "additionalProperties": false,
+            });
+            let frames = [
+                (
+                    "recover",
+                    "Names where the client was in groups with history; each is replayed when its plugin joins it there",
+                    json!({"type": "object", "properties": {"positions": {"type": "array", "items": position}}, "required": ["positions"]}),
+                ),
+                (
+                    "recovered",
+                    "What a recovery found, before the frames it replays: `recovered: false` means frames are gone",
+                    json!({"type": "object", "properties": {
+                        "group": {"type": "string"},
+                        "recovered": {"type": "boolean"},
+                        "epoch": {"type": "string"},
+                        "offset": {"type": "integer", "minimum": 0},
+                        "replayed": {"type": "integer", "minimum": 0},
+                    }, "required": ["group", "recovered", "epoch", "offset", "replayed"]}),
+                ),
+            ];
+            for (action, summary, payload) in frames {
+                let schema = json!({
+                    "type": "object",
+                    "description": summary,
+                    "properties": {
+                        "action": {"type": "string", "const": action},
+                        "payload": payload,
+                        "ref": {"type": "string", "description": REF},
+                    },
+                    "required": ["action", "payload"],
+                });
+                let key = self.add_schema(vec![frame_title(action)], schema);
+                self.add_message(Message {
+                    name: action.into(),
+                    title: key.clone(),
+                    summary: Some(summary.into()),
+                    description: None,
+                    payload: Reference::schema(&key),
+                    correlation_id: Some(Reference { target: "#/components/correlationIds/ref".into() }),
+                });
+            }
+        }
+        let Some(channel) = self.channels.get_mut(name) else { return };
+        channel.messages.insert("client.recover".to_owned(), Reference::message(RECOVER));
+        channel.messages.insert("server.recovered".to_owned(), Reference::message(RECOVERED));
+        let channel_ref = Reference::channel(name);
+        let message_ref = |key: &str| Reference::channel_message(name, key);
+        let reply = Reply { channel: channel_ref.clone(), messages: vec![message_ref("server.error")] };
+        let operations = [
+            (
+                Action::Receive,
+                "recover",
+                message_ref("client.recover"),
+                Some(reply),
+                "Recover from positions in groups with history (or `?recover=` on the handshake); answered only on error",
+            ),
+            (
+                Action::Send,
+                "recovered",
+                message_ref("server.recovered"),
+                None,
+                "Sent when the plugin joins a group the client named a position in, before the frames it missed",
+            ),
+        ];
+        for (action, verb, message, reply, summary) in operations {
+            let direction = if action == Action::Receive { "receive" } else { "send" };
+            self.operations.insert(
+                format!("{name}.{direction}.{verb}"),
+                Operation {
+                    action,
+                    channel: channel_ref.clone(),
+                    summary: Some(summary.into()),
+                    description: None,
+                    messages: vec![message],
+                    reply,
+                    security: if secured {
+                        vec![
+                            Reference { target: "#/components/securitySchemes/bearer".into() },
+                            Reference { target: "#/components/securitySchemes/token_query".into() },
+                        ]
+                    } else {
+                        Vec::new()
+                    },
+                },
+            );
         }
     }
 

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::{Api, Channel, component_of, pascal, quoted};
+use crate::wire::close_code;
 
 pub(super) fn render(api: &Api) -> String {
     let mut out = format!(
@@ -20,9 +21,17 @@ pub(super) fn render(api: &Api) -> String {
     for channel in &api.channels {
         render_channel(&mut out, channel);
     }
-    out.push_str(SOCKET);
+    let retry: Vec<String> = RETRY_CODES.iter().map(u16::to_string).collect();
+    out.push_str(&SOCKET.replace("[RETRY_CODES]", &format!("[{}]", retry.join(", "))));
     out
 }
+
+/// The close codes after which the socket reconnects: the connection was lost (1005, 1006, which
+/// no one sends), the broker goes away, restarts, failed or is overloaded, or closed a slow
+/// consumer, whose missed frames recovery brings back. The others say trying again gets the same
+/// answer: a close meant (1000), a frame refused, a policy, a plugin refusing the connection.
+const RETRY_CODES: [u16; 8] =
+    [close_code::GOING_AWAY, 1005, 1006, close_code::INTERNAL_ERROR, 1012, 1013, 1014, close_code::SLOW_CONSUMER];
 
 fn render_channel(out: &mut String, channel: &Channel) {
     let name = &channel.name;
@@ -66,9 +75,9 @@ fn render_channel(out: &mut String, channel: &Channel) {
         out,
         "/** The path of `{address}` with its parameters filled in. */\n\
          export function {lower}Path(params: {name}Params): string {{\n  return {path};\n}}\n\n\
-         /** Connects to `{address}`: `baseUrl` is the broker's `ws://host:port`. */\n\
-         export function connect{name}(baseUrl: string, params: {name}Params): BrokerSocket<{name}ClientFrame, {name}ServerFrame> {{\n  \
-         return new BrokerSocket(baseUrl.replace(/\\/$/, \"\") + {lower}Path(params));\n}}\n",
+         /** Connects to `{address}`: `baseUrl` is the broker's `ws://host:port`; it reconnects as `options` say. */\n\
+         export function connect{name}(baseUrl: string, params: {name}Params, options?: ReconnectOptions): BrokerSocket<{name}ClientFrame, {name}ServerFrame> {{\n  \
+         return new BrokerSocket(baseUrl.replace(/\\/$/, \"\") + {lower}Path(params), options);\n}}\n",
         address = channel.address,
     );
 }
@@ -178,74 +187,10 @@ fn doc_comment(out: &mut String, text: Option<&str>, indent: &str) {
 }
 
 /// The socket every channel's `connect` returns: typed `send`, `request` (which waits for the
-/// answer carrying the same `ref`) and `onFrame`.
-const SOCKET: &str = r#"/** A frame any route may get: the broker's answer to a frame it could not handle. */
-export type ErrorFrame = { action: "error"; payload: BrokerProblems; ref?: string };
-
-export type FrameHandler<In> = (frame: In) => void;
-
-/** A WebSocket speaking one route's frames: `Out` are the client's, `In` the broker's. */
-export class BrokerSocket<Out extends { action: string; ref?: string }, In extends object> {
-  readonly socket: WebSocket;
-  /** Resolves once connected; rejects if the connection fails. */
-  readonly opened: Promise<void>;
-  /** Resolves with the close code when the connection closes. */
-  readonly closed: Promise<number>;
-  private handlers: FrameHandler<In>[] = [];
-  private pending = new Map<string, (frame: In) => void>();
-  private nextRef = 0;
-
-  constructor(url: string) {
-    this.socket = new WebSocket(url);
-    this.opened = new Promise((resolve, reject) => {
-      this.socket.addEventListener("open", () => resolve(), { once: true });
-      this.socket.addEventListener("error", () => reject(new Error(`cannot connect to ${url}`)), { once: true });
-    });
-    this.closed = new Promise((resolve) => {
-      this.socket.addEventListener("close", (event) => resolve(event.code), { once: true });
-    });
-    this.socket.addEventListener("message", (event) => {
-      const frame = JSON.parse(String(event.data)) as In & { ref?: string };
-      const waiting = frame.ref === undefined ? undefined : this.pending.get(frame.ref);
-      if (waiting && frame.ref !== undefined) {
-        this.pending.delete(frame.ref);
-        waiting(frame);
-        return;
-      }
-      for (const handler of this.handlers) handler(frame);
-    });
-  }
-
-  /** Calls `handler` with every frame that is not the answer to a `request`. */
-  onFrame(handler: FrameHandler<In>): void {
-    this.handlers.push(handler);
-  }
-
-  send(frame: Out): void {
-    this.socket.send(JSON.stringify(frame));
-  }
-
-  /** Sends `frame` with a `ref` and resolves with the broker's answer (its reply, or an error frame). */
-  request(frame: Out, timeoutMs = 10_000): Promise<In | ErrorFrame> {
-    const ref = frame.ref ?? `r${++this.nextRef}`;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(ref);
-        reject(new Error(`no answer to ${frame.action} (ref ${ref}) within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(ref, (answer) => {
-        clearTimeout(timer);
-        resolve(answer);
-      });
-      this.send({ ...frame, ref });
-    });
-  }
-
-  close(code = 1000, reason = ""): void {
-    this.socket.close(code, reason);
-  }
-}
-"#;
+/// answer carrying the same `ref`) and `onFrame`; it reconnects after an unexpected close and
+/// recovers the frames of groups with history it missed meanwhile (`onRecovered`). TypeScript in
+/// its own file, appended to every client after its types, `[RETRY_CODES]` filled in by `render`.
+const SOCKET: &str = include_str!("socket.ts");
 
 #[cfg(test)]
 mod tests {
@@ -265,5 +210,18 @@ mod tests {
         );
         assert_eq!(object, "{\n  a: string;\n  \"b-c\"?: number;\n}");
         assert_eq!(ts(&json!({"type": "object"}), ""), "{\n  [key: string]: unknown;\n}");
+    }
+
+    #[test]
+    fn the_socket_reconnects_after_losses_and_not_after_refusals() {
+        let socket = SOCKET.replace("[RETRY_CODES]", "[]");
+        assert!(!socket.contains("RETRY_CODES") && SOCKET.matches("[RETRY_CODES]").count() == 1);
+        for code in [close_code::GOING_AWAY, close_code::INTERNAL_ERROR, close_code::SLOW_CONSUMER, 1006] {
+            assert!(RETRY_CODES.contains(&code), "{code}");
+        }
+        let refusals = [1000, close_code::PROTOCOL_ERROR, close_code::INVALID_PAYLOAD, close_code::POLICY_VIOLATION];
+        for code in refusals.into_iter().chain([close_code::MESSAGE_TOO_BIG, 4403]) {
+            assert!(!RETRY_CODES.contains(&code), "{code}");
+        }
     }
 }

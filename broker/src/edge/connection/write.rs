@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -41,32 +42,49 @@ where
 {
     let closed = control.closed();
     tokio::pin!(closed);
+    // A replay being written, frame by frame, with its share of the byte bound.
+    let mut replay: Option<(std::collections::VecDeque<Utf8Bytes>, OwnedSemaphorePermit)> = None;
     let reason = loop {
-        let item = tokio::select! {
-            biased;
-            reason = &mut closed => break reason,
-            item = queue.recv() => match item {
-                Some(item) => item,
-                None => {
-                    let _ = tokio::time::timeout(deadlines.close, sink.close()).await;
-                    return None;
-                }
-            },
-        };
-        let (message, _permit) = match item {
-            Outbound::Close(reason) => {
-                control.close_now(reason.clone());
-                break reason;
-            }
-            // The permit (the frame's share of the byte bound) is released once the frame is written.
-            Outbound::Frame(text, permit) => {
+        let next_of_replay = replay.as_mut().and_then(|(frames, _)| frames.pop_front());
+        let (message, _permit) = match next_of_replay {
+            Some(text) => {
                 metrics.frame_out(text.as_str());
-                (Message::Text(text), Some(permit))
+                (Message::Text(text), None)
             }
-            Outbound::Ping => (Message::Ping(Default::default()), None),
+            None => {
+                replay = None;
+                let item = tokio::select! {
+                    biased;
+                    reason = &mut closed => break reason,
+                    item = queue.recv() => match item {
+                        Some(item) => item,
+                        None => {
+                            let _ = tokio::time::timeout(deadlines.close, sink.close()).await;
+                            return None;
+                        }
+                    },
+                };
+                match item {
+                    Outbound::Close(reason) => {
+                        control.close_now(reason.clone());
+                        break reason;
+                    }
+                    // The permit (the frame's share of the byte bound) is released once the frame is written.
+                    Outbound::Frame(text, permit) => {
+                        metrics.frame_out(text.as_str());
+                        (Message::Text(text), Some(permit))
+                    }
+                    Outbound::Frames(frames, permit) => {
+                        replay = Some((frames, permit));
+                        continue;
+                    }
+                    Outbound::Ping => (Message::Ping(Default::default()), None),
+                }
+            }
         };
         // Batch: flush only when nothing else is waiting.
-        let flush = queue.is_empty() || !matches!(message, Message::Text(_));
+        let replaying = replay.as_ref().is_some_and(|(frames, _)| !frames.is_empty());
+        let flush = (queue.is_empty() && !replaying) || !matches!(message, Message::Text(_));
         let write = async { if flush { sink.send(message).await } else { sink.feed(message).await } };
         let written = tokio::select! {
             biased;

@@ -60,6 +60,21 @@ struct JsonValue {
     value: Value,
 }
 
+/// A read of a group's history: after an offset (none: the newest), at most `limit`.
+#[derive(Deserialize, JsonSchema)]
+struct HistoryRead {
+    group: String,
+    after: Option<u64>,
+    limit: u32,
+}
+
+/// A rewind of this connection's next join to `group`.
+#[derive(Deserialize, JsonSchema)]
+struct Rewind {
+    group: String,
+    count: u32,
+}
+
 #[derive(Deserialize, JsonSchema)]
 struct Close {
     code: u16,
@@ -160,6 +175,16 @@ fn plugin() -> Plugin {
             Ok(Frame::new("params", json!({ "route": ctx.route(), "path": ctx.path(), "params": params })))
         })
         .handle("join", |ctx, group: Group| ctx.join(&group.group))
+        .handle("rewind", |ctx, r: Rewind| {
+            ctx.rewind(&r.group, r.count);
+            Ok(())
+        })
+        .handle("history_read", |_ctx, r: HistoryRead| {
+            let page = plugin_sdk::history::read(&r.group, r.after, r.limit)?;
+            let entries: Vec<Value> =
+                page.entries.iter().map(|e| json!({ "offset": e.offset, "frame": e.frame })).collect();
+            Ok(Frame::new("history_read", json!({ "epoch": page.epoch, "offset": page.offset, "entries": entries })))
+        })
         .handle("broadcast", |ctx, b: Broadcast| Ok(Frame::new("broadcast", ctx.broadcast(&b.group, &b.frame)?)))
         .handle("kv_write", |_ctx, w: KvWrite| {
             let ttl = w.ttl_ms.map(std::time::Duration::from_millis);

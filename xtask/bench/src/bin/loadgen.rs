@@ -5,6 +5,10 @@
 //! loadgen echo    URL CONNECTIONS SECONDS WARMUP_SECONDS [ACTION]   closed-loop request/reply
 //! loadgen fanout  URL MEMBERS MESSAGES [MEMBERS_URL]                one sender, a room of MEMBERS
 //!                                                                   (on MEMBERS_URL: another node)
+//! loadgen paced  URL MEMBERS MESSAGES RATE                        fanout with the sender held to RATE
+//!                                                                   messages/s (0: unpaced)
+//! loadgen recover URL MISSED                                        a chat member away while MISSED
+//!                                                                   messages go, then recovering them
 //! loadgen hold    URL COUNT                                         COUNT idle connections until stdin closes
 //! loadgen reload  URL CONNECTIONS FILE MARKER=VERSION_FILE...       echo while FILE is replaced
 //! loadgen attack  URL ACTION SECONDS [CLIENTS]                      clients repeating a hostile action
@@ -56,6 +60,8 @@ async fn main() -> Result<()> {
             let members_url = args.get(4).cloned().unwrap_or_else(|| sender.clone());
             serde_json::to_string(&fanout(&sender, &members_url, num(2)? as usize, num(3)?).await?)?
         }
+        "paced" => serde_json::to_string(&paced(&arg(1)?, num(2)? as usize, num(3)?, num(4)?).await?)?,
+        "recover" => serde_json::to_string(&recover(&arg(1)?, num(2)?).await?)?,
         "hold" => serde_json::to_string(&hold(&arg(1)?, num(2)? as usize).await?)?,
         "reload" => {
             let versions = args[4..]
@@ -265,6 +271,54 @@ async fn answered(ws: &mut Ws, marker: &str) -> bool {
 }
 
 async fn fanout(url: &str, members_url: &str, members: usize, messages: u64) -> Result<results::Fanout> {
+    let spread = spread(url, members_url, members, messages, 0).await?;
+    Ok(results::Fanout {
+        members: members as u64,
+        messages,
+        deliveries: spread.deliveries,
+        lost: messages * members as u64 - spread.deliveries,
+        per_second: spread.per_second(),
+        p50_us: spread.hist.value_at_quantile(0.5),
+        p99_us: spread.hist.value_at_quantile(0.99),
+    })
+}
+
+/// `fanout` with the sender held to `rate` messages a second (0: unpaced).
+async fn paced(url: &str, members: usize, messages: u64, rate: u64) -> Result<results::Paced> {
+    let spread = spread(url, url, members, messages, rate).await?;
+    Ok(results::Paced {
+        members: members as u64,
+        messages,
+        rate,
+        deliveries: spread.deliveries,
+        lost: messages * members as u64 - spread.deliveries,
+        numbered: spread.numbered,
+        per_second: spread.per_second(),
+        p50_us: spread.hist.value_at_quantile(0.5),
+        p99_us: spread.hist.value_at_quantile(0.99),
+    })
+}
+
+/// What the members of a fan-out received.
+struct Spread {
+    deliveries: u64,
+    /// Deliveries carrying a history offset.
+    numbered: u64,
+    /// From the first message sent to the last delivery.
+    elapsed: Duration,
+    /// Send to delivery, µs.
+    hist: Histogram<u64>,
+}
+
+impl Spread {
+    fn per_second(&self) -> f64 {
+        self.deliveries as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// One sender on `url`, `members` receivers on `members_url` (the same room), `messages` sent at
+/// `rate` a second (0: as fast as the window below allows).
+async fn spread(url: &str, members_url: &str, members: usize, messages: u64, rate: u64) -> Result<Spread> {
     // A pong proves the member's join is done, on another node too (the broker answers it after
     // `on-connect`, which returns once the cluster can reach the member).
     let receivers = connect_all(members_url, members, pinged).await?;
@@ -276,7 +330,7 @@ async fn fanout(url: &str, members_url: &str, members: usize, messages: u64) -> 
         .map(|mut ws| {
             let delivered = delivered.clone();
             tokio::spawn(async move {
-                let mut hist = histogram()?;
+                let (mut hist, mut numbered) = (histogram()?, 0u64);
                 for _ in 0..messages {
                     let text = tokio::time::timeout(PHASE_LIMIT, next_text(&mut ws)).await??;
                     // `"message":"<sent at, µs since epoch>"`, found without a JSON parse: the load
@@ -288,9 +342,10 @@ async fn fanout(url: &str, members_url: &str, members: usize, messages: u64) -> 
                         .and_then(|n| n.parse().ok())
                         .context("a fanout frame")?;
                     hist.record(micros(epoch.elapsed()).saturating_sub(sent_us).max(1))?;
+                    numbered += u64::from(frame_offset(&text).is_some());
                     delivered.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok::<_, anyhow::Error>(hist)
+                Ok::<_, anyhow::Error>((hist, numbered))
             })
         })
         .collect();
@@ -299,27 +354,105 @@ async fn fanout(url: &str, members_url: &str, members: usize, messages: u64) -> 
     const WINDOW: u64 = 64;
     let started = Instant::now();
     for sent in 0..messages {
+        if rate > 0 {
+            tokio::time::sleep_until((started + Duration::from_secs_f64(sent as f64 / rate as f64)).into()).await;
+        }
         while sent * members as u64 > delivered.load(Ordering::Relaxed) + WINDOW * members as u64 {
             tokio::task::yield_now().await;
         }
         let frame = json!({"action": "new_chat_message", "payload": {"message": micros(epoch.elapsed()).to_string(), "name": "s"}});
         sender.send(Message::text(frame.to_string())).await?;
     }
-    let mut hist = histogram()?;
+    let (mut hist, mut numbered) = (histogram()?, 0);
     for task in tasks {
-        hist.add(task.await??)?;
+        let (h, n) = task.await??;
+        hist.add(h)?;
+        numbered += n;
     }
     let elapsed = started.elapsed();
-    let total = delivered.load(Ordering::Relaxed);
-    Ok(results::Fanout {
-        members: members as u64,
-        messages,
-        deliveries: total,
-        lost: messages * members as u64 - total,
-        per_second: total as f64 / elapsed.as_secs_f64(),
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
+    Ok(Spread { deliveries: delivered.load(Ordering::Relaxed), numbered, elapsed, hist })
+}
+
+/// A member of the chat room `url` reads one frame (its group, epoch and offset) and leaves;
+/// `missed` messages go to the room; it comes back with `?recover=` and that position. Times the
+/// way back: handshake, the `recovered` frame, the last replayed frame.
+async fn recover(url: &str, missed: u64) -> Result<results::Recovery> {
+    let chat = |i: u64| {
+        // About 100 bytes of text, like a line of chat.
+        let message = format!("message {i:06} {}", "lorem ipsum ".repeat(7));
+        Message::text(json!({"action": "new_chat_message", "payload": {"message": message, "name": "s"}}).to_string())
+    };
+    let mut sender = pinged(connect(url, 0).await?).await?;
+    let mut away = pinged(connect(url, 1).await?).await?;
+    sender.send(chat(0)).await?;
+    let first: serde_json::Value =
+        serde_json::from_str(&tokio::time::timeout(PHASE_LIMIT, next_text(&mut away)).await??)?;
+    let position = json!([{
+        "group": first["group"].as_str().context("no group: is the room's history on?")?,
+        "epoch": first["epoch"].as_str().context("no epoch")?,
+        "offset": first["offset"].as_u64().context("no offset")?,
+    }]);
+    let from = position[0]["offset"].as_u64().unwrap_or_default();
+    away.close(None).await?;
+    drop(away);
+    for i in 1..=missed {
+        sender.send(chat(i)).await?;
+    }
+    // One connection's messages are handled in order: after the pong, every message is in history.
+    sender.send(Message::text(r#"{"action":"ping"}"#)).await?;
+    tokio::time::timeout(PHASE_LIMIT, async {
+        while !next_text(&mut sender).await?.contains("pong") {}
+        Ok::<_, anyhow::Error>(())
     })
+    .await??;
+
+    let url = format!("{url}?recover={}", percent_encode(&position.to_string()));
+    let started = Instant::now();
+    let mut back = tokio::time::timeout(PHASE_LIMIT, connect(&url, 2)).await??;
+    let handshake = started.elapsed();
+    let told: serde_json::Value =
+        serde_json::from_str(&tokio::time::timeout(PHASE_LIMIT, next_text(&mut back)).await??)?;
+    let told_at = started.elapsed();
+    anyhow::ensure!(told["action"] == "recovered", "the first frame back is not `recovered`: {told}");
+    let replayed = told["payload"]["replayed"].as_u64().context("no replayed")?;
+    let mut in_order = true;
+    for expected in from + 1..=from + replayed {
+        let text = tokio::time::timeout(PHASE_LIMIT, next_text(&mut back)).await??;
+        in_order &= frame_offset(&text) == Some(expected);
+    }
+    let last = started.elapsed();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok(results::Recovery {
+        missed,
+        recovered: told["payload"]["recovered"] == true,
+        replayed,
+        in_order,
+        handshake_ms: ms(handshake),
+        told_ms: ms(told_at),
+        last_ms: ms(last),
+    })
+}
+
+/// The top-level `"offset":N` of a frame of a group with history, found without a JSON parse: the
+/// broker writes `{"group":..,"offset":N,"epoch":..` before the rest of the frame, so a payload's own
+/// `offset` key, which comes later, is not taken for it.
+fn frame_offset(text: &str) -> Option<u64> {
+    let rest = text.split("\"offset\":").nth(1)?;
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+/// `text` with every byte but the unreserved ones percent-encoded, for a query value.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 async fn hold(url: &str, count: usize) -> Result<results::Held> {
@@ -397,4 +530,25 @@ async fn reload(url: &str, connections: usize, file: &str, versions: &[(String, 
         warm_swap_ms_median: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
         warm_swap_ms_max: sorted.last().copied().unwrap_or(0.0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offset_is_the_frames_top_level_one() {
+        let frame = r#"{"group":"r","offset":42,"epoch":"ab","action":"new_chat_message","payload":{"offset":7}}"#;
+        assert_eq!(frame_offset(frame), Some(42));
+        assert_eq!(frame_offset(r#"{"group":"r","offset":10001,"epoch":"ab"}"#), Some(10001));
+        assert_eq!(frame_offset(r#"{"action":"new_chat_message","payload":{"message":"x"}}"#), None);
+        assert_eq!(frame_offset(r#"{"offset":"x"}"#), None);
+    }
+
+    #[test]
+    fn a_position_is_percent_encoded_for_the_query() {
+        let position = r#"[{"group":"r 1","offset":0}]"#;
+        assert_eq!(percent_encode(position), "%5B%7B%22group%22%3A%22r%201%22%2C%22offset%22%3A0%7D%5D");
+        assert_eq!(percent_encode("a-Z_0.~"), "a-Z_0.~");
+    }
 }
