@@ -381,10 +381,11 @@ pub fn position_head(group: &str, epoch: &str, offset: u64) -> String {
 /// recover by.
 pub fn position_tail(frame: &str) -> String {
     const KEYS: [&str; 3] = ["group", "offset", "epoch"];
-    let Ok(mut object) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(frame) else {
-        return "}".to_owned();
-    };
-    let body = if KEYS.iter().any(|key| object.contains_key(*key)) {
+    // Most frames name none of the keys anywhere: they are spliced without being parsed.
+    let body = if KEYS.iter().any(|key| frame.contains(&format!("\"{key}\""))) {
+        let Ok(mut object) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(frame) else {
+            return "}".to_owned();
+        };
         KEYS.iter().for_each(|key| drop(object.remove(*key)));
         serde_json::to_string(&object).unwrap_or_else(|_| "{}".to_owned())
     } else {
