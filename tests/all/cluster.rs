@@ -65,6 +65,11 @@ impl Redis {
 
 /// A node of the cluster on `redis`, with the default routes.
 fn node(redis: &Redis, name: &str) -> Broker {
+    node_with(redis, name, "")
+}
+
+/// A node of the cluster on `redis`, with the default routes and `extra` broker.toml.
+fn node_with(redis: &Redis, name: &str, extra: &str) -> Broker {
     Broker::with_config(&default_config(&format!(
         r#"
 [server]
@@ -76,7 +81,7 @@ redis_url = "redis://127.0.0.1:{port}"
 node_id = "{name}"
 heartbeat_ms = 100
 node_ttl_ms = 1000
-"#,
+{extra}"#,
         port = redis.port()
     )))
 }
@@ -282,25 +287,7 @@ async fn state_and_the_publish_api_span_nodes() {
 /// A node of the cluster on `redis` whose chat rooms keep history in Redis.
 fn history_node(redis: &Redis, name: &str) -> Broker {
     let history = "size = 1000\nttl_ms = 60000\n";
-    Broker::with_config(&default_config(&format!(
-        r#"
-[server]
-messages_per_second = 0
-
-[cluster]
-backend = "redis"
-redis_url = "redis://127.0.0.1:{port}"
-node_id = "{name}"
-heartbeat_ms = 100
-node_ttl_ms = 1000
-
-[plugins.chat.history]
-{history}
-[plugins.chat-meta.history]
-{history}
-"#,
-        port = redis.port()
-    )))
+    node_with(redis, name, &format!("[plugins.chat.history]\n{history}[plugins.chat-meta.history]\n{history}"))
 }
 
 fn offset(frame: &Value) -> u64 {

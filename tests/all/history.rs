@@ -550,3 +550,24 @@ async fn the_document_describes_recovery_on_routes_with_history_only() {
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success() && report.contains("valid: AsyncAPI 3.0.0"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_past_their_ttl_are_not_recovered() {
+    let history = "size = 100\nttl_ms = 200\nmeta_ttl_ms = 60000\n";
+    let broker = Broker::with_config(&default_config(&format!(
+        "[plugins.chat.history]\n{history}[plugins.chat-meta.history]\n{history}"
+    )));
+    let mut alice = member(&broker, "ttl", None).await;
+    let mut bob = member(&broker, "ttl", None).await;
+    alice.send(chat("soon gone")).await;
+    let epoch = bob.recv().await["epoch"].as_str().unwrap().to_owned();
+    let from_zero = percent(&json!([{"group": "ttl", "epoch": epoch, "offset": 0}]).to_string());
+    // Within the TTL the frame is replayed; past it, the client is told it is gone.
+    crate::harness::eventually("the frame expired", || async {
+        let mut client = broker.connect(&format!("/ws/chat/ttl?recover={from_zero}")).await;
+        let told = client.recv().await;
+        assert_eq!((told["payload"]["epoch"].as_str(), told["payload"]["offset"].as_u64()), (Some(&*epoch), Some(1)));
+        told["payload"]["recovered"] == false
+    })
+    .await;
+}

@@ -21,6 +21,10 @@ pub type ConnectionId = u64;
 /// The longest group name, in bytes.
 pub const MAX_GROUP_NAME: usize = 256;
 
+/// How long a join in a cluster waits for its recovery's replay before it tells the client frames
+/// are lost and lets it in.
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The longest epoch a client may name (the broker's are 16 hex digits).
 const MAX_EPOCH: usize = 64;
 
@@ -247,10 +251,14 @@ impl Registry {
 
     /// Removes a connection and all its memberships; groups left empty are dropped.
     pub fn remove(&self, id: ConnectionId) {
-        let Some((_, entry)) = self.connections.remove(&id) else { return };
-        for key in entry.groups {
-            self.remove_member(key, id);
-        }
+        // Its memberships go while its entry is still held (entry, then group: the lock order), so
+        // no join slips in, and once the connection is no longer counted its groups are gone too.
+        self.connections.remove_if(&id, |_, entry| {
+            for key in &entry.groups {
+                self.remove_member(key.clone(), id);
+            }
+            true
+        });
     }
 
     /// Open connections.
@@ -323,11 +331,25 @@ impl Registry {
         // Subscribed: frames published from now on reach this node. The recovery reads the
         // stream and queues the replay behind them, in one step in Redis; until the replay
         // arrives (see `replayed`), the member is held out of live delivery.
-        if let Some((from, policy)) = recovering
-            && let Err(error) = link.recover(&key, id, &from, policy).await
-        {
+        let Some((from, policy)) = recovering else { return Ok(()) };
+        let group = from.group.clone();
+        // The join returns once the replay is delivered, so the plugin's next frames follow it. A
+        // replay that never comes (Redis reconnected between the script and its delivery) must not
+        // hold the member out of the group for good: past the wait, it is told it lost frames.
+        let failure = match link.recover(&key, id, &from, policy).await {
+            Err(error) => Some(error.to_string()),
+            Ok(()) => {
+                let delivered = tokio::time::timeout(REPLAY_WAIT, async {
+                    while self.held.get(&key).is_some_and(|held| held.contains(&id)) {
+                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    }
+                });
+                delivered.await.is_err().then(|| format!("no replay within {} ms", REPLAY_WAIT.as_millis()))
+            }
+        };
+        if let Some(error) = failure {
             tracing::warn!(group = %key, %error, "cannot recover from Redis; the client is told so");
-            self.replayed(&key, id, Recovery::lost(from.group), Vec::new(), None);
+            self.replayed(&key, id, Recovery::lost(group), Vec::new(), None);
         }
         Ok(())
     }

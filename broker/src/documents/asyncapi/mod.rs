@@ -481,38 +481,38 @@ impl Builder {
             }
             schema
         };
-        let first = candidates.first().cloned().unwrap_or_else(|| "Schema".into());
-        let numbered = (2..).map(|n| format!("{first}{n}"));
-        for key in candidates.into_iter().chain(numbered) {
-            let schema = titled(&key);
-            match self.schemas.get(&key) {
-                Some(existing) if *existing == schema => return key,
-                Some(_) => continue,
-                None => {
-                    self.schemas.insert(key.clone(), schema);
-                    return key;
-                }
-            }
-        }
-        unreachable!("the numbered candidates never end")
+        insert_numbered(&mut self.schemas, candidates, titled)
     }
 
     /// Puts `message` in `components.messages` under its title (numbered when another message has
     /// it); returns the key.
     fn add_message(&mut self, message: Message) -> String {
-        let numbered = (2..).map(|n| format!("{}{n}", message.title));
-        for key in std::iter::once(message.title.clone()).chain(numbered) {
-            match self.messages.get(&key) {
-                Some(existing) if *existing == message => return key,
-                Some(_) => continue,
-                None => {
-                    self.messages.insert(key.clone(), message);
-                    return key;
-                }
+        let title = message.title.clone();
+        insert_numbered(&mut self.messages, vec![title], |_| message.clone())
+    }
+}
+
+/// Puts what `value` makes for a key under the first of `candidates`, then the first one
+/// numbered (`Name2`, `Name3`, ...), that is free or already holds the same; returns that key.
+fn insert_numbered<T: PartialEq>(
+    map: &mut BTreeMap<String, T>,
+    candidates: Vec<String>,
+    value: impl Fn(&str) -> T,
+) -> String {
+    let first = candidates.first().cloned().unwrap_or_else(|| "Schema".into());
+    let numbered = (2..).map(|n| format!("{first}{n}"));
+    for key in candidates.into_iter().chain(numbered) {
+        let value = value(&key);
+        match map.get(&key) {
+            Some(existing) if *existing == value => return key,
+            Some(_) => continue,
+            None => {
+                map.insert(key.clone(), value);
+                return key;
             }
         }
-        unreachable!("the numbered candidates never end")
     }
+    unreachable!("the numbered candidates never end")
 }
 
 /// How a client presents its token (see `auth`): a header, or the query for browsers.
