@@ -380,30 +380,14 @@ async fn a_client_whose_node_is_killed_recovers_on_another_node_without_a_gap() 
 /// `history_node` with the testbed's groups keeping history too, and the chat rewinding `rewind`.
 fn rewinding_node(redis: &Redis, name: &str, rewind: u32) -> Broker {
     let history = "size = 1000\nttl_ms = 60000\n";
-    Broker::with_config(&default_config(&format!(
-        r#"
-[server]
-messages_per_second = 0
-
-[cluster]
-backend = "redis"
-redis_url = "redis://127.0.0.1:{port}"
-node_id = "{name}"
-heartbeat_ms = 100
-node_ttl_ms = 1000
-
-[plugins.chat.history]
-{history}
-[plugins.chat.settings]
-rewind = {rewind}
-
-[plugins.chat-meta.history]
-{history}
-[plugins.testbed.history]
-{history}
-"#,
-        port = redis.port()
-    )))
+    node_with(
+        redis,
+        name,
+        &format!(
+            "[plugins.chat.history]\n{history}[plugins.chat.settings]\nrewind = {rewind}\n\
+             [plugins.chat-meta.history]\n{history}[plugins.testbed.history]\n{history}"
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

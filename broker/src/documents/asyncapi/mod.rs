@@ -147,26 +147,32 @@ impl Builder {
                 &["action", "payload"][..],
             ),
         ] {
-            let schema = json!({
-                "type": "object",
-                "description": summary,
-                "properties": {
-                    "action": {"type": "string", "const": action},
-                    "payload": payload,
-                    "ref": {"type": "string", "description": REF},
-                },
-                "required": required,
-            });
-            let key = self.add_schema(vec![frame_title(action)], schema);
-            self.add_message(Message {
-                name: action.into(),
-                title: key.clone(),
-                summary: Some(summary.into()),
-                description: None,
-                payload: Reference::schema(&key),
-                correlation_id: Some(Reference { target: "#/components/correlationIds/ref".into() }),
-            });
+            self.broker_frame(action, summary, payload, required);
         }
+    }
+
+    /// A frame of the broker's own (`ping`, `error`, `recover`, ...): its titled schema and its
+    /// message, with `ref` as the correlation id.
+    fn broker_frame(&mut self, action: &str, summary: &str, payload: Value, required: &[&str]) {
+        let schema = json!({
+            "type": "object",
+            "description": summary,
+            "properties": {
+                "action": {"type": "string", "const": action},
+                "payload": payload,
+                "ref": {"type": "string", "description": REF},
+            },
+            "required": required,
+        });
+        let key = self.add_schema(vec![frame_title(action)], schema);
+        self.add_message(Message {
+            name: action.into(),
+            title: key.clone(),
+            summary: Some(summary.into()),
+            description: None,
+            payload: Reference::schema(&key),
+            correlation_id: Some(Reference { target: "#/components/correlationIds/ref".into() }),
+        });
     }
 
     /// `recover` and `recovered` on a channel whose groups keep history (README, "History and
@@ -202,25 +208,7 @@ impl Builder {
                 ),
             ];
             for (action, summary, payload) in frames {
-                let schema = json!({
-                    "type": "object",
-                    "description": summary,
-                    "properties": {
-                        "action": {"type": "string", "const": action},
-                        "payload": payload,
-                        "ref": {"type": "string", "description": REF},
-                    },
-                    "required": ["action", "payload"],
-                });
-                let key = self.add_schema(vec![frame_title(action)], schema);
-                self.add_message(Message {
-                    name: action.into(),
-                    title: key.clone(),
-                    summary: Some(summary.into()),
-                    description: None,
-                    payload: Reference::schema(&key),
-                    correlation_id: Some(Reference { target: "#/components/correlationIds/ref".into() }),
-                });
+                self.broker_frame(action, summary, payload, &["action", "payload"]);
             }
         }
         let Some(channel) = self.channels.get_mut(name) else { return };
