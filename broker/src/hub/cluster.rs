@@ -167,16 +167,7 @@ enum Op {
         message: Vec<u8>,
     },
     /// A broadcast into a group with history ([`APPEND`]).
-    Append {
-        stream: String,
-        meta: String,
-        channel: String,
-        header: String,
-        group: String,
-        tail: String,
-        policy: Policy,
-        sender: String,
-    },
+    Append(redis::Cmd),
     Joined {
         key: GroupKey,
         id: ConnectionId,
@@ -350,17 +341,36 @@ impl Link {
             self.metrics.cluster.dropped("backlog", 1);
             return;
         }
+        self.queue(Op::Append(self.append_command(key, policy, delivery, exclude, None)));
+    }
+
+    /// The [`APPEND`] script for a broadcast of `delivery` into `key` (excluding `exclude` on
+    /// delivery), with an idempotency key when given.
+    fn append_command(
+        &self,
+        key: &GroupKey,
+        policy: Policy,
+        delivery: &Delivery,
+        exclude: Option<ConnectionId>,
+        idempotency: Option<&str>,
+    ) -> redis::Cmd {
         let (stream, meta) = self.history_keys(key);
-        self.queue(Op::Append {
-            stream,
-            meta,
-            channel: self.group_channel(key),
-            header: format!("0\n{}\n{}\n", exclude.unwrap_or(0), delivery.sender()),
-            group: serde_json::Value::from(key.name.as_str()).to_string(),
-            tail: history::position_tail(delivery.frame()),
-            policy,
-            sender: delivery.sender().to_owned(),
-        });
+        let mut script = redis::cmd("EVAL");
+        script.arg(APPEND).arg(if idempotency.is_some() { 3 } else { 2 }).arg(stream).arg(meta);
+        if let Some(idempotency) = idempotency {
+            script.arg(format!("{}:idem:{}:{}:{idempotency}", self.prefix, key.namespace, key.name));
+        }
+        script
+            .arg(self.group_channel(key))
+            .arg(format!("0\n{}\n{}\n", exclude.unwrap_or(0), delivery.sender()))
+            .arg(serde_json::Value::from(key.name.as_str()).to_string())
+            .arg(history::position_tail(delivery.frame()))
+            .arg(policy.size)
+            .arg(ttl_ms(policy.ttl))
+            .arg(ttl_ms(policy.meta_ttl))
+            .arg(history::new_epoch().as_ref())
+            .arg(delivery.sender());
+        script
     }
 
     /// Appends and publishes a frame from the publish API at once, waiting for its offset; with
@@ -373,22 +383,7 @@ impl Link {
         delivery: &Delivery,
         idempotency: Option<&str>,
     ) -> Result<(u64, String, bool), ClusterError> {
-        let (stream, meta) = self.history_keys(key);
-        let mut script = redis::cmd("EVAL");
-        script.arg(APPEND).arg(if idempotency.is_some() { 3 } else { 2 }).arg(stream).arg(meta);
-        if let Some(idempotency) = idempotency {
-            script.arg(format!("{}:idem:{}:{}:{idempotency}", self.prefix, key.namespace, key.name));
-        }
-        script
-            .arg(self.group_channel(key))
-            .arg(format!("0\n0\n{}\n", delivery.sender()))
-            .arg(serde_json::Value::from(key.name.as_str()).to_string())
-            .arg(history::position_tail(delivery.frame()))
-            .arg(policy.size)
-            .arg(ttl_ms(policy.ttl))
-            .arg(ttl_ms(policy.meta_ttl))
-            .arg(history::new_epoch().as_ref())
-            .arg(delivery.sender());
+        let script = self.append_command(key, policy, delivery, None, idempotency);
         let (offset, epoch, duplicate): (u64, String, u64) =
             within(script.query_async(&mut self.redis.clone())).await?;
         Ok((offset, epoch, duplicate == 1))
@@ -695,23 +690,9 @@ async fn publish(link: Arc<Link>, registry: Weak<Registry>, mut ops: mpsc::Unbou
                     pipe.publish(channel, message).ignore();
                     published += 1;
                 }
-                Op::Append { stream, meta, channel, header, group, tail, policy, sender } => {
+                Op::Append(script) => {
                     link.backlog.fetch_sub(1, Ordering::Relaxed);
-                    pipe.cmd("EVAL")
-                        .arg(APPEND)
-                        .arg(2)
-                        .arg(stream)
-                        .arg(meta)
-                        .arg(channel)
-                        .arg(header)
-                        .arg(group)
-                        .arg(tail)
-                        .arg(policy.size)
-                        .arg(ttl_ms(policy.ttl))
-                        .arg(ttl_ms(policy.meta_ttl))
-                        .arg(history::new_epoch().as_ref())
-                        .arg(sender)
-                        .ignore();
+                    pipe.add_command(script).ignore();
                     published += 1;
                 }
                 Op::Joined { key, id, first, done: ack } => {
