@@ -111,7 +111,11 @@ async fn serve<S>(
     let metrics = Arc::new(metrics);
     let deadlines =
         WriteDeadlines { write: write_timeout, close: close_grace, slow_closes: bounds.slow_closes.clone() };
-    let mut writer = tokio::spawn(write_loop(sink, queue, control.clone(), metrics.clone(), deadlines));
+    // The write loop runs in this task, beside the read loop, not in a task of its own: a reply
+    // queued by a dispatch is written in the same wake-up (the queue wakes this very task), where a
+    // second task would cost a cross-thread wake-up per message, the dominant cost of a round trip.
+    let writer = write_loop(sink, queue, control.clone(), metrics.clone(), deadlines);
+    tokio::pin!(writer);
     let connection = Connection {
         id,
         ctx: Context { connection: id, route: route.pattern.clone(), path, params, user },
@@ -126,29 +130,42 @@ async fn serve<S>(
     let started = std::time::Instant::now();
     tracing::info!(connection = id, route = %connection.ctx.route, path = %connection.ctx.path, %peer, "connection opened");
 
-    // Plugin calls are boxed: their futures are large (wasmtime's call, the deadline timer) and,
-    // inline, would size every connection's task for the rare moment it is in a call. Idle
-    // connections are most connections.
-    let ended = if Box::pin(connection.accept()).await {
-        connection.read_loop(&mut stream, &shutdown, &mut rate).await
-    } else {
-        Ended::WeClosed
+    let (ended, written) = {
+        let reader = async {
+            // Plugin calls are boxed: their futures are large (wasmtime's call, the deadline timer)
+            // and, inline, would size every connection's task for the rare moment it is in a call.
+            // Idle connections are most connections.
+            let ended = if Box::pin(connection.accept()).await {
+                connection.read_loop(&mut stream, &shutdown, &mut rate).await
+            } else {
+                Ended::WeClosed
+            };
+            registry.remove(id);
+            if let Err(error) = Box::pin(connection.slot.current().on_disconnect(&connection.ctx, peer.ip())).await {
+                tracing::warn!(connection = id, plugin = connection.slot.name(), %error, "on-disconnect failed");
+            }
+            ended
+        };
+        tokio::pin!(reader);
+        // The write loop goes on while the read side ends (our close frame, the plugin's last
+        // frames). It may end first (a failed write, a slow consumer): the read side then sees the
+        // close and ends too.
+        let mut written = None;
+        let ended = loop {
+            tokio::select! {
+                ended = &mut reader => break ended,
+                sink = &mut writer, if written.is_none() => written = Some(sink),
+            }
+        };
+        (ended, written)
     };
-    registry.remove(id);
-    if let Err(error) = Box::pin(connection.slot.current().on_disconnect(&connection.ctx, peer.ip())).await {
-        tracing::warn!(connection = id, plugin = connection.slot.name(), %error, "on-disconnect failed");
-    }
     let Connection { handle, ctx, .. } = connection;
     drop(handle);
-    // The write loop ends on its own deadlines; past them (and a little slack) it is stopped, and its
-    // half of the socket goes with it. Either way the socket is gone before `_admitted` is given back.
-    let sink = match Box::pin(tokio::time::timeout(close_grace * 2 + Duration::from_millis(100), &mut writer)).await {
-        Ok(Ok(sink)) => sink,
-        _ => {
-            writer.abort();
-            let _ = (&mut writer).await;
-            None
-        }
+    // The write loop ends on its own deadlines; past them (and a little slack) it is dropped, and
+    // its half of the socket with it. Either way the socket is gone before `_admitted` is given back.
+    let sink = match written {
+        Some(sink) => sink,
+        None => tokio::time::timeout(close_grace * 2 + Duration::from_millis(100), &mut writer).await.ok().flatten(),
     };
     // When we closed and our close frame went out, linger so the client reads it rather than a reset.
     if ended == Ended::WeClosed

@@ -209,7 +209,7 @@ impl ConnectionMetrics {
     pub fn frame_in(&self, action: Option<&str>, bytes: usize) {
         self.bytes_in.inc_by(bytes as u64);
         let action = action.unwrap_or("(invalid)");
-        self.counter(&self.frames_in, &self.metrics.frames_in, action, || true).inc();
+        self.count(&self.frames_in, &self.metrics.frames_in, action, || true);
     }
 
     /// Counts a frame written to the client. Its action is read from the text, where the broker
@@ -224,26 +224,28 @@ impl ConnectionMetrics {
             .unwrap_or("(none)");
         // Plugins choose what they send: past a bound, new actions share one series.
         let admit = || self.metrics.admit_out_action(&self.route, action);
-        self.counter(&self.frames_out, &self.metrics.frames_out, action, admit).inc();
+        self.count(&self.frames_out, &self.metrics.frames_out, action, admit);
     }
 
-    /// The connection's counter of `action`. Only an action the connection has not seen yet goes
-    /// to the shared family (and `admit`, which takes a process-wide lock): this runs per frame.
-    fn counter(
+    /// Counts one frame of `action` on the connection's counter of it. Only an action the
+    /// connection has not seen yet goes to the shared family (and `admit`, which takes a
+    /// process-wide lock): this runs per frame, so a known one is counted in place, not cloned.
+    fn count(
         &self,
         cache: &ActionCounters,
         family: &Family<Labels, Counter>,
         action: &str,
         admit: impl FnOnce() -> bool,
-    ) -> Counter {
+    ) {
         let mut known = cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, counter)) = known.iter().find(|(a, _)| a == action) {
-            return counter.clone();
+            counter.inc();
+            return;
         }
         let label = if admit() { action } else { "(other)" };
         let counter = family.get_or_create(&vec![("route", self.route.clone()), ("action", label.into())]).clone();
-        known.push((action.to_owned(), counter.clone()));
-        counter
+        counter.inc();
+        known.push((action.to_owned(), counter));
     }
 }
 

@@ -5,6 +5,7 @@
 //! call trapped or timed out may be corrupt and is dropped, never returned to the pool.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -138,6 +139,8 @@ pub struct LoadedPlugin {
     running: Semaphore,
     timeout: Duration,
     crashes: Mutex<Crashes>,
+    /// Whether `crashes` holds anything but the default: read without the lock on every call.
+    troubled: AtomicBool,
     calls: Histogram,
     max_instances: usize,
     /// 1 for the first load, one more for each reload.
@@ -251,6 +254,7 @@ impl LoadedPlugin {
             running: Semaphore::new(config.max_instances),
             timeout: config.timeout(),
             crashes: Mutex::new(Crashes::default()),
+            troubled: AtomicBool::new(false),
             calls: services.metrics.plugin_calls(name),
             max_instances: config.max_instances,
             generation,
@@ -356,7 +360,12 @@ impl LoadedPlugin {
         client: Option<IpAddr>,
         f: impl AsyncFnOnce(&mut Instance) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
-        if let Some(remaining) = self.lock_crashes().backed_off(Instant::now()) {
+        let started = Instant::now();
+        // The lock is taken only while the generation has failures on record: not on the way of a
+        // healthy plugin's calls.
+        if self.troubled.load(Ordering::Acquire)
+            && let Some(remaining) = self.lock_crashes().backed_off(started)
+        {
             return Err(CallError::BackedOff(remaining));
         }
         let _permit = match self.running.try_acquire() {
@@ -366,14 +375,13 @@ impl LoadedPlugin {
                 self.running.acquire().await.map_err(|_| CallError::Instantiate("plugin unloaded".into()))?
             }
         };
-        let started = Instant::now();
-        let deadline = Instant::now() + self.timeout;
+        let deadline = started + self.timeout;
         let mut instance = match self.take_idle() {
             Some(instance) => instance,
             None => match self.instantiate(deadline).await {
                 Ok(instance) => instance,
                 Err(error) => {
-                    self.lock_crashes().record(Outcome::Unstartable, Instant::now());
+                    self.record(Outcome::Unstartable, Instant::now());
                     return Err(error);
                 }
             },
@@ -411,10 +419,23 @@ impl LoadedPlugin {
             }
             Err(_) => Err(CallError::Timeout(self.timeout)),
         };
-        self.calls.observe(started.elapsed().as_secs_f64());
+        let ended = Instant::now();
+        self.calls.observe((ended - started).as_secs_f64());
         let outcome = if result.is_ok() { Outcome::Answered } else { Outcome::Crashed(client) };
-        self.lock_crashes().record(outcome, Instant::now());
+        self.record(outcome, ended);
         result
+    }
+
+    /// Records how a call ended. An answer with no failures on record changes nothing and takes
+    /// no lock. (Racing a failure recorded meanwhile, it may leave that failure counted: one more
+    /// answer clears it.)
+    fn record(&self, outcome: Outcome, now: Instant) {
+        if outcome == Outcome::Answered && !self.troubled.load(Ordering::Acquire) {
+            return;
+        }
+        let mut crashes = self.lock_crashes();
+        crashes.record(outcome, now);
+        self.troubled.store(crashes.in_a_row > 0 || crashes.until.is_some(), Ordering::Release);
     }
 
     /// (idle, busy) instances, for the metrics.

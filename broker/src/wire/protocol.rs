@@ -71,6 +71,22 @@ pub fn parse<'a>(text: &'a str, accepted: &[String]) -> Result<Request<'a>, Refu
 /// The rules of a client frame's envelope: JSON, an object, each of `action`, `payload`, `ref` at
 /// most once, a string `action` (one of `accepted`, or any with `None`), a string `ref` if any.
 fn envelope<'a>(text: &'a str, accepted: Option<&[String]>) -> Result<Request<'a>, Refusal> {
+    // A well-formed object, the common case, takes one scan; anything else is read again below for
+    // the error a client is told. (Not for arrays: serde reads a struct from one too.)
+    let envelope = match text.trim_start().starts_with('{') {
+        true => serde_json::from_str::<RawEnvelope<'a>>(text).ok(),
+        false => None,
+    };
+    let envelope = match envelope {
+        Some(envelope) => envelope,
+        None => diagnose(text)?,
+    };
+    checked(envelope, accepted)
+}
+
+/// The envelope of a frame the one-scan read refused: the problem a client is told, or (it can
+/// happen only with a frame that reads as well on a second try) the envelope.
+fn diagnose(text: &str) -> Result<RawEnvelope<'_>, Refusal> {
     let refuse = |problem: Problem| Refusal { problems: vec![problem], reference: None };
     let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
         let msg =
@@ -80,9 +96,12 @@ fn envelope<'a>(text: &'a str, accepted: Option<&[String]>) -> Result<Request<'a
     if !raw.get().starts_with('{') {
         return Err(refuse(Problem::new(Kind::ModelType, vec![], "Input should be an object")));
     }
-    let envelope: RawEnvelope<'a> = serde_json::from_str(text)
-        .map_err(|e| refuse(Problem::new(Kind::JsonInvalid, vec![], format!("Invalid JSON: {e}"))))?;
+    serde_json::from_str(text)
+        .map_err(|e| refuse(Problem::new(Kind::JsonInvalid, vec![], format!("Invalid JSON: {e}"))))
+}
 
+/// The rules of the envelope's keys.
+fn checked<'a>(envelope: RawEnvelope<'a>, accepted: Option<&[String]>) -> Result<Request<'a>, Refusal> {
     let mut problems = Vec::new();
     let reference = match envelope.reference.map(|r| serde_json::from_str::<Option<String>>(r.get())) {
         None | Some(Ok(None)) => None,
@@ -175,17 +194,39 @@ fn to_json(value: &impl Serialize) -> String {
 /// Checks a frame a plugin produced and adds the request's `ref`.
 ///
 /// Plugins may send any JSON object (the assistant's frames have no `action`), but never anything
-/// else, so a client can always parse what it receives.
+/// else, so a client can always parse what it receives. This runs on every reply: the check is one
+/// scan with no allocation, and `ref` is spliced in before the closing brace rather than the frame
+/// parsed into a map and written again; only a frame that has a `ref` of its own takes that path.
 pub fn plugin_frame(frame: String, reference: Option<&str>) -> Result<String, String> {
+    #[derive(Deserialize)]
+    struct OwnRef<'a> {
+        #[serde(rename = "ref", borrow, default)]
+        reference: Option<&'a RawValue>,
+    }
     let raw: &RawValue = serde_json::from_str(&frame).map_err(|e| format!("not JSON: {e}"))?;
-    if !raw.get().starts_with('{') {
+    let object = raw.get();
+    if !object.starts_with('{') {
         return Err("not a JSON object".into());
     }
     let Some(reference) = reference else { return Ok(frame) };
-    let mut object: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&frame).map_err(|e| format!("not a JSON object: {e}"))?;
-    object.insert("ref".into(), reference.into());
-    Ok(to_json(&object))
+    let own: OwnRef = serde_json::from_str(object).map_err(|e| format!("not a JSON object: {e}"))?;
+    if own.reference.is_some() {
+        let mut object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(object).map_err(|e| format!("not a JSON object: {e}"))?;
+        object.insert("ref".into(), reference.into());
+        return Ok(to_json(&object));
+    }
+    let quoted = to_json(&reference);
+    let inside = &object[1..object.len() - 1];
+    let separator = if inside.trim().is_empty() { "" } else { "," };
+    let mut spliced = String::with_capacity(object.len() + quoted.len() + 8);
+    spliced.push('{');
+    spliced.push_str(inside.trim_end());
+    spliced.push_str(separator);
+    spliced.push_str("\"ref\":");
+    spliced.push_str(&quoted);
+    spliced.push('}');
+    Ok(spliced)
 }
 
 /// The keys `stamp` adds. The broker owns them: a frame published through the HTTP API may not set
@@ -304,6 +345,19 @@ mod tests {
         assert!(plugin_frame("{".into(), None).is_err());
         let framed = plugin_frame(r#"{"action":"a","payload":1}"#.into(), Some("r")).unwrap();
         assert_eq!(framed, r#"{"action":"a","payload":1,"ref":"r"}"#);
+        // Spliced in: whatever the spacing, the result is one object with one `ref`.
+        let parsed = |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        assert_eq!(plugin_frame(" { } \n".into(), Some("r")).unwrap(), r#"{"ref":"r"}"#);
+        assert_eq!(
+            parsed(plugin_frame("{ \"a\" : [1] }\n".into(), Some("q\"")).unwrap()),
+            json!({"a": [1], "ref": "q\""})
+        );
+        // A frame with a `ref` of its own has it replaced, not doubled.
+        assert_eq!(
+            plugin_frame(r#"{"ref":"theirs","b":{"ref":1}}"#.into(), Some("r")).unwrap(),
+            r#"{"ref":"r","b":{"ref":1}}"#
+        );
+        assert_eq!(plugin_frame(r#"{"a":1}"#.into(), None).unwrap(), r#"{"a":1}"#);
     }
 
     #[test]
