@@ -82,14 +82,21 @@ export interface HandleOptions {
   description?: string;
 }
 
+/** A handler may be `async`: the SDK awaits it, and a rejection answers as a throw does. */
+type MaybeAsync<T> = T | Promise<T>;
+
 export declare class Plugin {
   constructor(info: { name: string; version: string; description?: string; tags?: string[] });
   sends(...messages: MessageType<any>[]): this;
   /** Declares a kind of frame sent outside the `{"action", "payload"}` envelope; `frame` is its whole schema. */
   sendsRaw(name: string, frame: Schema, summary?: string): this;
-  onConnect(handler: (ctx: Context) => void): this;
-  onDisconnect(handler: (ctx: Context) => void): this;
-  handle<P = any>(action: string, options: HandleOptions, handler: (ctx: Context, payload: P) => Frame | void): this;
+  onConnect(handler: (ctx: Context) => MaybeAsync<void>): this;
+  onDisconnect(handler: (ctx: Context) => MaybeAsync<void>): this;
+  handle<P = any>(
+    action: string,
+    options: HandleOptions,
+    handler: (ctx: Context, payload: P) => MaybeAsync<Frame | void | null>,
+  ): this;
   /** What the component exports: `export const { handler, describe } = plugin.exports();` */
   exports(): { handler: unknown; describe: unknown };
 }
@@ -128,3 +135,64 @@ export declare const log: Record<'trace' | 'debug' | 'info' | 'warn' | 'error', 
 export declare function sendTo(connection: bigint | number, frame: Frame): void;
 export declare function members(group: string): bigint[];
 export declare function settings(): unknown;
+
+/**
+ * A request that got no response: `message` is `<url>: ErrorCode::...` as every SDK words it
+ * (`ErrorCode::HttpRequestDenied` for a host off `allow_hosts`), `code` the case's bare name.
+ */
+export declare class HttpError extends PluginError {
+  readonly code: string | null;
+}
+
+/** A response of `http.request`: its status, headers (names in lower case) and whole body. */
+export declare class HttpResponse {
+  readonly status: number;
+  readonly headers: [string, string][];
+  readonly body: Uint8Array;
+  /** The first value of a header (any case), or null. */
+  header(name: string): string | null;
+  text(): string;
+  /** The body decoded from JSON; throws `HttpError` when it is not JSON. */
+  json<T = unknown>(): T;
+}
+
+export interface RequestOptions {
+  headers?: Record<string, string> | [string, string][];
+  body?: string | Uint8Array | ArrayBuffer;
+  /** Bounds connecting, the first byte and each later byte; the plugin's `timeout_ms` bounds the call anyway. */
+  timeoutMs?: number;
+}
+
+/** Outbound HTTP to the hosts broker.toml allows (`allow_hosts`), blocking, as in the Rust SDK. */
+export declare const http: {
+  request(method: string, url: string, options?: RequestOptions): HttpResponse;
+  get(url: string, options?: Omit<RequestOptions, 'body'>): HttpResponse;
+  postJson(url: string, value: unknown, options?: Omit<RequestOptions, 'body'>): HttpResponse;
+};
+
+/** What `fetch` resolves to: the parts of the Fetch API's `Response` a handler reads. */
+export interface FetchResponse {
+  readonly url: string;
+  readonly status: number;
+  readonly ok: boolean;
+  readonly statusText: string;
+  readonly headers: {
+    get(name: string): string | null;
+    has(name: string): boolean;
+    entries(): IterableIterator<[string, string]>;
+    [Symbol.iterator](): IterableIterator<[string, string]>;
+  };
+  text(): Promise<string>;
+  json<T = unknown>(): Promise<T>;
+  arrayBuffer(): Promise<ArrayBuffer>;
+  bytes(): Promise<Uint8Array>;
+}
+
+/** `fetch` over the broker's `wasi:http`: rejects with `HttpError` (a denied host, a timeout, ...). */
+export declare function fetch(
+  input: string | URL | { url: string },
+  init?: { method?: string; headers?: RequestOptions['headers']; body?: RequestOptions['body']; timeoutMs?: number },
+): Promise<FetchResponse>;
+
+/** An environment variable broker.toml passes to the plugin (`env = [...]`), or null. */
+export declare function env(name: string): string | null;

@@ -9,7 +9,10 @@
 // Schemas the broker checks payloads against before a handler runs, so a JavaScript plugin
 // refuses bad input with the same error frames as a Rust or Python one.
 //
-// Handlers are synchronous: the WIT calls are, and a Promise returned by a handler is refused.
+// Handlers may be `async` (to `await fetch(...)`): componentize-js runs the event loop until the
+// Promise an export returns settles, so the WIT calls stay synchronous. A rejection answers like
+// a thrown exception. Outbound HTTP (`fetch`, `http`) is in http.js and the environment (`env`)
+// in env.js; a plugin that uses neither is built without their `wasi:` imports.
 //
 // The same words mean the same things as in the Rust and Python SDKs: `kv.get`/`kv.set` and
 // `ctx.session.get`/`set` take and give text as stored, `getJson`/`setJson` encode and decode JSON
@@ -23,6 +26,12 @@ import * as hostHistory from 'broker:plugin/history@0.1.4';
 import * as hostKv from 'broker:plugin/kv@0.1.4';
 import * as session from 'broker:plugin/session@0.1.4';
 
+import { PluginError, Reject } from './errors.js';
+
+export { PluginError, Reject };
+export { env } from './env.js';
+export { HttpError, HttpResponse, fetch, http } from './http.js';
+
 const DRAFT_07 = 'http://json-schema.org/draft-07/schema#';
 const OPTIONAL = Symbol('optional');
 
@@ -33,19 +42,15 @@ function jsonValue(_key, value) {
   return value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value.toString();
 }
 
+// A replacer makes the engine call back into JavaScript for every key of the frame, which costs
+// more than the rest of an echo's encoding; so a frame is encoded without one, and again with it
+// only when that failed (a BigInt, or what fails either way).
 function dumps(value) {
-  return JSON.stringify(value, jsonValue);
-}
-
-/** A handler failure: the client gets a `plugin_error` frame with this message. */
-export class PluginError extends Error {}
-
-/** Thrown in `onConnect` to refuse a client with a WebSocket close code and reason. */
-export class Reject extends Error {
-  constructor(code, reason) {
-    super(reason);
-    this.code = code;
-    this.reason = reason;
+  try {
+    return JSON.stringify(value);
+  } catch (error) {
+    if (error instanceof TypeError) return JSON.stringify(value, jsonValue);
+    throw error;
   }
 }
 
@@ -142,20 +147,42 @@ export function message(action, fields, summary) {
   return Object.assign(make, { action, payload, summary });
 }
 
+const keep = (value) => value;
+
 /**
- * A checked payload as the handler sees it: fields its type does not name are left out, as serde
- * and the Python SDK leave them out, so a relayed payload is the same in every language.
+ * The function that makes a checked payload what the handler sees: fields its type does not name
+ * are left out, as serde and the Python SDK leave them out, so a relayed payload is the same in
+ * every language. Made once per handler from its payload type; a payload with no field to leave
+ * out is handed over as parsed, without a copy.
  */
-function shape(schema, value) {
-  if (!schema || value === null || typeof value !== 'object') return value;
-  if (Array.isArray(value)) return schema.items ? value.map((item) => shape(schema.items, item)) : value;
+function shaper(schema) {
+  if (!schema) return keep;
+  const items = schema.items ? shaper(schema.items) : keep;
   const inner = schema.anyOf ? schema.anyOf.find((s) => s.type !== 'null') : schema;
-  if (!inner?.properties) return value;
-  return Object.fromEntries(
-    Object.entries(value)
-      .filter(([key]) => Object.hasOwn(inner.properties, key))
-      .map(([key, field]) => [key, shape(inner.properties[key], field)]),
-  );
+  const properties = inner?.properties;
+  const fields = properties && new Map(Object.keys(properties).map((key) => [key, shaper(properties[key])]));
+  if (items === keep && !fields) return keep;
+  return (value) => {
+    if (value === null || typeof value !== 'object') return value;
+    if (Array.isArray(value)) return items === keep ? value : value.map((item) => items(item));
+    if (!fields) return value;
+    let kept = true;
+    const keys = Object.keys(value);
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i];
+      const field = fields.get(key);
+      if (field === undefined || (field !== keep && field(value[key]) !== value[key])) {
+        kept = false;
+        break;
+      }
+    }
+    if (kept) return value;
+    return Object.fromEntries(
+      Object.entries(value)
+        .filter(([key]) => fields.has(key))
+        .map(([key, field]) => [key, fields.get(key)(field)]),
+    );
+  };
 }
 
 function spec(name, payload, summary, description) {
@@ -237,12 +264,21 @@ export function settings() {
 
 /** Where a call runs: the connection, its route and path parameters, and what it may do. */
 export class Context {
+  // The bindings' `[name, value]` pairs until `params` is first read (most handlers never do).
+  #params;
+
   constructor(raw) {
     this.connection = raw.connection;
     this.route = raw.route;
     this.path = raw.path;
-    this.params = Object.fromEntries(raw.params);
+    this.#params = raw.params;
     this.user = raw.user ?? null;
+  }
+
+  /** The route's path parameters by name. */
+  get params() {
+    if (Array.isArray(this.#params)) this.#params = Object.fromEntries(this.#params);
+    return this.#params;
   }
 
   param(name) {
@@ -367,7 +403,7 @@ export class Plugin {
   handle(action, options, handler) {
     const replies = [options.replies ?? []].flat();
     this.sends(...replies);
-    this.routes.set(action, { ...options, replies, handler });
+    this.routes.set(action, { ...options, replies, handler, shape: shaper(options.payload) });
     return this;
   }
 
@@ -388,38 +424,35 @@ export class Plugin {
     const handler = {
       manifest: () => plugin.manifest(),
       onConnect(raw) {
-        if (!plugin.connect) return;
-        try {
-          refuseAsync(plugin.connect(new Context(raw)));
-        } catch (error) {
-          if (error instanceof Reject) throw { payload: { code: error.code, reason: error.reason } };
-          // As in the Rust SDK: a failure while accepting is an internal error (1011).
-          const reason = error instanceof PluginError ? error.message : failure(error);
-          throw { payload: { code: 1011, reason } };
-        }
+        if (!plugin.connect) return undefined;
+        return settle(() => plugin.connect(new Context(raw)), refusal, () => undefined);
       },
       onMessage(raw, action, payload) {
         const route = plugin.routes.get(action);
         if (!route) throw failed(`no handler for ${JSON.stringify(action)}`);
+        // Every message comes this way: a synchronous handler's reply is encoded here, with no
+        // closure made for it; only a Promise goes through `settle`.
+        let reply;
         try {
-          const value = shape(route.payload, payload === undefined ? null : JSON.parse(payload));
-          const reply = refuseAsync(route.handler(new Context(raw), value));
-          return reply === undefined || reply === null ? undefined : dumps(reply);
+          reply = route.handler(new Context(raw), route.shape(payload === undefined ? null : JSON.parse(payload)));
+          if (!reply || typeof reply.then !== 'function') return encodeReply(reply);
         } catch (error) {
-          if (error instanceof PluginError) throw failed(error.message);
-          // As `?` in Rust: an ordinary exception answers `plugin_error`, and the instance keeps
-          // serving. Only a real trap is a crash.
-          throw failed(failure(error));
+          throw handlerFailure(error);
         }
+        return settle(() => reply, handlerFailure, encodeReply);
       },
       onDisconnect(raw) {
-        if (!plugin.disconnect) return;
-        try {
-          refuseAsync(plugin.disconnect(new Context(raw)));
-        } catch (error) {
-          // Nobody is left to answer: the log says what went wrong.
-          log.error(`onDisconnect failed: ${error instanceof PluginError ? error.message : failure(error)}`);
-        }
+        if (!plugin.disconnect) return undefined;
+        // Nobody is left to answer: the log says what went wrong.
+        return settle(
+          () => plugin.disconnect(new Context(raw)),
+          (error) => {
+            log.error(`onDisconnect failed: ${error instanceof PluginError ? error.message : failure(error)}`);
+            return undefined;
+          },
+          () => undefined,
+          true,
+        );
       },
     };
     const describe = {
@@ -433,9 +466,47 @@ export class Plugin {
   }
 }
 
-function refuseAsync(value) {
-  if (value && typeof value.then === 'function') {
-    throw new PluginError('handlers are synchronous: this one returned a Promise');
+/** `onMessage`'s result for what a handler returned: the frame as JSON text, none for no reply. */
+function encodeReply(reply) {
+  return reply === undefined || reply === null ? undefined : dumps(reply);
+}
+
+/**
+ * `onMessage`'s error variant for what a handler threw or rejected with: a `PluginError` keeps its
+ * message; as `?` in Rust, any other exception answers `plugin_error` too, and the instance keeps
+ * serving. Only a real trap is a crash.
+ */
+function handlerFailure(error) {
+  return failed(error instanceof PluginError ? error.message : failure(error));
+}
+
+/** `onConnect`'s error variant: a `Reject` keeps its code; any other failure is 1011, as in Rust. */
+function refusal(error) {
+  if (error instanceof Reject) return { payload: { code: error.code, reason: error.reason } };
+  const reason = error instanceof PluginError ? error.message : failure(error);
+  return { payload: { code: 1011, reason } };
+}
+
+/**
+ * Runs a handler, synchronous or `async`, and gives the export's result: `done(value)` when it
+ * returned or resolved, and `wrap(error)` thrown (or rejected with) when it threw or rejected.
+ * componentize-js runs the event loop until an export's Promise settles, so the WIT function stays
+ * synchronous; but an exception that is not the WIT error variant would trap the instance, so
+ * every failure is turned into the variant here. `swallow` (for `onDisconnect`, which has no
+ * error) returns `wrap`'s result instead of throwing it.
+ */
+function settle(run, wrap, done = (value) => value, swallow = false) {
+  const fail = (error) => {
+    const mapped = wrap(error);
+    if (swallow) return mapped;
+    throw mapped;
+  };
+  let value;
+  try {
+    value = run();
+    if (!value || typeof value.then !== 'function') return done(value);
+  } catch (error) {
+    return fail(error);
   }
-  return value;
+  return Promise.resolve(value).then(done).then(undefined, fail);
 }

@@ -326,3 +326,146 @@ async fn every_language_reads_a_groups_history_alike() {
     assert!(errors[0].contains("keeps no group history"), "{}", errors[0]);
     assert!(errors.iter().all(|e| *e == errors[0]), "{errors:?}");
 }
+
+/// A model for `the_assistant_reads_a_models_tool_arguments_alike_in_rust_and_python`: asked
+/// first, it calls the tools `calls` lists; asked again (with their answers), it says `done`.
+/// Records what it was asked.
+struct ArgumentModel {
+    addr: std::net::SocketAddr,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ArgumentModel {
+    async fn start(calls: Value) -> ArgumentModel {
+        use http_body_util::{BodyExt, Full};
+        use hyper::body::Bytes;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = asked.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (calls, recorded) = (calls.clone(), recorded.clone());
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let (calls, recorded) = (calls.clone(), recorded.clone());
+                    async move {
+                        let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let answered =
+                            body["messages"].as_array().and_then(|m| m.last()).is_some_and(|m| m["role"] == "tool");
+                        recorded.lock().unwrap().push(body);
+                        let message = if answered {
+                            json!({"role": "assistant", "content": "done"})
+                        } else {
+                            json!({"role": "assistant", "content": "", "tool_calls": calls})
+                        };
+                        let reply = json!({"choices": [{"index": 0, "message": message}]}).to_string();
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(reply))))
+                    }
+                });
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(tcp);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+        ArgumentModel { addr, asked, task }
+    }
+}
+
+impl Drop for ArgumentModel {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The Python assistant (plugins/assistant-py) reads a model's tool arguments with the Rust
+/// build's serde types re-created over the same rules (its `serde_json.py`): whatever a model
+/// sends, good or malformed, the client gets the same frames, word for word (serde_json's
+/// messages, positions included), and the model is told the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_assistant_reads_a_models_tool_arguments_alike_in_rust_and_python() {
+    let arguments: &[(&str, &str)] = &[
+        ("get_menu", ""),
+        ("get_menu", r#"{"x": 1}"#),
+        ("get_menu", "null"),
+        ("get_price", "{not json"),
+        ("get_price", r#"{"item": "margherita"}"#),
+        ("get_price", r#"{"item": 5, "size": "large"}"#),
+        ("get_price", r#"["pepperoni", "small"]"#),
+        ("get_price", r#"["pepperoni"]"#),
+        ("get_price", r#"{"item": "calzone", "size": "large"}"#),
+        ("get_price", r#"{"item": " VEGGIE ", "size": "XL"}"#),
+        ("get_price", r#"{"item": "margherita", "size": "large", "size": "small"}"#),
+        ("get_price", "{\"item\": \"margherita\",\n \"size\": \"large\",}"),
+        ("get_price", "{\"item\": \"a\u{1}b\", \"size\": \"large\"}"),
+        ("get_price", r#"{"item": "margherita", "size": "large"} and more"#),
+        ("get_price", r#"{"item": "\u00e9\ud83d\ude00", "size": "large"}"#),
+        ("place_order", r#"{"items": []}"#),
+        ("place_order", r#"{"items": {}}"#),
+        ("place_order", r#"{"items": [{"item": "margherita", "size": "small", "quantity": -1}]}"#),
+        ("place_order", r#"{"items": [{"item": "margherita", "size": "small", "quantity": 2.5}]}"#),
+        ("place_order", r#"{"items": [{"item": "margherita", "size": "small", "quantity": "2"}]}"#),
+        ("place_order", r#"{"items": [{"item": "margherita", "size": "small", "quantity": 99999999999999999999}]}"#),
+        ("place_order", r#"{"items": [{"item": "margherita", "size": "small", "quantity": null}]}"#),
+        ("place_order", r#"{"items": [{"item": "margherita", "size": "small", "extra": true}]}"#),
+        ("place_order", r#"{"items": [{"item": "margherita"}]}"#),
+        ("place_order", r#"{"items": [{"item": "margherita", "size": "small", "quantity": 0}]}"#),
+        ("place_order", r#"{"items": [{"item": "pizza", "size": "small"}]}"#),
+        ("place_order", r#"{"items": [["hawaiian", "large", 2], {"item": "Veggie", "size": " Small "}]}"#),
+        ("order_status", r#"{"order_id": null}"#),
+        ("order_status", r#"{"order_id": " ord-0001 "}"#),
+        ("order_status", "{}"),
+        ("bake_cake", "{}"),
+    ];
+    let calls: Vec<Value> = arguments
+        .iter()
+        .enumerate()
+        .map(|(n, (name, args))| json!({"id": format!("c{n}"), "type": "function", "function": {"name": name, "arguments": args}}))
+        .collect();
+    let mut seen = Vec::new();
+    for (lang, path) in [("rust", plugin_path("assistant")), ("python", py_plugin_path("assistant-py"))] {
+        let model = ArgumentModel::start(json!(calls)).await;
+        let config = default_config(&format!(
+            r#"
+[engine]
+cache_dir = "{cache}"
+
+[plugins.pizza]
+path = "{path}"
+timeout_ms = 30000
+allow_hosts = ["{addr}"]
+
+[plugins.pizza.settings.llm]
+base_url = "http://{addr}/v1"
+model = "arguments"
+
+[[routes]]
+path = "/ws/pizza"
+plugin = "pizza"
+"#,
+            cache = compile_cache().display(),
+            path = path.display(),
+            addr = model.addr,
+        ));
+        let broker = Broker::with_config(&config);
+        let mut client = crate::assistant::assistant(&broker, "/ws/pizza").await;
+        let frames = crate::assistant::ask(&mut client, "do everything").await;
+        let asked = model.asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 2, "{lang}: {frames:?}");
+        let told: Vec<Value> =
+            asked[1]["messages"].as_array().unwrap().iter().filter(|m| m["role"] == "tool").cloned().collect();
+        seen.push((lang, frames, told));
+    }
+    let (_, rust_frames, rust_told) = &seen[0];
+    assert_eq!(rust_frames.len(), arguments.len() + 2, "{rust_frames:?}");
+    for (lang, frames, told) in &seen[1..] {
+        for (n, (rust, other)) in rust_frames.iter().zip(frames).enumerate() {
+            assert_eq!(other, rust, "{lang}, frame {n} (tool call {:?})", arguments.get(n.wrapping_sub(1)));
+        }
+        assert_eq!(frames.len(), rust_frames.len(), "{lang}");
+        assert_eq!(told, rust_told, "{lang}: the model is told otherwise");
+    }
+}

@@ -70,10 +70,11 @@ impl Language {
     pub fn build(self, root: &Path, folder: &Path, out: &Path) -> Command {
         match self {
             Language::Python => {
+                // The Python SDK's world: the broker's `plugin` and wasi:http (broker_plugin.http).
                 let mut command = Command::new(componentize_py(root));
                 command
                     .arg("-d")
-                    .arg(root.join("plugin-sdk/wit"))
+                    .arg(root.join("plugin-sdk/python/wit"))
                     .args(["-w", "plugin", "componentize", "app", "-p"])
                     .arg(root.join("plugin-sdk/python"))
                     .arg("-p")
@@ -99,7 +100,15 @@ impl Language {
     pub fn sources(self, root: &Path, folder: &Path) -> Vec<PathBuf> {
         let sdk: &[&str] = match self {
             Language::Python => &["plugin-sdk/python"],
-            Language::JavaScript => &["plugin-sdk/js/index.js", "plugin-sdk/js/bin", "plugin-sdk/js/package-lock.json"],
+            Language::JavaScript => &[
+                "plugin-sdk/js/index.js",
+                "plugin-sdk/js/errors.js",
+                "plugin-sdk/js/http.js",
+                "plugin-sdk/js/env.js",
+                "plugin-sdk/js/wit",
+                "plugin-sdk/js/bin",
+                "plugin-sdk/js/package-lock.json",
+            ],
         };
         let mut sources = vec![folder.to_owned(), root.join("plugin-sdk/wit")];
         sources.extend(sdk.iter().map(|path| root.join(path)));

@@ -1,12 +1,14 @@
 """The Python side of plugin-sdk: typed handlers over the `broker:plugin` WIT world.
 
-Build a plugin with componentize-py against the world `plugin`:
+Build a plugin with componentize-py against the SDK's world `plugin` (plugin-sdk/python/wit: the
+broker's world `plugin` and `wasi:http`, for `broker_plugin.http`):
 
-    componentize-py -d plugin-sdk/wit -w plugin componentize app \\
+    componentize-py -d plugin-sdk/python/wit -w plugin componentize app \\
         -p plugin-sdk/python -p . -o my_plugin.wasm
 
 where `app.py` defines `Handler = plugin.handler()` and `Describe = plugin.describe()` (the
-world `plugin-core` needs only `Handler`). See plugins/echo-py and plugins/chat-py.
+world `plugin-core` needs only `Handler`). See plugins/echo-py and plugins/chat-py. The broker's
+own world (`-d plugin-sdk/wit -w plugin`) builds too, without `broker_plugin.http`.
 
 Payloads and frames are dataclasses. Each handler's payload class becomes the JSON Schema the
 broker checks payloads against before the handler runs, so a Python plugin refuses bad input with
@@ -28,8 +30,15 @@ from typing import Any, Callable, ClassVar, Optional
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import groups, host, identity, kv as host_kv, session, types
+from wit_world.imports import groups, host, identity, kv as host_kv, session
 from wit_world.imports import history as host_history
+
+try:
+    from wit_world.imports import types
+except ImportError:
+    # The SDK's world (plugin-sdk/python/wit) adds wasi:http, whose `types` interface makes
+    # componentize-py qualify both names.
+    from wit_world.imports import broker_plugin_types as types
 
 __all__ = [
     "Context",
