@@ -264,21 +264,39 @@ export function settings() {
 
 /** Where a call runs: the connection, its route and path parameters, and what it may do. */
 export class Context {
-  // The bindings' `[name, value]` pairs until `params` is first read (most handlers never do).
+  // What the bindings lifted; the fields are read from it when asked for, since most handlers
+  // read one or none of them, and `params` is made into an object once.
+  #raw;
   #params;
 
   constructor(raw) {
-    this.connection = raw.connection;
-    this.route = raw.route;
-    this.path = raw.path;
-    this.#params = raw.params;
-    this.user = raw.user ?? null;
+    this.#raw = raw;
+  }
+
+  /** The connection the call is about. */
+  get connection() {
+    return this.#raw.connection;
+  }
+
+  /** The route pattern the connection matched, as written in broker.toml. */
+  get route() {
+    return this.#raw.route;
+  }
+
+  /** The request path the client connected to. */
+  get path() {
+    return this.#raw.path;
   }
 
   /** The route's path parameters by name. */
   get params() {
-    if (Array.isArray(this.#params)) this.#params = Object.fromEntries(this.#params);
+    this.#params ??= Object.fromEntries(this.#raw.params);
     return this.#params;
+  }
+
+  /** The authenticated user, or null. */
+  get user() {
+    return this.#raw.user ?? null;
   }
 
   param(name) {

@@ -384,7 +384,7 @@ async fn javascript_reaches_a_host_on_its_allow_list() {
     let all = call(&mut client, "fetch_all", json!({"urls": urls})).await;
     assert_eq!(all["payload"], json!(["slow 300", "slow 300", "slow 300"]), "{all}");
     assert!(server.seen.peak.load(Ordering::SeqCst) >= 2, "the requests were made one after the other");
-    // asyncio's timers run on the loop too: `wait_for` gives up on a slow answer, `sleep` ends.
+    // `timeoutMs` gives up on a slow answer (the first byte's deadline); a timer set beside fires.
     let slow = json!({"url": server.url("/slow/2000"), "seconds": 0.3});
     let within = call(&mut client, "fetch_within", slow).await;
     assert_eq!(within["payload"], json!(["timed out", "slept"]), "{within}");

@@ -1,7 +1,9 @@
 //! `cargo xtask bench <scenario|all> [--runs N] [--write] [--no-build]`: runs the load generator
 //! against the broker and the native baseline in the same run, and reports medians (`--write`:
 //! writes BENCHMARKS.md, or with one scenario replaces its section alone; `--no-build`: runs what
-//! was built before). Everything runs on 127.0.0.1 and stops by itself.
+//! was built before). The broker, the baseline and the load generator are the release build
+//! (`[profile.release]`, what `cargo xtask dist` ships). Everything runs on 127.0.0.1 and stops by
+//! itself.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -20,6 +22,7 @@ type Scenario = fn(&Bench) -> Result<Report>;
 /// check and the run read.
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("echo", echo),
+    ("dispatch", dispatch),
     ("plugin-cost", plugin_cost),
     ("fanout", fanout),
     ("connections", connections),
@@ -55,17 +58,9 @@ impl Server {
         format!("ws://{}{path}", self.addr)
     }
 
-    /// User plus system CPU time so far, in seconds.
-    fn cpu_seconds(&self) -> Result<f64> {
-        let path = format!("/proc/{}/stat", self.child.id());
-        let stat = std::fs::read_to_string(&path)?;
-        // utime and stime are fields 14 and 15 of stat; here, after the `(comm)`, 12 and 13 (1-based).
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-        let ticks = |i: usize| -> Result<f64> {
-            let field = fields.get(i).with_context(|| format!("{path} has no field {}", i + 3))?;
-            field.parse().with_context(|| format!("{path}: field {} is {field:?}, not a number", i + 3))
-        };
-        Ok((ticks(11)? + ticks(12)?) / 100.0)
+    /// The process id, for the load generator to read the server's CPU time (`bench::cpu_seconds`).
+    fn pid(&self) -> String {
+        self.child.id().to_string()
     }
 
     /// (RSS, PSS) in KiB.
@@ -106,8 +101,9 @@ mod tempdir {
 }
 
 impl Bench {
+    /// A binary of the release build.
     fn bin(&self, name: &str) -> PathBuf {
-        self.root.join("target/debug").join(name)
+        self.root.join("target/release").join(name)
     }
 
     fn broker(&self) -> Result<Server> {
@@ -202,7 +198,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 fn prepare(root: &Path) -> Result<()> {
     crate::build_plugins(root)?;
     let cargo = |args: &[&str]| crate::run(crate::cargo(root).args(args));
-    cargo(&["build", "--package", "broker", "--package", "bench", "--package", "broker-tests"])?;
+    // The broker exactly as `cargo xtask dist` builds it (built alone, so its dependencies' features
+    // are the same and the binary is the one shipped), then the baseline and the load generator
+    // with the same profile: the comparison is between builds of one profile.
+    crate::dist::build_broker(root)?;
+    cargo(&["build", "--release", "--package", "bench"])?;
     cargo(&[
         "build",
         "--release",
@@ -313,30 +313,59 @@ fn num(n: f64) -> String {
     }
 }
 
+/// Messages a second, over 1,000 connections, of the echo scenario's paced row: about a third of
+/// what the broker answers at most on this machine, a fifth of the baseline's.
+const ECHO_PACED_RATE: u64 = 30_000;
+
 fn echo(bench: &Bench) -> Result<Report> {
     let (broker, baseline) = (bench.broker()?, bench.baseline()?);
     let mut table = vec![
-        ["connections", "broker rt/s", "baseline rt/s", "ratio", "broker p50/p99/p999 µs", "baseline p50/p99/p999 µs"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "connections",
+            "broker rt/s",
+            "baseline rt/s",
+            "ratio",
+            "broker CPU µs/msg",
+            "baseline CPU µs/msg",
+            "CPU ratio",
+            "broker p50/p99/p999 µs",
+            "baseline p50/p99/p999 µs",
+            "p99 read by loadgen µs, broker/baseline",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
-    for connections in [1, 10, 100, 1000] {
+    // Closed loops (rate 0), then 1,000 connections sending at one rate below what either server
+    // answers at most, where the latency is the servers' and not the queue of 1,000 messages in
+    // flight a closed loop keeps (see "Tails" in BENCHMARKS.md).
+    for (connections, rate) in [(1, 0), (10, 0), (100, 0), (1000, 0), (1000, ECHO_PACED_RATE)] {
         let mut results = BTreeMap::new();
         for (name, server) in [("broker", &broker), ("baseline", &baseline)] {
             let runs = (0..bench.runs)
-                .map(|_| bench.loadgen(&args(&["echo", &server.url("/ws/system"), &connections.to_string(), "3", "1"])))
+                .map(|_| {
+                    let url = server.url("/ws/system");
+                    let (connections, rate) = (connections.to_string(), rate.to_string());
+                    bench.loadgen(&args(&["echo", &url, &connections, "3", "1", "user_message", &server.pid(), &rate]))
+                })
                 .collect::<Result<Vec<Echo>>>()?;
-            results.insert(name, median_run(runs, |r| r.per_second)?);
+            // Paced, both servers answer every message: the latency is the measure.
+            let key = |r: &Echo| if rate == 0 { r.per_second } else { r.p99_us as f64 };
+            results.insert(name, median_run(runs, key)?);
         }
         let (b, n) = (&results["broker"], &results["baseline"]);
         let latency = |r: &Echo| format!("{}/{}/{}", r.p50_us, r.p99_us, r.p999_us);
+        let (b_cpu, n_cpu) = (cpu_per_message(b)?, cpu_per_message(n)?);
         table.push(vec![
-            connections.to_string(),
+            if rate == 0 { connections.to_string() } else { format!("{connections}, paced at {rate}/s") },
             num(b.per_second),
             num(n.per_second),
             format!("{:.2}", b.per_second / n.per_second),
+            format!("{b_cpu:.2}"),
+            format!("{n_cpu:.2}"),
+            format!("{:.2}", b_cpu / n_cpu),
             latency(b),
             latency(n),
+            format!("{}/{}", b.read_p99_us, n.read_p99_us),
         ]);
     }
     Ok(Report {
@@ -344,6 +373,39 @@ fn echo(bench: &Bench) -> Result<Report> {
         command: "cargo xtask bench echo".into(),
         table,
     })
+}
+
+/// The dispatch path alone, stage by stage (broker/benches/dispatch.rs), in the release profile
+/// (`cargo bench` builds it with `[profile.bench]`, which is `[profile.release]`).
+fn dispatch(bench: &Bench) -> Result<Report> {
+    let messages = (100_000 * bench.runs).to_string();
+    let config = bench.dir.0.join("broker.toml");
+    let output = crate::cargo(&bench.root)
+        .args(["bench", "--package", "broker", "--bench", "dispatch", "--", "--json", "--messages", &messages])
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::inherit())
+        .output()?;
+    ensure!(output.status.success(), "the dispatch benchmark failed");
+    let stdout = String::from_utf8(output.stdout)?;
+    let line = stdout.lines().last().context("the dispatch benchmark printed nothing")?;
+    let stages: serde_json::Value = serde_json::from_str(line).with_context(|| format!("reading {line:?}"))?;
+    let mut table = vec![["stage", "ns per message (wall)", "CPU ns per message"].map(String::from).to_vec()];
+    for stage in stages["stages"].as_array().context("no stages")? {
+        let ns = |key: &str| stage[key].as_f64().map(|n| format!("{n:.0}")).unwrap_or_default();
+        table.push(vec![stage["stage"].as_str().unwrap_or_default().to_owned(), ns("wall_ns"), ns("cpu_ns")]);
+    }
+    Ok(Report {
+        title: "dispatch: the path alone, frame text in and reply bytes out through the echo plugin, no sockets".into(),
+        command: "cargo xtask bench dispatch".into(),
+        table,
+    })
+}
+
+/// The server's CPU time in the measured time per reply, in µs.
+fn cpu_per_message(result: &Echo) -> Result<f64> {
+    let cpu = result.server_cpu_seconds.context("loadgen was not given the server's pid")?;
+    Ok(cpu / (result.replies as f64).max(1.0) * 1e6)
 }
 
 fn plugin_cost(bench: &Bench) -> Result<Report> {
@@ -360,20 +422,74 @@ fn plugin_cost(bench: &Bench) -> Result<Report> {
         let mut per_second = Vec::new();
         let mut cost = Vec::new();
         for _ in 0..bench.runs {
-            let before = server.cpu_seconds()?;
-            let result: Echo = bench.loadgen(&args(&["echo", &server.url(route), "100", "3", "0", action]))?;
-            let cpu = server.cpu_seconds()? - before;
-            let replies = (result.replies as f64).max(1.0);
+            let result: Echo =
+                bench.loadgen(&args(&["echo", &server.url(route), "100", "3", "1", action, &server.pid()]))?;
             per_second.push(result.per_second);
-            cost.push(cpu / replies * 1e6);
+            cost.push(cpu_per_message(&result)?);
         }
         table.push(vec![label.into(), format!("{:.0}", median(per_second)), format!("{:.2}", median(cost))]);
     }
+    // One assistant turn per language against the scripted model: a question, two requests to the
+    // model over the allow-list, one tool, three frames back.
+    let model = Server::start(Command::new(bench.bin("model")))?;
+    std::fs::write(bench.dir.0.join("assistant.toml"), assistant_config(bench, &model.addr)?)?;
+    let broker = bench.broker_with("assistant.toml")?;
+    for (language, route) in
+        [("Rust", "/ws/assistant"), ("Python", "/ws/py/assistant"), ("JavaScript", "/ws/js/assistant")]
+    {
+        let mut per_second = Vec::new();
+        let mut cost = Vec::new();
+        for _ in 0..bench.runs {
+            let url = broker.url(route);
+            let result: Echo =
+                bench.loadgen(&args(&["echo", &url, ASSISTANT_CONNECTIONS, "3", "1", "turn", &broker.pid()]))?;
+            per_second.push(result.per_second);
+            cost.push(cpu_per_message(&result)?);
+        }
+        table.push(vec![
+            format!("broker, one assistant turn ({language}), {ASSISTANT_CONNECTIONS} connections: per turn"),
+            format!("{:.0}", median(per_second)),
+            format!("{:.2}", median(cost)),
+        ]);
+    }
     Ok(Report {
-        title: "plugin-cost: server CPU per message, wasm dispatch against native handling (100 connections)".into(),
+        title: "plugin-cost: server CPU per message, wasm dispatch against native handling (100 connections), and per assistant turn against a scripted model".into(),
         command: "cargo xtask bench plugin-cost".into(),
         table,
     })
+}
+
+/// Connections asking the assistant at once: a turn waits on the model twice, so a few keep the
+/// broker busy.
+const ASSISTANT_CONNECTIONS: &str = "10";
+
+/// The bench's broker.toml plus the assistant in Rust, Python and JavaScript, each with the
+/// scripted model at `model` (host:port) as its LLM, allowed and nothing else.
+fn assistant_config(bench: &Bench, model: &str) -> Result<String> {
+    let mut toml = std::fs::read_to_string(bench.dir.0.join("broker.toml"))?;
+    let plugins = bench.root.join("target/plugins");
+    for (name, route) in
+        [("assistant", "/ws/assistant"), ("assistant-py", "/ws/py/assistant"), ("assistant-js", "/ws/js/assistant")]
+    {
+        toml.push_str(&format!(
+            r#"
+[plugins.{name}]
+path = "{path}"
+allow_hosts = ["{model}"]
+
+[plugins.{name}.settings.llm]
+base_url = "http://{model}/v1"
+model = "scripted"
+timeout_ms = 5000
+
+[[routes]]
+path = "{route}"
+plugin = "{name}"
+"#,
+            path = plugins.join(format!("{name}.wasm")).display(),
+        ));
+    }
+    Ok(toml)
 }
 
 fn fanout(bench: &Bench) -> Result<Report> {
@@ -812,10 +928,27 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {memory} memory, Linux {}", kernel.trim())
 }
 
+/// The workspace's `[profile.release]`, as `key = value` pairs for BENCHMARKS.md's header: read
+/// from Cargo.toml, so the header says what was measured.
+fn release_profile(root: &Path) -> Result<String> {
+    let path = root.join("Cargo.toml");
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&path)?).with_context(|| format!("{} is not TOML", path.display()))?;
+    let profile = manifest
+        .get("profile")
+        .and_then(|p| p.get("release"))
+        .and_then(toml::Value::as_table)
+        .with_context(|| format!("{} has no [profile.release]", path.display()))?;
+    Ok(profile.iter().map(|(key, value)| format!("`{key} = {value}`")).collect::<Vec<_>>().join(", "))
+}
+
 fn write_benchmarks(root: &Path, reports: &[Report], seconds: f64) -> Result<()> {
     let head = root.join("xtask/bench/BENCHMARKS.head.md");
     let template = std::fs::read_to_string(&head).with_context(|| format!("reading {}", head.display()))?;
-    let mut out = template.replace("{machine}", &machine()).replace("{seconds}", &format!("{seconds:.0}"));
+    let mut out = template
+        .replace("{machine}", &machine())
+        .replace("{seconds}", &format!("{seconds:.0}"))
+        .replace("{profile}", &release_profile(root)?);
     for report in reports {
         out.push('\n');
         out.push_str(&markdown(report));

@@ -6,6 +6,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 
 mod bench;
+mod dist;
 mod fuzz;
 mod layers;
 mod polyglot;
@@ -26,9 +27,14 @@ commands:
                   (componentize-py, npm packages, chanx in target/chanx) if missing
   lint            broker/src's layers (xtask/src/layers.rs), cargo fmt --check and
                   cargo clippy -D warnings, host and wasm crates
+  dist [--out DIR]
+                  the production build in one folder to copy to a server (default
+                  target/dist): the broker (release profile), every shipped plugin, a
+                  broker.toml pointing into the folder, DEPLOYING.md; checked with
+                  `broker check` before it succeeds
   bench NAME|all [--runs N] [--write]
-                  benchmarks against the native baseline (SCENARIOS);
-                  --write regenerates BENCHMARKS.md
+                  benchmarks of the release build against the native baseline
+                  (SCENARIOS); --write regenerates BENCHMARKS.md
   fuzz [--seconds N] [TARGET...]
                   run the cargo-fuzz targets of broker/fuzz (envelope, config) for N
                   seconds each (default 60); installs nightly and cargo-fuzz if missing";
@@ -70,6 +76,7 @@ fn main() -> Result<()> {
             }
             run(wasm.args(["--", "-D", "warnings"]))
         }
+        "dist" => dist::run(&root, &rest),
         "bench" => bench::run(&root, &rest),
         "fuzz" => fuzz::run_targets(&root, &rest),
         "" | "help" | "--help" | "-h" => {

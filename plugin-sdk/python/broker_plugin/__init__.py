@@ -57,9 +57,13 @@ __all__ = [
 ]
 
 
+# The same bytes serde_json writes: compact, UTF-8 as is. One encoder for every frame: `json.dumps`
+# with these options would build a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(value: Any) -> str:
-    # The same bytes serde_json writes: compact, UTF-8 as is.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 class PluginError(Exception):
@@ -83,9 +87,20 @@ class Message:
         return {"action": self.action, "payload": _plain(self)}
 
 
+# Values JSON takes as they are (exactly these types: an Enum of str is not one).
+_ATOMS = frozenset((str, int, float, bool, type(None)))
+# The field names of each dataclass `_plain` has met, so a frame does not walk `dataclasses.fields`.
+_FIELDS: dict = {}
+
+
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if type(value) in _ATOMS:
+        return value
+    names = _FIELDS.get(type(value))
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELDS[type(value)] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -188,22 +203,53 @@ def _schema(annotation: Any) -> dict:
     )
 
 
-def _build(cls: Any, value: Any) -> Any:
-    """A checked payload as `cls`: the broker validated it against `_schema(cls)` already."""
-    if dataclasses.is_dataclass(cls) and isinstance(value, dict):
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: _build(hints[k], v) for k, v in value.items() if k in names})
-    if isinstance(cls, type) and issubclass(cls, enum.Enum):
-        return cls(value)
-    origin, args = typing.get_origin(cls), typing.get_args(cls)
-    if origin is list and args and isinstance(value, list):
-        return [_build(args[0], v) for v in value]
-    if origin is dict and len(args) == 2 and isinstance(value, dict):
-        return {k: _build(args[1], v) for k, v in value.items()}
-    if origin in (typing.Union, pytypes.UnionType) and value is not None:
-        return _build(next(a for a in args if a is not type(None)), value)
+def _keep(value: Any) -> Any:
     return value
+
+
+def _builder(cls: Any) -> Callable[[Any], Any]:
+    """What makes a checked payload (the broker validated it against `_schema(cls)` already) a
+    `cls`. Made once per handler, so no message looks its type hints up again."""
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: _builder(hints[f.name]) for f in dataclasses.fields(cls)}
+        if all(build is _keep for build in fields.values()):
+            names = fields.keys()
+
+            def plain_fields(value: Any) -> Any:
+                if not isinstance(value, dict):
+                    return value
+                if value.keys() <= names:
+                    return cls(**value)
+                return cls(**{k: v for k, v in value.items() if k in names})
+
+            return plain_fields
+
+        def typed_fields(value: Any) -> Any:
+            if not isinstance(value, dict):
+                return value
+            return cls(**{k: fields[k](v) for k, v in value.items() if k in fields})
+
+        return typed_fields
+    if isinstance(cls, type) and issubclass(cls, enum.Enum):
+        return cls
+    origin, args = typing.get_origin(cls), typing.get_args(cls)
+    if origin is list and args:
+        item = _builder(args[0])
+        if item is _keep:
+            return _keep
+        return lambda value: [item(v) for v in value] if isinstance(value, list) else value
+    if origin is dict and len(args) == 2:
+        item = _builder(args[1])
+        if item is _keep:
+            return _keep
+        return lambda value: {k: item(v) for k, v in value.items()} if isinstance(value, dict) else value
+    if origin in (typing.Union, pytypes.UnionType):
+        inner = _builder(next(a for a in args if a is not type(None)))
+        if inner is _keep:
+            return _keep
+        return lambda value: None if value is None else inner(value)
+    return _keep
 
 
 def _host_error(error: Any, connection: Optional[int] = None) -> "PluginError":
@@ -488,6 +534,8 @@ class _Route:
     schema: Optional[dict]
     handler: Callable
     replies: list
+    # The payload's `_builder`.
+    build: Callable[[Any], Any]
 
 
 @dataclasses.dataclass
@@ -545,7 +593,8 @@ class Plugin:
             self.sends(*replies)
             # Computed now, so a payload type without a schema fails the build.
             schema = None if payload is None else _schema(payload)
-            self._routes[action] = _Route(payload, schema, function, replies)
+            build = _keep if payload is None else _builder(payload)
+            self._routes[action] = _Route(payload, schema, function, replies, build)
             return function
 
         return register
@@ -597,8 +646,7 @@ class Plugin:
                     raise Err(types.HandlerError_Failed(f"no handler for {action!r}"))
                 try:
                     value = None if payload is None else json.loads(payload)
-                    argument = _build(route.payload, value) if route.payload is not None else value
-                    reply = route.handler(Context(ctx), argument)
+                    reply = route.handler(Context(ctx), route.build(value))
                     return None if reply is None else _frame(reply)
                 except (PluginError, Err) as error:
                     raise Err(types.HandlerError_Failed(_reason(error)))

@@ -57,6 +57,16 @@ plugin
     const responses = await Promise.all(urls.map((url) => fetch(url)));
     return { action: 'fetched_all', payload: await Promise.all(responses.map((r) => r.text())) };
   })
+  // GETs the URL bounded by `timeoutMs` of `seconds`, and sleeps a little beside it: the timer
+  // fires once the request is answered or given up, as a pending fetch holds the event loop.
+  .handle('fetch_within', { payload: t.object({ url: t.string(), seconds: t.number() }) }, async (_ctx, { url, seconds }) => {
+    const after = (ms, value) => new Promise((resolve) => setTimeout(() => resolve(value), ms));
+    const bounded = fetch(url, { timeoutMs: seconds * 1000 }).then(
+      (response) => response.text(),
+      (error) => (error instanceof HttpError && error.code === 'ConnectionReadTimeout' ? 'timed out' : Promise.reject(error)),
+    );
+    return { action: 'fetched_within', payload: await Promise.all([bounded, after(50, 'slept')]) };
+  })
   // Waits `ms` on a timer, then answers.
   .handle('sleep', { payload: t.object({ ms: t.integer() }) }, async (_ctx, { ms }) => {
     await new Promise((resolve) => setTimeout(resolve, ms));

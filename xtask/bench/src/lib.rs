@@ -5,6 +5,7 @@
 //! `cargo xtask bench`.
 
 pub mod results;
+pub mod stamped;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -18,6 +19,21 @@ pub fn raise_fd_limit() -> u64 {
     let wanted = 1 << 20;
     let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, wanted, wanted);
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
+}
+
+/// User plus system CPU time process `pid` has used so far, in seconds (`/proc/PID/stat`'s utime
+/// and stime, in clock ticks of 1/100 s).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    use anyhow::Context;
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // utime and stime are fields 14 and 15 of stat; here, after the `(comm)`, 12 and 13 (1-based).
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        let field = fields.get(i).with_context(|| format!("{path} has no field {}", i + 3))?;
+        field.parse().with_context(|| format!("{path}: field {} is {field:?}, not a number", i + 3))
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// The marker the `versioned` test plugin carries in its replies.

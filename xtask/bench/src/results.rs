@@ -12,9 +12,19 @@ pub struct Echo {
     /// Replies in the measured time (after the warm-up).
     pub replies: u64,
     pub per_second: f64,
+    /// Round trips from the request's write to the reply's arrival at the client's socket (the
+    /// kernel's receive timestamp): what the server and the network take.
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    /// The same round trips until the load generator's task read the reply: the above plus the
+    /// time the reply waited for the load generator to be scheduled.
+    pub read_p50_us: u64,
+    pub read_p99_us: u64,
+    /// CPU the server used in the measured time (user + system, s), when its pid was given.
+    pub server_cpu_seconds: Option<f64>,
+    /// CPU the load generator used in the measured time (user + system, s).
+    pub loadgen_cpu_seconds: f64,
 }
 
 /// `loadgen fanout`: one sender, a room of `members`, every member receiving every message.
@@ -128,7 +138,18 @@ mod tests {
 
     #[test]
     fn a_result_reads_back_as_written() -> anyhow::Result<()> {
-        let echo = Echo { connections: 10, replies: 3000, per_second: 1000.5, p50_us: 90, p99_us: 200, p999_us: 900 };
+        let echo = Echo {
+            connections: 10,
+            replies: 3000,
+            per_second: 1000.5,
+            p50_us: 90,
+            p99_us: 200,
+            p999_us: 900,
+            read_p50_us: 95,
+            read_p99_us: 400,
+            server_cpu_seconds: Some(1.25),
+            loadgen_cpu_seconds: 2.5,
+        };
         let printed = serde_json::to_string(&echo)?;
         assert_eq!(last_line::<Echo>(&format!("warming up\n{printed}\n"))?, echo);
         let reload = Reload {

@@ -2,7 +2,12 @@
 //! runs for a bounded time and prints one JSON line of results on stdout.
 //!
 //! ```text
-//! loadgen echo    URL CONNECTIONS SECONDS WARMUP_SECONDS [ACTION]   closed-loop request/reply
+//! loadgen echo    URL CONNECTIONS SECONDS WARMUP_SECONDS [ACTION [SERVER_PID [RATE]]]
+//!                                                                   request/reply, closed loop or
+//!                                                                   paced to RATE messages/s in all
+//!                                                                   (and the server's CPU meanwhile);
+//!                                                                   ACTION `turn`: an assistant's question,
+//!                                                                   its reply the frames up to the final one
 //! loadgen fanout  URL MEMBERS MESSAGES [MEMBERS_URL]                one sender, a room of MEMBERS
 //!                                                                   (on MEMBERS_URL: another node)
 //! loadgen paced  URL MEMBERS MESSAGES RATE                        fanout with the sender held to RATE
@@ -16,34 +21,45 @@
 //!                                                                   reconnecting when closed for it
 //! ```
 //! Connections are spread over 16 source addresses (127.0.0.1-16), so 100,000 of them do not run
-//! out of ephemeral ports.
+//! out of ephemeral ports. `LOADGEN_THREADS` sets the runtime's worker threads (default: see
+//! `THREADS`).
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use bench::results;
+use bench::stamped::Stamped;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Stamped>;
 
 const SOURCES: u8 = 16;
 /// Connections being opened at once.
 const CONNECT_CONCURRENCY: usize = 256;
 /// The longest any phase may take: a scenario always ends.
 const PHASE_LIMIT: Duration = Duration::from_secs(120);
+/// The runtime's worker threads, unless `LOADGEN_THREADS` says otherwise.
+const THREADS: usize = 2;
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let threads = match std::env::var("LOADGEN_THREADS") {
+        Ok(n) => n.parse().context("LOADGEN_THREADS is a number of threads")?,
+        Err(_) => THREADS,
+    };
+    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?.block_on(scenario())
+}
+
+async fn scenario() -> Result<()> {
     bench::raise_fd_limit();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().with_context(|| format!("missing argument {i}; see the doc comment"));
@@ -53,7 +69,10 @@ async fn main() -> Result<()> {
             let action = args.get(5).cloned().unwrap_or_else(|| "user_message".into());
             let (url, connections) = (arg(1)?, num(2)? as usize);
             let (duration, warmup) = (Duration::from_secs(num(3)?), Duration::from_secs(num(4)?));
-            serde_json::to_string(&echo(&url, connections, duration, warmup, &action).await?)?
+            let server = args.get(6).map(|pid| pid.parse()).transpose().context("SERVER_PID is a number")?;
+            let rate = args.get(7).map(|rate| rate.parse()).transpose().context("RATE is a number")?;
+            let timing = Timing { duration, warmup, server, rate: rate.unwrap_or(0) };
+            serde_json::to_string(&echo(&url, connections, timing, &action).await?)?
         }
         "fanout" => {
             let sender = arg(1)?;
@@ -89,18 +108,25 @@ fn target(url: &str) -> Result<SocketAddr> {
 }
 
 async fn connect(url: &str, index: usize) -> Result<Ws> {
+    connect_stamped(url, index, false).await
+}
+
+/// A connection; `stamps`: its reads keep the kernel's receive time (see `bench::stamped`).
+async fn connect_stamped(url: &str, index: usize, stamps: bool) -> Result<Ws> {
     let addr = target(url)?;
     let socket = TcpSocket::new_v4()?;
     let source = Ipv4Addr::new(127, 0, 0, 1 + (index % SOURCES as usize) as u8);
     socket.bind(SocketAddr::from((source, 0)))?;
     let tcp = socket.connect(addr).await?;
     tcp.set_nodelay(true)?;
+    let tcp = Stamped::new(tcp, stamps)?;
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(bench::ws_config())).await?;
     Ok(ws)
 }
 
-/// Opens `count` connections, at most `CONNECT_CONCURRENCY` at a time, each made ready by `ready`.
-async fn connect_all<F, Fut>(url: &str, count: usize, ready: F) -> Result<Vec<Ws>>
+/// Opens `count` connections, at most `CONNECT_CONCURRENCY` at a time, each made ready by `ready`;
+/// `stamps` as in `connect_stamped`.
+async fn connect_all<F, Fut>(url: &str, count: usize, stamps: bool, ready: F) -> Result<Vec<Ws>>
 where
     F: Fn(Ws) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Ws>> + Send,
@@ -111,7 +137,8 @@ where
             let (gate, url, ready) = (gate.clone(), url.to_owned(), ready.clone());
             tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await?;
-                tokio::time::timeout(PHASE_LIMIT, async { ready(connect(&url, i).await?).await }).await?
+                tokio::time::timeout(PHASE_LIMIT, async { ready(connect_stamped(&url, i, stamps).await?).await })
+                    .await?
             })
         })
         .collect();
@@ -122,14 +149,28 @@ where
     Ok(all)
 }
 
-async fn next_text(ws: &mut Ws) -> Result<String> {
+async fn next_text(ws: &mut Ws) -> Result<Utf8Bytes> {
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
+            Some(Ok(Message::Text(text))) => return Ok(text),
             Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
             Some(Ok(_)) => continue,
             Some(Err(error)) => return Err(error.into()),
             None => bail!("connection ended"),
+        }
+    }
+}
+
+/// Reads an assistant's frames up to its final response; an exception ends the run, as a turn that
+/// failed measures nothing.
+async fn turned(ws: &mut Ws) -> Result<()> {
+    loop {
+        let text = next_text(ws).await?;
+        if text.contains(r#""final_response""#) {
+            return Ok(());
+        }
+        if text.contains(r#""exception""#) {
+            bail!("the assistant's turn failed: {text}");
         }
     }
 }
@@ -156,58 +197,100 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
-async fn echo(
-    url: &str,
-    connections: usize,
+/// How long `echo` runs, and whose CPU it measures besides its own.
+struct Timing {
     duration: Duration,
     warmup: Duration,
-    action: &str,
-) -> Result<results::Echo> {
-    // The echo route greets each connection; another plugin's route is ready once it answers a ping.
-    let clients = if action == "user_message" {
-        connect_all(url, connections, welcomed).await?
+    /// The server's pid: its CPU in the measured time is reported.
+    server: Option<u32>,
+    /// Messages a second over all connections, each connection sending at its even share of it
+    /// (staggered, and never before its last reply); 0: closed loop, each sends on each reply.
+    rate: u64,
+}
+
+async fn echo(url: &str, connections: usize, timing: Timing, action: &str) -> Result<results::Echo> {
+    // The echo route and the assistant greet each connection; another plugin's route is ready once
+    // it answers a ping.
+    let clients = if matches!(action, "user_message" | "turn") {
+        connect_all(url, connections, true, welcomed).await?
     } else {
-        connect_all(url, connections, pinged).await?
+        connect_all(url, connections, true, pinged).await?
     };
-    let frame = if action == "ping" {
+    let turn = action == "turn";
+    let frame = Utf8Bytes::from(if action == "ping" {
         r#"{"action":"ping"}"#.to_owned()
+    } else if turn {
+        json!({"action": "user_message", "payload": {"message": "Price of a large margherita?"}}).to_string()
     } else {
         json!({"action": action, "payload": {"message": "hello"}}).to_string()
-    };
+    });
     let start = Instant::now();
-    let (measure_from, end) = (start + warmup, start + warmup + duration);
+    let (measure_from, end) = (start + timing.warmup, start + timing.warmup + timing.duration);
     let tasks: Vec<_> = clients
         .into_iter()
-        .map(|mut ws| {
+        .enumerate()
+        .map(|(i, mut ws)| {
             let frame = frame.clone();
+            let interval = (timing.rate > 0).then(|| Duration::from_secs_f64(connections as f64 / timing.rate as f64));
+            let mut next = start + interval.unwrap_or_default().mul_f64(i as f64 / connections as f64);
             tokio::spawn(async move {
-                let (mut hist, mut count) = (histogram()?, 0u64);
-                while Instant::now() < end {
-                    let sent = Instant::now();
-                    ws.send(Message::text(frame.as_str())).await?;
-                    next_text(&mut ws).await?;
+                let (mut at_socket, mut read, mut count) = (histogram()?, histogram()?, 0u64);
+                loop {
+                    if let Some(interval) = interval {
+                        tokio::time::sleep_until(next.into()).await;
+                        next += interval;
+                    }
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    ws.get_mut().take_received();
+                    // The wall clock, as the kernel stamps the reply's arrival with it.
+                    let (sent, sent_at) = (Instant::now(), SystemTime::now());
+                    ws.send(Message::Text(frame.clone())).await?;
+                    if turn {
+                        turned(&mut ws).await?;
+                    } else {
+                        next_text(&mut ws).await?;
+                    }
+                    let took = sent.elapsed();
                     if sent >= measure_from {
-                        hist.record(micros(sent.elapsed()))?;
+                        let arrived =
+                            ws.get_mut().take_received().context("a reply without the kernel's receive timestamp")?;
+                        // Were the wall clock stepped back meanwhile, the round trip counts as 1 µs.
+                        at_socket.record(micros(arrived.duration_since(sent_at).unwrap_or_default()))?;
+                        read.record(micros(took))?;
                         count += 1;
                     }
                 }
-                Ok::<_, anyhow::Error>((hist, count))
+                Ok::<_, anyhow::Error>((at_socket, read, count))
             })
         })
         .collect();
-    let (mut hist, mut replies) = (histogram()?, 0);
+    // CPU is read at the edges of the measured time, so connecting and warming up do not count.
+    let cpu = |pid: Option<u32>| pid.map(bench::cpu_seconds).transpose();
+    let own = Some(std::process::id());
+    tokio::time::sleep_until(measure_from.into()).await;
+    let (server_before, own_before) = (cpu(timing.server)?, cpu(own)?);
+    tokio::time::sleep_until(end.into()).await;
+    let (server_after, own_after) = (cpu(timing.server)?, cpu(own)?);
+    let (mut at_socket, mut read, mut replies) = (histogram()?, histogram()?, 0);
     for task in tasks {
-        let (h, c) = task.await??;
-        hist.add(h)?;
+        let (s, r, c) = task.await??;
+        at_socket.add(s)?;
+        read.add(r)?;
         replies += c;
     }
     Ok(results::Echo {
         connections: connections as u64,
         replies,
-        per_second: replies as f64 / duration.as_secs_f64(),
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
+        per_second: replies as f64 / timing.duration.as_secs_f64(),
+        p50_us: at_socket.value_at_quantile(0.5),
+        p99_us: at_socket.value_at_quantile(0.99),
+        p999_us: at_socket.value_at_quantile(0.999),
+        read_p50_us: read.value_at_quantile(0.5),
+        read_p99_us: read.value_at_quantile(0.99),
+        server_cpu_seconds: server_after.zip(server_before).map(|(after, before)| after - before),
+        loadgen_cpu_seconds: own_after.unwrap_or_default() - own_before.unwrap_or_default(),
     })
 }
 
@@ -321,7 +404,7 @@ impl Spread {
 async fn spread(url: &str, members_url: &str, members: usize, messages: u64, rate: u64) -> Result<Spread> {
     // A pong proves the member's join is done, on another node too (the broker answers it after
     // `on-connect`, which returns once the cluster can reach the member).
-    let receivers = connect_all(members_url, members, pinged).await?;
+    let receivers = connect_all(members_url, members, false, pinged).await?;
     let mut sender = pinged(connect(url, members).await?).await?;
     let epoch = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));
@@ -457,7 +540,7 @@ fn percent_encode(text: &str) -> String {
 
 async fn hold(url: &str, count: usize) -> Result<results::Held> {
     let started = Instant::now();
-    let clients = connect_all(url, count, welcomed).await?;
+    let clients = connect_all(url, count, false, welcomed).await?;
     // The caller measures the server now, then closes our stdin.
     let ready = results::Ready { ready: clients.len() as u64, connect_seconds: started.elapsed().as_secs_f64() };
     println!("{}", serde_json::to_string(&ready)?);
@@ -466,7 +549,7 @@ async fn hold(url: &str, count: usize) -> Result<results::Held> {
 }
 
 async fn reload(url: &str, connections: usize, file: &str, versions: &[(String, String)]) -> Result<results::Reload> {
-    let clients = connect_all(url, connections, pinged).await?;
+    let clients = connect_all(url, connections, false, pinged).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = clients
         .into_iter()
