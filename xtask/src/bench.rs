@@ -387,13 +387,10 @@ fn dispatch(bench: &Bench) -> Result<Report> {
         .stderr(Stdio::inherit())
         .output()?;
     ensure!(output.status.success(), "the dispatch benchmark failed");
-    let stdout = String::from_utf8(output.stdout)?;
-    let line = stdout.lines().last().context("the dispatch benchmark printed nothing")?;
-    let stages: serde_json::Value = serde_json::from_str(line).with_context(|| format!("reading {line:?}"))?;
+    let measured: results::Dispatch = results::last_line(&String::from_utf8(output.stdout)?)?;
     let mut table = vec![["stage", "ns per message (wall)", "CPU ns per message"].map(String::from).to_vec()];
-    for stage in stages["stages"].as_array().context("no stages")? {
-        let ns = |key: &str| stage[key].as_f64().map(|n| format!("{n:.0}")).unwrap_or_default();
-        table.push(vec![stage["stage"].as_str().unwrap_or_default().to_owned(), ns("wall_ns"), ns("cpu_ns")]);
+    for stage in measured.stages {
+        table.push(vec![stage.stage, format!("{:.0}", stage.wall_ns), format!("{:.0}", stage.cpu_ns)]);
     }
     Ok(Report {
         title: "dispatch: the path alone, frame text in and reply bytes out through the echo plugin, no sockets".into(),

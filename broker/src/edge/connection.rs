@@ -239,13 +239,16 @@ impl Connection {
         let closed = self.handle.control.closed();
         tokio::pin!(shutting_down, closed);
         loop {
+            // The socket first: a frame waiting is read without polling the two signals, whose
+            // flags are checked after each frame instead (below), so a busy client cannot starve them.
             let message = tokio::select! {
+                biased;
+                message = stream.next() => message,
                 _ = &mut shutting_down => {
                     Box::pin(self.queue_close(CloseReason::new(GOING_AWAY, "server shutting down"))).await;
                     return Ended::WeClosed;
                 }
                 _ = &mut closed => return Ended::WeClosed,
-                message = stream.next() => message,
             };
             if let Some(Ok(_)) = &message {
                 self.handle.control.seen();
@@ -298,6 +301,10 @@ impl Connection {
                 }
             }
             if self.handle.control.is_closing() {
+                return Ended::WeClosed;
+            }
+            if shutdown.is_cancelled() {
+                Box::pin(self.queue_close(CloseReason::new(GOING_AWAY, "server shutting down"))).await;
                 return Ended::WeClosed;
             }
         }

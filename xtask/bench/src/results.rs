@@ -122,7 +122,22 @@ pub struct Attack {
     pub closed: u64,
 }
 
-/// Reads the result `loadgen` printed last in `stdout` (earlier lines, such as `hold`'s `Ready`, are
+/// `cargo bench -p broker --bench dispatch -- --json`: the dispatch path, stage by stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dispatch {
+    pub stages: Vec<Stage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub stage: String,
+    pub wall_ns: f64,
+    pub cpu_ns: f64,
+}
+
+/// Reads the result `loadgen` (or the dispatch benchmark) printed last in `stdout` (earlier lines, such as `hold`'s `Ready`, are
 /// read on their own).
 pub fn last_line<T: serde::de::DeserializeOwned>(stdout: &str) -> anyhow::Result<T> {
     use anyhow::Context;

@@ -1,7 +1,9 @@
 //! The write half of a connection: the write loop draining the outbound queue under its deadlines,
 //! and the lingering close that follows our close frame.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -53,16 +55,25 @@ where
             }
             None => {
                 replay = None;
+                // A close asked for wins over queued frames. Checked on the flag, not by polling
+                // `closed` ahead of the queue: that poll is a lock-free but measurable cost on
+                // every frame, and the queue rarely finds the connection closing.
+                if let Some(reason) = control.reason() {
+                    break reason;
+                }
                 let item = tokio::select! {
                     biased;
-                    reason = &mut closed => break reason,
                     item = queue.recv() => match item {
                         Some(item) => item,
+                        // The queue ends when the connection is done with it: after a close
+                        // asked for, that close frame goes out.
+                        None if let Some(reason) = control.reason() => break reason,
                         None => {
                             let _ = tokio::time::timeout(deadlines.close, sink.close()).await;
                             return None;
                         }
                     },
+                    reason = &mut closed => break reason,
                 };
                 match item {
                     Outbound::Close(reason) => {
@@ -86,11 +97,17 @@ where
         let replaying = replay.as_ref().is_some_and(|(frames, _)| !frames.is_empty());
         let flush = (queue.is_empty() && !replaying) || !matches!(message, Message::Text(_));
         let write = async { if flush { sink.send(message).await } else { sink.feed(message).await } };
-        let written = tokio::select! {
-            biased;
-            // What was left unwritten stays in tungstenite's buffer, ahead of the close frame.
-            reason = &mut closed => break reason,
-            written = tokio::time::timeout(deadlines.write, write) => written,
+        tokio::pin!(write);
+        // Most writes complete at once (the socket has room): they need no timer, whose deadline
+        // reads the clock. Only a write that waits runs under the deadline, and gives way to a close.
+        let written = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(written) => Ok(written),
+            Poll::Pending => tokio::select! {
+                biased;
+                // What was left unwritten stays in tungstenite's buffer, ahead of the close frame.
+                reason = &mut closed => break reason,
+                written = tokio::time::timeout(deadlines.write, &mut write) => written,
+            },
         };
         match written {
             Ok(Ok(())) => {}
