@@ -139,3 +139,45 @@ async fn an_unsupported_version_gets_426_naming_version_13() {
         assert!(head.contains("\r\nsec-websocket-version: 13\r\n"), "{version:?}: {head}");
     }
 }
+
+/// A client may send its first frames in the same packet as its handshake (nothing in RFC 6455
+/// makes it wait for the 101): the server read them with the request and must not lose them.
+#[tokio::test]
+async fn frames_sent_with_the_handshake_are_answered() {
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let broker = Broker::start();
+    let mut tcp = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let mut bytes = handshake("1.1", &format!("{HOST}{UPGRADE}{VERSION_13}{KEY}")).into_bytes();
+    // A masked text frame, as a client sends it.
+    let text = br#"{"action":"ping","ref":"early"}"#;
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    bytes.extend([0x81, 0x80 | text.len() as u8]);
+    bytes.extend(mask);
+    bytes.extend(text.iter().enumerate().map(|(i, byte)| byte ^ mask[i % 4]));
+    tcp.write_all(&bytes).await.unwrap();
+    let mut head = Vec::new();
+    let read = async {
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).await.unwrap() == 1 {
+            head.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(crate::harness::WAIT, read).await.expect("a response head");
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
+    let mut texts = Vec::new();
+    let read = async {
+        while texts.len() < 2 {
+            if let Some(Ok(message)) = ws.next().await
+                && message.is_text()
+            {
+                texts.push(serde_json::from_str::<serde_json::Value>(message.to_text().unwrap()).unwrap());
+            }
+        }
+    };
+    tokio::time::timeout(crate::harness::WAIT, read).await.expect("the welcome and the pong");
+    assert_eq!(texts[0]["action"], "system_echo", "{texts:?}");
+    assert_eq!((&texts[1]["action"], &texts[1]["ref"]), (&json!("pong"), &json!("early")), "{texts:?}");
+}
