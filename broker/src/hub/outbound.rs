@@ -1,7 +1,8 @@
 //! A connection's outbound queue: what goes in it, and the two bounds on it (frames and bytes).
 //!
-//! The frame count is the channel's capacity; the byte count is a semaphore whose permits travel
-//! with each queued frame and return when the write loop has written it. A frame is serialized once
+//! The frame count is the channel's capacity (`lane`, which holds no memory while empty); the byte
+//! count is a semaphore whose permits travel with each queued frame and return when the write loop
+//! has written it. A frame is serialized once
 //! and shared (`Utf8Bytes` is reference-counted), so a broadcast costs one allocation, not one per
 //! member.
 
@@ -10,10 +11,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::wire::close_code::{GOING_AWAY, SLOW_CONSUMER};
+
+mod lane;
+
+use lane::TrySendError;
 
 /// What the write loop of a connection is asked to do.
 #[derive(Debug)]
@@ -143,7 +148,7 @@ pub enum SendError {
 /// How to reach one connection's queue from anywhere in the broker.
 #[derive(Debug, Clone)]
 pub struct Handle {
-    outbound: mpsc::Sender<Outbound>,
+    outbound: lane::Sender<Outbound>,
     bytes: Arc<Semaphore>,
     max_bytes: usize,
     pub control: Arc<Control>,
@@ -153,7 +158,7 @@ pub struct Handle {
 }
 
 /// The receiving end, owned by the connection's write loop.
-pub type Queue = mpsc::Receiver<Outbound>;
+pub type Queue = lane::Receiver<Outbound>;
 
 /// The bounds of one connection's queue.
 #[derive(Debug, Clone)]
@@ -166,7 +171,7 @@ pub struct Bounds {
 
 /// A queue within `bounds`.
 pub fn queue(bounds: &Bounds, metadata: bool) -> (Handle, Queue) {
-    let (outbound, queue) = mpsc::channel(bounds.max_frames);
+    let (outbound, queue) = lane::lane(bounds.max_frames);
     let handle = Handle {
         outbound,
         bytes: Arc::new(Semaphore::new(bounds.max_bytes)),
@@ -195,8 +200,8 @@ impl Handle {
         };
         match self.outbound.try_send(Outbound::Frame(frame, permit)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(self.slow_consumer("outbound frames")),
+            Err(TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(TrySendError::Full(_)) => Err(self.slow_consumer("outbound frames")),
         }
     }
 
@@ -217,8 +222,8 @@ impl Handle {
         };
         match self.outbound.try_send(Outbound::Frames(frames.into(), permit)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(self.slow_consumer("outbound frames")),
+            Err(TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(TrySendError::Full(_)) => Err(self.slow_consumer("outbound frames")),
         }
     }
 
@@ -241,8 +246,8 @@ impl Handle {
         let item = Outbound::Frame(frame, permit);
         match self.outbound.try_send(item) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(mpsc::error::TrySendError::Full(item)) => tokio::select! {
+            Err(TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(TrySendError::Full(item)) => tokio::select! {
                 biased;
                 _ = self.control.closed() => Err(SendError::Closed),
                 sent = self.outbound.send(item) => sent.map_err(|_| SendError::Closed),
@@ -257,12 +262,12 @@ impl Handle {
         }
         match self.outbound.try_send(Outbound::Close(reason)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(mpsc::error::TrySendError::Full(Outbound::Close(reason))) => {
+            Err(TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(TrySendError::Full(Outbound::Close(reason))) => {
                 self.control.close_now(reason);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(SendError::Closed),
+            Err(TrySendError::Full(_)) => Err(SendError::Closed),
         }
     }
 
@@ -274,7 +279,7 @@ impl Handle {
             _ = self.control.closed() => return,
             queued = self.outbound.send(Outbound::Close(reason)) => queued,
         };
-        if let Err(mpsc::error::SendError(Outbound::Close(reason))) = queued {
+        if let Err(lane::Closed(Outbound::Close(reason))) = queued {
             self.control.close_now(reason);
         }
     }
