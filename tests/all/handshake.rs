@@ -56,9 +56,15 @@ async fn route_and_path_parameters_reach_the_plugin() {
 /// Sends `request` over raw TCP and returns the response head (status line and headers), headers
 /// lowercased: a WebSocket client library would not send these malformed handshakes.
 async fn raw_handshake(broker: &Broker, request: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut tcp = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
+    String::from_utf8(read_head(&mut tcp).await).unwrap().to_ascii_lowercase()
+}
+
+/// Reads a response head byte by byte, so nothing after it is consumed.
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
     let mut head = Vec::new();
     let read = async {
         let mut byte = [0u8; 1];
@@ -67,7 +73,7 @@ async fn raw_handshake(broker: &Broker, request: &str) -> String {
         }
     };
     tokio::time::timeout(crate::harness::WAIT, read).await.expect("a response head");
-    String::from_utf8(head).unwrap().to_ascii_lowercase()
+    head
 }
 
 /// A handshake to `/ws/system` with these header lines (each ending in `\r\n`) and HTTP version.
@@ -145,7 +151,7 @@ async fn an_unsupported_version_gets_426_naming_version_13() {
 #[tokio::test]
 async fn frames_sent_with_the_handshake_are_answered() {
     use futures_util::StreamExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio_tungstenite::tungstenite::protocol::Role;
     let broker = Broker::start();
     let mut tcp = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
@@ -157,14 +163,7 @@ async fn frames_sent_with_the_handshake_are_answered() {
     bytes.extend(mask);
     bytes.extend(text.iter().enumerate().map(|(i, byte)| byte ^ mask[i % 4]));
     tcp.write_all(&bytes).await.unwrap();
-    let mut head = Vec::new();
-    let read = async {
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).await.unwrap() == 1 {
-            head.push(byte[0]);
-        }
-    };
-    tokio::time::timeout(crate::harness::WAIT, read).await.expect("a response head");
+    let head = read_head(&mut tcp).await;
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
     let mut texts = Vec::new();

@@ -244,10 +244,7 @@ impl Connection {
             let message = tokio::select! {
                 biased;
                 message = stream.next() => message,
-                _ = &mut shutting_down => {
-                    Box::pin(self.queue_close(CloseReason::new(GOING_AWAY, "server shutting down"))).await;
-                    return Ended::WeClosed;
-                }
+                _ = &mut shutting_down => return self.shut_down().await,
                 _ = &mut closed => return Ended::WeClosed,
             };
             if let Some(Ok(_)) = &message {
@@ -304,10 +301,15 @@ impl Connection {
                 return Ended::WeClosed;
             }
             if shutdown.is_cancelled() {
-                Box::pin(self.queue_close(CloseReason::new(GOING_AWAY, "server shutting down"))).await;
-                return Ended::WeClosed;
+                return self.shut_down().await;
             }
         }
+    }
+
+    /// The server is shutting down: 1001 after what is queued.
+    async fn shut_down(&self) -> Ended {
+        Box::pin(self.queue_close(CloseReason::new(GOING_AWAY, "server shutting down"))).await;
+        Ended::WeClosed
     }
 
     /// Handles one text frame: broker-level actions here, the rest by the plugin.

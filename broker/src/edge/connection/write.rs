@@ -56,8 +56,8 @@ where
             None => {
                 replay = None;
                 // A close asked for wins over queued frames. Checked on the flag, not by polling
-                // `closed` ahead of the queue: that poll is a lock-free but measurable cost on
-                // every frame, and the queue rarely finds the connection closing.
+                // `closed` ahead of the queue: that poll is a measurable cost on every frame, and
+                // the queue rarely finds the connection closing.
                 if let Some(reason) = control.reason() {
                     break reason;
                 }
