@@ -416,15 +416,7 @@ fn plugin_cost(bench: &Bench) -> Result<Report> {
         ("baseline, user_message", &baseline, "user_message", "/ws/system"),
     ];
     for (label, server, action, route) in cases {
-        let mut per_second = Vec::new();
-        let mut cost = Vec::new();
-        for _ in 0..bench.runs {
-            let result: Echo =
-                bench.loadgen(&args(&["echo", &server.url(route), "100", "3", "1", action, &server.pid()]))?;
-            per_second.push(result.per_second);
-            cost.push(cpu_per_message(&result)?);
-        }
-        table.push(vec![label.into(), format!("{:.0}", median(per_second)), format!("{:.2}", median(cost))]);
+        table.push(cost_row(bench, label.into(), server, route, "100", action)?);
     }
     // One assistant turn per language against the scripted model: a question, two requests to the
     // model over the allow-list, one tool, three frames back.
@@ -434,26 +426,35 @@ fn plugin_cost(bench: &Bench) -> Result<Report> {
     for (language, route) in
         [("Rust", "/ws/assistant"), ("Python", "/ws/py/assistant"), ("JavaScript", "/ws/js/assistant")]
     {
-        let mut per_second = Vec::new();
-        let mut cost = Vec::new();
-        for _ in 0..bench.runs {
-            let url = broker.url(route);
-            let result: Echo =
-                bench.loadgen(&args(&["echo", &url, ASSISTANT_CONNECTIONS, "3", "1", "turn", &broker.pid()]))?;
-            per_second.push(result.per_second);
-            cost.push(cpu_per_message(&result)?);
-        }
-        table.push(vec![
-            format!("broker, one assistant turn ({language}), {ASSISTANT_CONNECTIONS} connections: per turn"),
-            format!("{:.0}", median(per_second)),
-            format!("{:.2}", median(cost)),
-        ]);
+        let label = format!("broker, one assistant turn ({language}), {ASSISTANT_CONNECTIONS} connections: per turn");
+        table.push(cost_row(bench, label, &broker, route, ASSISTANT_CONNECTIONS, "turn")?);
     }
     Ok(Report {
         title: "plugin-cost: server CPU per message, wasm dispatch against native handling (100 connections), and per assistant turn against a scripted model".into(),
         command: "cargo xtask bench plugin-cost".into(),
         table,
     })
+}
+
+/// A row of plugin-cost: `connections` in closed loop sending `action` to `route` of `server`, the
+/// medians of the round trips a second and of the server's CPU per round trip.
+fn cost_row(
+    bench: &Bench,
+    label: String,
+    server: &Server,
+    route: &str,
+    connections: &str,
+    action: &str,
+) -> Result<Vec<String>> {
+    let mut per_second = Vec::new();
+    let mut cost = Vec::new();
+    for _ in 0..bench.runs {
+        let result: Echo =
+            bench.loadgen(&args(&["echo", &server.url(route), connections, "3", "1", action, &server.pid()]))?;
+        per_second.push(result.per_second);
+        cost.push(cpu_per_message(&result)?);
+    }
+    Ok(vec![label, format!("{:.0}", median(per_second)), format!("{:.2}", median(cost))])
 }
 
 /// Connections asking the assistant at once: a turn waits on the model twice, so a few keep the
