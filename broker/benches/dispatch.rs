@@ -28,7 +28,6 @@ use broker::wire::protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_util::sync::CancellationToken;
 
 const FRAME: &str = r#"{"action":"user_message","payload":{"message":"Hello"},"ref":"r1"}"#;
 const PING: &str = r#"{"action":"ping","ref":"r1"}"#;
@@ -169,7 +168,6 @@ async fn connect(live: &Live, services: &Services, route: &str) -> DuplexStream 
         write_timeout: limits.write_timeout(),
         message_limit: "server.max_message_bytes",
         recover: Vec::new(),
-        shutdown: CancellationToken::new(),
     });
     let (client, server) = tokio::io::duplex(256 * 1024);
     let config = WebSocketConfig::default().read_buffer_size(limits.read_buffer_bytes).write_buffer_size(4096);

@@ -12,6 +12,11 @@ use crate::error::{Issue, Loc};
 /// Decodes `payload` (JSON text, `None` when the client sent none) for `action`.
 pub(crate) fn decode<P: DeserializeOwned>(action: &str, payload: Option<&str>) -> Result<P, Issue> {
     let text = payload.unwrap_or("null");
+    // A payload that fits, the common case, is read once without recording where the reader is
+    // (serde_path_to_error copies every key it passes): only a failure is read again, to say where.
+    if let Ok(value) = P::deserialize(ObjectsOnly(&mut serde_json::Deserializer::from_str(text))) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let error = match serde_path_to_error::deserialize::<_, P>(ObjectsOnly(&mut de)) {
         Ok(value) => return Ok(value),

@@ -34,3 +34,23 @@ async fn a_looping_plugin_times_out_while_others_are_served() {
     assert_eq!(next["action"], "params", "{next}");
     spinner.assert_alive().await;
 }
+
+#[tokio::test]
+async fn a_call_beyond_max_instances_waits_for_a_place_and_is_then_served() {
+    let extra = format!(
+        "\n[plugins.single]\npath = \"{}\"\nmax_instances = 1\ntimeout_ms = 1000\n\n[[routes]]\npath = \"/ws/single\"\nplugin = \"single\"\n",
+        crate::harness::plugin_path("testbed").display()
+    );
+    let broker = Broker::with_config(&crate::harness::default_config(&extra));
+    let mut spinner = broker.connect("/ws/single").await;
+    let mut waiter = broker.connect("/ws/single").await;
+    spinner.send(json!({"action": "spin", "ref": "s"})).await;
+    assert_eq!(spinner.recv().await, json!({"action": "spinning", "payload": null}));
+
+    // The one instance is in the spinning call: this call waits (counted), and is answered once
+    // the spin's deadline has dropped that instance, by a new one.
+    let counted = waiter.request(json!({"action": "count"})).await;
+    assert_eq!(counted, json!({"action": "count", "payload": 1}));
+    assert_eq!(broker.metric(r#"broker_limit_hits_total{limit="plugins.max_instances"}"#).await, 1.0);
+    assert_eq!(spinner.recv().await["payload"][0]["type"], "plugin_timeout");
+}

@@ -15,14 +15,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
 
 use self::write::{WriteDeadlines, linger, write_loop};
 use crate::edge::limits::{MessageRate, Verdict};
 use crate::edge::router::Route;
 use crate::hub::history::Position;
 use crate::hub::metrics::ConnectionMetrics;
-use crate::hub::outbound::{self, Bounds, CloseReason, Delivery, Handle};
+use crate::hub::outbound::{self, Bounds, CloseReason, Delivery, Handle, Signal};
 use crate::hub::registry::{ConnectionId, Registry};
 use crate::plugin::host::{Context, HandlerError, LocItem};
 use crate::plugin::{CallError, Slot};
@@ -59,7 +58,6 @@ pub struct Setup {
     pub message_limit: &'static str,
     /// Where the client was in groups with history (the handshake's `recover`).
     pub recover: Vec<Position>,
-    pub shutdown: CancellationToken,
 }
 
 /// Serves one upgraded connection until it closes.
@@ -99,7 +97,6 @@ async fn serve<S>(
         write_timeout,
         message_limit,
         recover,
-        shutdown,
     } = *setup;
     let (handle, queue) = outbound::queue(&bounds, route.metadata);
     let control = handle.control.clone();
@@ -136,7 +133,7 @@ async fn serve<S>(
             // and, inline, would size every connection's task for the rare moment it is in a call.
             // Idle connections are most connections.
             let ended = if Box::pin(connection.accept()).await {
-                connection.read_loop(&mut stream, &shutdown, &mut rate).await
+                connection.read_loop(&mut stream, &mut rate).await
             } else {
                 Ended::WeClosed
             };
@@ -149,10 +146,13 @@ async fn serve<S>(
         tokio::pin!(reader);
         // The write loop goes on while the read side ends (our close frame, the plugin's last
         // frames). It may end first (a failed write, a slow consumer): the read side then sees the
-        // close and ends too.
+        // close and ends too. The reader is polled first and the writer after it, in every
+        // wake-up: a reply the reader queued is written in the same wake-up, which is why queueing
+        // it does not wake the task (`Handle::send`). Keep this order.
         let mut written = None;
         let ended = loop {
             tokio::select! {
+                biased;
                 ended = &mut reader => break ended,
                 sink = &mut writer, if written.is_none() => written = Some(sink),
             }
@@ -228,24 +228,26 @@ impl Connection {
     async fn read_loop<S>(
         &self,
         stream: &mut futures_util::stream::SplitStream<WebSocketStream<S>>,
-        shutdown: &CancellationToken,
         rate: &mut MessageRate,
     ) -> Ended
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        // Created once, not per frame: each creation registers a waiter.
-        let shutting_down = shutdown.cancelled();
-        let closed = self.handle.control.closed();
-        tokio::pin!(shutting_down, closed);
+        // Created once, not per frame: each creation registers a waiter. A close and the server's
+        // shutdown are one future on the connection's own `Control`: a future that every
+        // connection polled (one shared token) cost each message a lock another core held.
+        let signalled = self.handle.control.signalled();
+        tokio::pin!(signalled);
         loop {
-            // The socket first: a frame waiting is read without polling the two signals, whose
-            // flags are checked after each frame instead (below), so a busy client cannot starve them.
+            // The socket first: a frame waiting is read without polling the signals, whose flags
+            // are checked after each frame instead (below), so a busy client cannot starve them.
             let message = tokio::select! {
                 biased;
                 message = stream.next() => message,
-                _ = &mut shutting_down => return self.shut_down().await,
-                _ = &mut closed => return Ended::WeClosed,
+                signal = &mut signalled => match signal {
+                    Signal::Closed => return Ended::WeClosed,
+                    Signal::ShutDown => return self.shut_down().await,
+                },
             };
             if let Some(Ok(_)) = &message {
                 self.handle.control.seen();
@@ -300,7 +302,7 @@ impl Connection {
             if self.handle.control.is_closing() {
                 return Ended::WeClosed;
             }
-            if shutdown.is_cancelled() {
+            if self.handle.control.is_shutting_down() {
                 return self.shut_down().await;
             }
         }
@@ -315,7 +317,7 @@ impl Connection {
     /// Handles one text frame: broker-level actions here, the rest by the plugin.
     async fn dispatch(&self, text: &str) {
         // One generation for the whole message: the one in service when it was read.
-        let plugin = self.slot.current();
+        let plugin = self.slot.load();
         let Request { action, payload, reference } = match protocol::parse(text, plugin.accepts()) {
             Ok(request) => request,
             Err(refusal) => {

@@ -139,7 +139,6 @@ pub async fn upgrade(
         write_timeout: limits.write_timeout(),
         message_limit,
         recover,
-        shutdown: shared.shutdown.clone(),
     });
     // tungstenite's default read buffer is 128 KiB, allocated up front: per idle connection, that is
     // most of the memory. The write buffer fills only while the write loop batches queued frames

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
@@ -164,7 +163,6 @@ pub struct Shared {
     pub bound: SocketAddr,
     /// Open connections, in total and per address.
     pub admission: Arc<Admission>,
-    pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
 

@@ -8,10 +8,14 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry as PromRegistry;
 
 use crate::hub::registry::Registry;
+
+mod per_thread;
+
+pub use per_thread::{Counter as PerThreadCounter, Histogram};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -27,10 +31,11 @@ pub struct Metrics {
     groups: Gauge,
     group_members: Gauge,
     connections_by_route: Family<Labels, Gauge>,
-    frames_in: Family<Labels, Counter>,
-    frames_out: Family<Labels, Counter>,
-    bytes_in: Family<Labels, Counter>,
-    bytes_out: Family<Labels, Counter>,
+    // Written on every message: counted per thread (`per_thread`).
+    frames_in: Family<Labels, PerThreadCounter>,
+    frames_out: Family<Labels, PerThreadCounter>,
+    bytes_in: Family<Labels, PerThreadCounter>,
+    bytes_out: Family<Labels, PerThreadCounter>,
     plugin_calls: Family<Labels, Histogram, fn() -> Histogram>,
     plugin_errors: Family<Labels, Counter>,
     payloads_refused: Family<Labels, Counter>,
@@ -189,15 +194,15 @@ pub struct ConnectionMetrics {
     metrics: Arc<Metrics>,
     route: String,
     pub open: Gauge,
-    pub bytes_in: Counter,
-    pub bytes_out: Counter,
+    pub bytes_in: PerThreadCounter,
+    pub bytes_out: PerThreadCounter,
     /// `frames_in` and `frames_out` by action, found by a short scan rather than a hashed label
     /// per frame.
     frames_in: ActionCounters,
     frames_out: ActionCounters,
 }
 
-type ActionCounters = std::sync::Mutex<Vec<(String, Counter)>>;
+type ActionCounters = std::sync::Mutex<Vec<(String, PerThreadCounter)>>;
 
 impl ConnectionMetrics {
     /// The broker's metrics, for what is not per connection.
@@ -233,7 +238,7 @@ impl ConnectionMetrics {
     fn count(
         &self,
         cache: &ActionCounters,
-        family: &Family<Labels, Counter>,
+        family: &Family<Labels, PerThreadCounter>,
         action: &str,
         admit: impl FnOnce() -> bool,
     ) {
@@ -252,8 +257,9 @@ impl ConnectionMetrics {
 impl Metrics {
     /// The counters of a new connection on `route`; it counts as open until dropped.
     pub fn connection(self: &Arc<Self>, route: &str) -> ConnectionMetrics {
-        let by_route =
-            |family: &Family<Labels, Counter>| family.get_or_create(&vec![("route", route.to_owned())]).clone();
+        let by_route = |family: &Family<Labels, PerThreadCounter>| {
+            family.get_or_create(&vec![("route", route.to_owned())]).clone()
+        };
         let open = self.connections_by_route.get_or_create(&vec![("route", route.to_owned())]).clone();
         open.inc();
         ConnectionMetrics {

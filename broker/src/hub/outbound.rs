@@ -53,6 +53,11 @@ pub struct Control {
     /// Set with `close`: lets every send check "closing?" without taking the lock.
     closing: AtomicBool,
     close: Mutex<Option<CloseReason>>,
+    /// Set when the server shuts down (`Registry::shut_down`): the connection's read loop closes it
+    /// with 1001 after the message it is handling. A flag of its own, rather than one token that
+    /// every connection waits on, so no two connections touch the same memory per message.
+    shutting_down: AtomicBool,
+    /// Wakes what waits for a close or a shutdown.
     notify: Notify,
     /// When the client last sent anything (a frame, a ping, a pong), on [`clock_ms`].
     last_seen_ms: AtomicU64,
@@ -66,6 +71,7 @@ impl Default for Control {
         Control {
             closing: AtomicBool::new(false),
             close: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
             notify: Notify::new(),
             last_seen_ms: AtomicU64::new(now),
             last_ping_ms: AtomicU64::new(now),
@@ -136,6 +142,39 @@ impl Control {
             notified.await;
         }
     }
+
+    /// Asks the connection to close because the server is shutting down.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether `shut_down` was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Resolves once `close_now` or `shut_down` has been called: what a read loop waits for beside
+    /// the socket, in one future (one waiter polled per wake-up, not two).
+    pub async fn signalled(&self) -> Signal {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_closing() {
+                return Signal::Closed;
+            }
+            if self.is_shutting_down() {
+                return Signal::ShutDown;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What [`Control::signalled`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Closed,
+    ShutDown,
 }
 
 /// Why a frame was not queued.
@@ -228,8 +267,12 @@ impl Handle {
     }
 
     /// Queues a frame, waiting for room: for the connection's own replies, so a client that does
-    /// not read them stops being read instead of being buffered for. Gives up when the connection is closed meanwhile: a reader blocked here must still see the
-    /// close (an idle or slow-consumer close of a client that stopped reading).
+    /// not read them stops being read instead of being buffered for. Gives up when the connection
+    /// is closed meanwhile: a reader blocked here must still see the close (an idle or
+    /// slow-consumer close of a client that stopped reading).
+    ///
+    /// Called from the connection's own task, whose write loop is polled right after its read loop:
+    /// queueing does not wake that task again (`lane::Sender::try_send_within`).
     pub async fn send(&self, frame: Utf8Bytes) -> Result<(), SendError> {
         if self.control.is_closing() {
             return Err(SendError::Closed);
@@ -243,8 +286,13 @@ impl Handle {
                 permit = self.bytes.clone().acquire_many_owned(cost) => permit.map_err(|_| SendError::Closed)?,
             },
         };
-        let item = Outbound::Frame(frame, permit);
-        match self.outbound.try_send(item) {
+        let mut item = Some(Outbound::Frame(frame, permit));
+        let queued = std::future::poll_fn(|cx| match item.take() {
+            Some(item) => std::task::Poll::Ready(self.outbound.try_send_within(item, cx.waker())),
+            None => std::task::Poll::Pending,
+        })
+        .await;
+        match queued {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(_)) => Err(SendError::Closed),
             Err(TrySendError::Full(item)) => tokio::select! {

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
@@ -122,6 +122,8 @@ pub struct Registry {
     history: Histories,
     /// Members recovering from Redis, held out of live delivery until their replay arrives.
     held: DashMap<GroupKey, HashSet<ConnectionId>>,
+    /// Set by `shut_down`: a connection registered after it is shut down at once.
+    shutting_down: AtomicBool,
 }
 
 impl Registry {
@@ -135,6 +137,7 @@ impl Registry {
             cluster,
             history: Histories::default(),
             held: DashMap::new(),
+            shutting_down: AtomicBool::new(false),
         }
     }
 
@@ -184,8 +187,22 @@ impl Registry {
             recover,
             rewind: HashMap::new(),
         };
+        let control = entry.handle.control.clone();
         self.connections.insert(id, entry);
+        // After the insert: either `shut_down` finds this entry, or this load sees its flag.
+        if self.shutting_down.load(Ordering::SeqCst) {
+            control.shut_down();
+        }
         id
+    }
+
+    /// The server is shutting down: every connection, and every one registered from now on, closes
+    /// with 1001 once its read loop is done with the message it is handling.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for entry in self.connections.iter() {
+            entry.handle.control.shut_down();
+        }
     }
 
     /// Positions to recover from when the connection is joined to their groups; returns why each
@@ -660,6 +677,21 @@ mod tests {
         registry.leave(b, &key("room1"));
         assert_eq!((registry.group_count(), registry.membership_count()), (0, 0));
         assert_eq!(registry.join(a, key("room1")).await, Err(JoinError::Closed));
+    }
+
+    #[test]
+    fn a_shutdown_reaches_every_connection_and_those_that_register_after_it() {
+        let registry = registry(10);
+        let bounds = outbound::Bounds { max_frames: 8, max_bytes: 1 << 20, slow_closes: Default::default() };
+        let (before, _qb) = outbound::queue(&bounds, false);
+        registry.register(before.clone(), Arc::from("/ws"), None, Vec::new());
+        assert!(!before.control.is_shutting_down());
+        registry.shut_down();
+        assert!(before.control.is_shutting_down());
+        let (after, _qa) = outbound::queue(&bounds, false);
+        registry.register(after.clone(), Arc::from("/ws"), None, Vec::new());
+        assert!(after.control.is_shutting_down(), "registered mid-shutdown");
+        assert!(!after.control.is_closing(), "its read loop closes it, after the message it is handling");
     }
 
     #[tokio::test]

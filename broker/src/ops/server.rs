@@ -16,7 +16,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Backend, Config};
@@ -95,7 +94,6 @@ impl Server {
             reloading: tokio::sync::Mutex::new(()),
             bound,
             admission: Arc::new(Admission::default()),
-            shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
         Ok(Server { listener, shared })
@@ -150,7 +148,7 @@ impl Server {
         }
         drop(listener);
         tracing::info!(connections = shared.registry.len(), "shutting down");
-        shared.shutdown.cancel();
+        shared.registry.shut_down();
         sweeper.abort();
         idle_sweeper.abort();
         shared.tracker.close();

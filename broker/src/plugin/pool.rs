@@ -5,12 +5,15 @@
 //! call trapped or timed out may be corrupt and is dropped, never returned to the pool.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
+use crossbeam_utils::CachePadded;
 use serde_json::value::RawValue;
-use tokio::sync::Semaphore;
+use thread_local::ThreadLocal;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::InstancePre;
 use wasmtime::{Store, UpdateDeadline};
 
@@ -23,14 +26,15 @@ use super::host::{
 };
 use super::{CallError, PluginError, Runtime, TrapCause};
 use crate::config;
+use crate::hub::metrics::Histogram;
 use crate::hub::metrics::Metrics;
 use crate::hub::registry::{ConnectionId, Registry};
 use crate::hub::state::Kv;
 use crate::plugin::schema::Validators;
 use crate::wire::protocol::Problem;
-use prometheus_client::metrics::histogram::Histogram;
 
-/// Idle instances kept per plugin; more are created under load and dropped after.
+/// Idle instances kept per plugin (divided among threads, at least two each); more are created
+/// under load and dropped after.
 const MAX_IDLE: usize = 16;
 
 /// A call's deadline, raised from the epoch callback so it can be told apart from a trap.
@@ -49,6 +53,8 @@ struct Instance {
     store: Store<HostState>,
     instance: wasmtime::component::Instance,
     bindings: PluginCore,
+    /// Its place under `plugins.<name>.max_instances`, given back when it is dropped.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// What a plugin's calls reach besides the plugin: shared by all its generations.
@@ -135,8 +141,18 @@ pub struct LoadedPlugin {
     validators: Validators,
     pre: InstancePre<HostState>,
     indices: PluginCoreIndices,
-    idle: Mutex<Vec<Instance>>,
-    running: Semaphore,
+    /// Idle instances, a stack per thread: a call takes from and gives back to its own thread's,
+    /// so calls on two cores do not pass one lock between them; a thread with none takes another's.
+    /// Padded: the stacks of adjacent threads are adjacent in memory.
+    idle: ThreadLocal<CachePadded<Mutex<Vec<Instance>>>>,
+    idle_per_thread: usize,
+    /// A permit per instance alive, idle or in a call (`max_instances`): a call that finds an idle
+    /// instance touches no counter shared with the calls on other cores.
+    alive: Arc<Semaphore>,
+    /// Calls waiting for an instance (all `max_instances` are in calls), and their wake-up when
+    /// one is given back.
+    waiting: AtomicUsize,
+    returned: Notify,
     timeout: Duration,
     crashes: Mutex<Crashes>,
     /// Whether `crashes` holds anything but the default: read without the lock on every call.
@@ -250,8 +266,11 @@ impl LoadedPlugin {
             validators: Validators::default(),
             pre: instance_pre,
             indices,
-            idle: Mutex::new(Vec::new()),
-            running: Semaphore::new(config.max_instances),
+            idle: ThreadLocal::new(),
+            idle_per_thread: (MAX_IDLE / std::thread::available_parallelism().map_or(1, usize::from)).max(2),
+            alive: Arc::new(Semaphore::new(config.max_instances)),
+            waiting: AtomicUsize::new(0),
+            returned: Notify::new(),
             timeout: config.timeout(),
             crashes: Mutex::new(Crashes::default()),
             troubled: AtomicBool::new(false),
@@ -368,17 +387,10 @@ impl LoadedPlugin {
         {
             return Err(CallError::BackedOff(remaining));
         }
-        let _permit = match self.running.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => {
-                self.env.metrics.limit_hit("plugins.max_instances");
-                self.running.acquire().await.map_err(|_| CallError::Instantiate("plugin unloaded".into()))?
-            }
-        };
         let deadline = started + self.timeout;
         let mut instance = match self.take_idle() {
             Some(instance) => instance,
-            None => match self.instantiate(deadline).await {
+            None => match self.new_or_returned(deadline).await {
                 Ok(instance) => instance,
                 Err(error) => {
                     self.record(Outcome::Unstartable, Instant::now());
@@ -391,10 +403,20 @@ impl LoadedPlugin {
         state.caller = caller;
         state.sent = (0, 0);
         instance.store.set_epoch_deadline(1);
-        // The epoch callback enforces the deadline while wasm runs; this one covers a call parked in
-        // a host function, with a tick of slack so the callback's clearer error usually wins.
-        let slack = self.timeout + Duration::from_millis(50);
-        let result = match tokio::time::timeout(slack, f(&mut instance)).await {
+        // The epoch callback enforces the deadline while wasm runs; a timer covers a call parked in
+        // a host function, with a tick of slack so the callback's clearer error usually wins. Most
+        // calls end in their first poll (nothing they called waited): they need no timer, whose
+        // creation and removal would be a cost on every message.
+        let slack = tokio::time::Instant::from_std(started + self.timeout + Duration::from_millis(50));
+        let called = {
+            let call = f(&mut instance);
+            tokio::pin!(call);
+            match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+                Poll::Ready(called) => Ok(called),
+                Poll::Pending => tokio::time::timeout_at(slack, call).await,
+            }
+        };
+        let result = match called {
             Ok(Ok(value)) => {
                 // A guest whose memory only grows (a garbage-collected runtime that does not give
                 // its heap back, a leak) is replaced before it runs out in the middle of a call:
@@ -440,16 +462,54 @@ impl LoadedPlugin {
 
     /// (idle, busy) instances, for the metrics.
     pub fn instances(&self) -> (usize, usize) {
-        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len();
-        (idle, self.max_instances - self.running.available_permits())
+        let idle = self.idle.iter().map(|stack| lock(stack).len()).sum();
+        let alive = self.max_instances - self.alive.available_permits();
+        (idle, alive.saturating_sub(idle))
     }
 
     fn lock_crashes(&self) -> std::sync::MutexGuard<'_, Crashes> {
         self.crashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// For a call that found no idle instance: a new one, or, when `max_instances` are alive (all
+    /// in calls), the first one given back or the first place freed.
+    async fn new_or_returned(&self, deadline: Instant) -> Result<Instance, CallError> {
+        if let Ok(permit) = self.alive.clone().try_acquire_owned() {
+            return self.instantiate(deadline, permit).await;
+        }
+        self.env.metrics.limit_hit("plugins.max_instances");
+        // Counted while waiting, however the wait ends (the connection may close meanwhile).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting(&self.waiting);
+        let waited = loop {
+            // Registered before looking, so an instance given back in between is not missed.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(instance) = self.take_idle() {
+                break Ok(instance);
+            }
+            tokio::select! {
+                _ = returned => {}
+                permit = self.alive.clone().acquire_owned() => break Err(permit),
+            }
+        };
+        drop(waiting);
+        match waited {
+            Ok(instance) => Ok(instance),
+            Err(Ok(permit)) => self.instantiate(deadline, permit).await,
+            Err(Err(_closed)) => Err(CallError::Instantiate("plugin unloaded".into())),
+        }
+    }
+
     /// A fresh instance; its start-up counts against the deadline of the call it is made for.
-    async fn instantiate(&self, deadline: Instant) -> Result<Instance, CallError> {
+    async fn instantiate(&self, deadline: Instant, permit: OwnedSemaphorePermit) -> Result<Instance, CallError> {
         let state = HostState::new(self.env.clone(), deadline);
         let mut store = Store::new(self.pre.component().engine(), state);
         store.limiter(|state| &mut state.limits);
@@ -466,19 +526,33 @@ impl LoadedPlugin {
             self.pre.instantiate_async(&mut store).await.map_err(|e| CallError::Instantiate(format!("{e:?}")))?;
         let bindings =
             self.indices.load(&mut store, &instance).map_err(|e| CallError::Instantiate(format!("{e:?}")))?;
-        Ok(Instance { store, instance, bindings })
+        Ok(Instance { store, instance, bindings, _permit: permit })
     }
 
     fn take_idle(&self) -> Option<Instance> {
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop()
+        let own = lock(self.idle.get_or_default()).pop();
+        own.or_else(|| self.idle.iter().find_map(|stack| lock(stack).pop()))
     }
 
     fn put_idle(&self, instance: Instance) {
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if idle.len() < MAX_IDLE {
+        {
+            let mut idle = lock(self.idle.get_or_default());
+            if idle.len() >= self.idle_per_thread {
+                // Dropped: its place is freed for a waiting call to make a new one.
+                return;
+            }
             idle.push(instance);
         }
+        // Read on every call, written only while calls wait: the line stays shared, not moved.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.returned.notify_one();
+        }
     }
+}
+
+/// A stack of idle instances, locked. A panic while it was held left it whole: it is taken as is.
+fn lock(stack: &Mutex<Vec<Instance>>) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+    stack.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What happened, without wasmtime's backtrace: "wasm trap: wasm `unreachable` instruction executed".

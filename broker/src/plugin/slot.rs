@@ -43,6 +43,13 @@ impl Slot {
         self.current.load_full()
     }
 
+    /// The generation new calls go to, for one message: held like an `Arc` (a reload meanwhile
+    /// waits for nothing and frees nothing under it), without adding to the count every message
+    /// of every connection would otherwise write, a cache line moved between cores per message.
+    pub fn load(&self) -> arc_swap::Guard<Arc<LoadedPlugin>> {
+        self.current.load()
+    }
+
     /// Puts a new generation in service.
     pub fn swap(&self, next: LoadedPlugin) {
         self.current.store(Arc::new(next));

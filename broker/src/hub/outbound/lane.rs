@@ -96,6 +96,18 @@ impl<T> Drop for Sender<T> {
 impl<T> Sender<T> {
     /// Queues `item` if there is room.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        self.push(item, None)
+    }
+
+    /// Queues `item` if there is room, from a task woken by `current`: a receiver in that same
+    /// task is not woken, since it is polled after the sender in the same wake-up (the connection
+    /// task polls its read loop, then its write loop). Waking the task that is running costs it a
+    /// second poll of everything it waits on, for nothing.
+    pub fn try_send_within(&self, item: T, current: &Waker) -> Result<(), TrySendError<T>> {
+        self.push(item, Some(current))
+    }
+
+    fn push(&self, item: T, current: Option<&Waker>) -> Result<(), TrySendError<T>> {
         let mut state = self.shared.lock();
         if !state.receiving {
             return Err(TrySendError::Closed(item));
@@ -104,7 +116,8 @@ impl<T> Sender<T> {
             return Err(TrySendError::Full(item));
         }
         state.items.push_back(item);
-        let waker = state.receiver.take();
+        let own = |waker: &Waker| current.is_some_and(|current| waker.will_wake(current));
+        let waker = if state.receiver.as_ref().is_some_and(own) { None } else { state.receiver.take() };
         drop(state);
         if let Some(waker) = waker {
             waker.wake();
@@ -247,5 +260,36 @@ mod tests {
             assert_eq!(rx.recv().await, Some(i));
         }
         assert!(tx.shared.lock().items.capacity() <= KEPT_CAPACITY);
+    }
+
+    /// Counts its wake-ups.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_sender_in_the_receivers_own_task_does_not_wake_it_and_any_other_does() {
+        let (tx, mut rx) = lane(4);
+        let own = Arc::new(Counting(Default::default()));
+        let own_waker = Waker::from(own.clone());
+        let other = Waker::from(Arc::new(Counting(Default::default())));
+        let woken = || own.0.load(std::sync::atomic::Ordering::SeqCst);
+        let mut recv = Box::pin(rx.recv());
+        assert!(recv.as_mut().poll(&mut std::task::Context::from_waker(&own_waker)).is_pending());
+
+        tx.try_send_within(1, &own_waker).unwrap();
+        assert_eq!(woken(), 0, "the task that queued it polls the receiver next");
+        assert_eq!(recv.as_mut().poll(&mut std::task::Context::from_waker(&own_waker)), Poll::Ready(Some(1)));
+        drop(recv);
+
+        let mut recv = Box::pin(rx.recv());
+        assert!(recv.as_mut().poll(&mut std::task::Context::from_waker(&own_waker)).is_pending());
+        tx.try_send_within(2, &other).unwrap();
+        assert_eq!(woken(), 1, "another task's frame wakes the receiver");
+        assert_eq!(recv.as_mut().poll(&mut std::task::Context::from_waker(&own_waker)), Poll::Ready(Some(2)));
     }
 }
