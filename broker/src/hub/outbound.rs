@@ -59,7 +59,10 @@ pub struct Control {
     shutting_down: AtomicBool,
     /// Wakes what waits for a close or a shutdown.
     notify: Notify,
-    /// When the client last sent anything (a frame, a ping, a pong), on [`clock_ms`].
+    /// Whether the client sent anything (a frame, a ping, a pong) since the idle sweep last looked:
+    /// a flag per frame, where a time would read the clock per frame.
+    heard: AtomicBool,
+    /// When the idle sweep last found `heard`, on [`clock_ms`] (so at most one sweep late).
     last_seen_ms: AtomicU64,
     /// When the idle sweep last pinged it.
     last_ping_ms: AtomicU64,
@@ -73,6 +76,7 @@ impl Default for Control {
             close: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             notify: Notify::new(),
+            heard: AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(now),
             last_ping_ms: AtomicU64::new(now),
         }
@@ -96,7 +100,9 @@ pub enum Idle {
 impl Control {
     /// The client sent something: it is alive.
     pub fn seen(&self) {
-        self.last_seen_ms.store(clock_ms(), Ordering::Relaxed);
+        if !self.heard.load(Ordering::Relaxed) {
+            self.heard.store(true, Ordering::Relaxed);
+        }
     }
     /// Asks the connection to close now; the first reason wins, and only its call returns true.
     pub fn close_now(&self, reason: CloseReason) -> bool {
@@ -335,6 +341,9 @@ impl Handle {
     /// Pings the client after `ping_after` of silence (once per `ping_after`), and closes it with
     /// 1001 after `close_after`: a peer that stopped answering is gone.
     pub fn sweep_idle(&self, now_ms: u64, ping_after: u64, close_after: u64) -> Idle {
+        if self.control.heard.swap(false, Ordering::Relaxed) {
+            self.control.last_seen_ms.store(now_ms, Ordering::Relaxed);
+        }
         let quiet = now_ms.saturating_sub(self.control.last_seen_ms.load(Ordering::Relaxed));
         if quiet >= close_after {
             let reason = CloseReason::new(GOING_AWAY, format!("idle: nothing received for {quiet} ms"));
@@ -388,5 +397,27 @@ impl Delivery {
         self.stamped
             .get_or_init(|| Utf8Bytes::from(crate::wire::protocol::stamp(self.plain.as_str(), &self.sender)))
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_idle_sweep_counts_silence_from_the_last_sweep_that_heard_the_client() {
+        let bounds = Bounds { max_frames: 8, max_bytes: 1024, slow_closes: Counter::default() };
+        let (handle, mut queue) = queue(&bounds, false);
+        let start = clock_ms();
+        handle.control.seen();
+        // Heard since the last look: active, however long ago the connection opened.
+        assert_eq!(handle.sweep_idle(start + 10_000, 1_000, 5_000), Idle::Active);
+        assert_eq!(handle.sweep_idle(start + 11_000, 1_000, 5_000), Idle::Pinged);
+        assert!(matches!(queue.try_recv(), Ok(Outbound::Ping)));
+        handle.control.seen();
+        assert_eq!(handle.sweep_idle(start + 12_000, 1_000, 5_000), Idle::Active);
+        assert_eq!(handle.sweep_idle(start + 16_999, 1_000, 5_000), Idle::Pinged);
+        assert_eq!(handle.sweep_idle(start + 17_000, 1_000, 5_000), Idle::Closed);
+        assert_eq!(handle.control.reason().map(|r| r.code), Some(GOING_AWAY));
     }
 }

@@ -144,7 +144,8 @@ pub struct LoadedPlugin {
     /// Idle instances, a stack per thread: a call takes from and gives back to its own thread's,
     /// so calls on two cores do not pass one lock between them; a thread with none takes another's.
     /// Padded: the stacks of adjacent threads are adjacent in memory.
-    idle: ThreadLocal<CachePadded<Mutex<Vec<Instance>>>>,
+    /// Boxed, so a call's future holds a pointer, not the instance.
+    idle: ThreadLocal<CachePadded<Mutex<Vec<Box<Instance>>>>>,
     idle_per_thread: usize,
     /// A permit per instance alive, idle or in a call (`max_instances`): a call that finds an idle
     /// instance touches no counter shared with the calls on other cores.
@@ -390,7 +391,10 @@ impl LoadedPlugin {
         let deadline = started + self.timeout;
         let mut instance = match self.take_idle() {
             Some(instance) => instance,
-            None => match self.new_or_returned(deadline).await {
+            // Boxed: making an instance is a large future (1.5 KiB) and rare, and the future of every
+            // message (`connection::dispatch`, allocated per message) would otherwise be sized for
+            // it, past the size glibc's allocator serves from its per-thread cache (1 KiB).
+            None => match Box::pin(self.new_or_returned(deadline)).await {
                 Ok(instance) => instance,
                 Err(error) => {
                     self.record(Outcome::Unstartable, Instant::now());
@@ -413,7 +417,8 @@ impl LoadedPlugin {
             tokio::pin!(call);
             match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
                 Poll::Ready(called) => Ok(called),
-                Poll::Pending => tokio::time::timeout_at(slack, call).await,
+                // Boxed, as `new_or_returned` is below: rare, and it would size every message's future.
+                Poll::Pending => Box::pin(tokio::time::timeout_at(slack, call)).await,
             }
         };
         let result = match called {
@@ -473,7 +478,7 @@ impl LoadedPlugin {
 
     /// For a call that found no idle instance: a new one, or, when `max_instances` are alive (all
     /// in calls), the first one given back or the first place freed.
-    async fn new_or_returned(&self, deadline: Instant) -> Result<Instance, CallError> {
+    async fn new_or_returned(&self, deadline: Instant) -> Result<Box<Instance>, CallError> {
         if let Ok(permit) = self.alive.clone().try_acquire_owned() {
             return self.instantiate(deadline, permit).await;
         }
@@ -509,7 +514,7 @@ impl LoadedPlugin {
     }
 
     /// A fresh instance; its start-up counts against the deadline of the call it is made for.
-    async fn instantiate(&self, deadline: Instant, permit: OwnedSemaphorePermit) -> Result<Instance, CallError> {
+    async fn instantiate(&self, deadline: Instant, permit: OwnedSemaphorePermit) -> Result<Box<Instance>, CallError> {
         let state = HostState::new(self.env.clone(), deadline);
         let mut store = Store::new(self.pre.component().engine(), state);
         store.limiter(|state| &mut state.limits);
@@ -526,15 +531,15 @@ impl LoadedPlugin {
             self.pre.instantiate_async(&mut store).await.map_err(|e| CallError::Instantiate(format!("{e:?}")))?;
         let bindings =
             self.indices.load(&mut store, &instance).map_err(|e| CallError::Instantiate(format!("{e:?}")))?;
-        Ok(Instance { store, instance, bindings, _permit: permit })
+        Ok(Box::new(Instance { store, instance, bindings, _permit: permit }))
     }
 
-    fn take_idle(&self) -> Option<Instance> {
+    fn take_idle(&self) -> Option<Box<Instance>> {
         let own = lock(self.idle.get_or_default()).pop();
         own.or_else(|| self.idle.iter().find_map(|stack| lock(stack).pop()))
     }
 
-    fn put_idle(&self, instance: Instance) {
+    fn put_idle(&self, instance: Box<Instance>) {
         {
             let mut idle = lock(self.idle.get_or_default());
             if idle.len() >= self.idle_per_thread {
@@ -551,7 +556,7 @@ impl LoadedPlugin {
 }
 
 /// A stack of idle instances, locked. A panic while it was held left it whole: it is taken as is.
-fn lock(stack: &Mutex<Vec<Instance>>) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+fn lock(stack: &Mutex<Vec<Box<Instance>>>) -> std::sync::MutexGuard<'_, Vec<Box<Instance>>> {
     stack.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

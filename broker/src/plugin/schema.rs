@@ -69,6 +69,10 @@ impl Validators {
                 return Err(vec![Problem::new("value_error", located(action, &at), msg)]);
             }
         };
+        // The common case, a payload that fits, is answered without the error machinery.
+        if validator.is_valid(&instance) {
+            return Ok(());
+        }
         let mut problems: Vec<Problem> =
             validator.iter_errors(&instance).flat_map(|error| problems_of(action, payload.is_none(), &error)).collect();
         if payload.is_some() && instance.is_null() {
