@@ -49,6 +49,11 @@ impl std::fmt::Display for DeadlineExceeded {
 
 impl std::error::Error for DeadlineExceeded {}
 
+/// A stack of idle instances. Boxed, so that a call's future holds a pointer, not the instance:
+/// that future is allocated per message, and smaller is cheaper.
+#[allow(clippy::vec_box)]
+type Idle = Vec<Box<Instance>>;
+
 struct Instance {
     store: Store<HostState>,
     instance: wasmtime::component::Instance,
@@ -144,8 +149,7 @@ pub struct LoadedPlugin {
     /// Idle instances, a stack per thread: a call takes from and gives back to its own thread's,
     /// so calls on two cores do not pass one lock between them; a thread with none takes another's.
     /// Padded: the stacks of adjacent threads are adjacent in memory.
-    /// Boxed, so a call's future holds a pointer, not the instance.
-    idle: ThreadLocal<CachePadded<Mutex<Vec<Box<Instance>>>>>,
+    idle: ThreadLocal<CachePadded<Mutex<Idle>>>,
     idle_per_thread: usize,
     /// A permit per instance alive, idle or in a call (`max_instances`): a call that finds an idle
     /// instance touches no counter shared with the calls on other cores.
@@ -556,7 +560,7 @@ impl LoadedPlugin {
 }
 
 /// A stack of idle instances, locked. A panic while it was held left it whole: it is taken as is.
-fn lock(stack: &Mutex<Vec<Box<Instance>>>) -> std::sync::MutexGuard<'_, Vec<Box<Instance>>> {
+fn lock(stack: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
     stack.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
