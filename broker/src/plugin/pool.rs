@@ -421,7 +421,7 @@ impl LoadedPlugin {
             tokio::pin!(call);
             match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
                 Poll::Ready(called) => Ok(called),
-                // Boxed, as `new_or_returned` is below: rare, and it would size every message's future.
+                // Boxed, as `new_or_returned` is above: rare, and it would size every message's future.
                 Poll::Pending => Box::pin(tokio::time::timeout_at(slack, call)).await,
             }
         };
