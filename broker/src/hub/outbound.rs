@@ -140,10 +140,17 @@ impl Control {
 
     /// Resolves once `close_now` has been called.
     pub async fn closed(&self) -> CloseReason {
+        self.until(|| self.reason()).await
+    }
+
+    /// Resolves with what `seen` finds once it finds something, rechecked on every wake-up of
+    /// `notify` (a close or a shutdown).
+    async fn until<T>(&self, seen: impl Fn() -> Option<T>) -> T {
         loop {
+            // Created before the check, so a wake-up between the two is not missed.
             let notified = self.notify.notified();
-            if let Some(reason) = self.reason() {
-                return reason;
+            if let Some(found) = seen() {
+                return found;
             }
             notified.await;
         }
@@ -163,16 +170,16 @@ impl Control {
     /// Resolves once `close_now` or `shut_down` has been called: what a read loop waits for beside
     /// the socket, in one future (one waiter polled per wake-up, not two).
     pub async fn signalled(&self) -> Signal {
-        loop {
-            let notified = self.notify.notified();
+        self.until(|| {
             if self.is_closing() {
-                return Signal::Closed;
+                Some(Signal::Closed)
+            } else if self.is_shutting_down() {
+                Some(Signal::ShutDown)
+            } else {
+                None
             }
-            if self.is_shutting_down() {
-                return Signal::ShutDown;
-            }
-            notified.await;
-        }
+        })
+        .await
     }
 }
 
