@@ -252,6 +252,14 @@ async fn run(args: Args) -> Vec<Cost> {
         })
         .await,
     );
+    // A call whose guest does nothing (the echo plugin has no on-disconnect handler): what the
+    // boundary itself costs, its context copied in included, next to the call above.
+    costs.push(
+        measure("call: on-disconnect with no handler (the boundary alone)", n, async || {
+            plugin.on_disconnect(black_box(&ctx), client).await.unwrap();
+        })
+        .await,
+    );
     costs.push(
         measure("reply: checked, ref added (protocol::plugin_frame)", n, async || {
             black_box(protocol::plugin_frame(black_box(reply.clone()), Some("r1")).unwrap());

@@ -52,7 +52,14 @@ pub trait Reply {
 /// A typed message replies as `{"action": M::ACTION, "payload": ...}`.
 impl<M: Message> Reply for M {
     fn into_frame(self) -> Result<Option<String>> {
-        crate::Frame::of(self).into_frame()
+        /// The frame of `Frame::of`, with the action written from the constant rather than first
+        /// copied into a `String`: one allocation less on every typed reply.
+        #[derive(Serialize)]
+        struct Typed<'a, M> {
+            action: &'static str,
+            payload: &'a M,
+        }
+        Ok(Some(serde_json::to_string(&Typed { action: M::ACTION, payload: &self })?))
     }
 
     fn replies() -> Vec<types::ActionSpec> {
@@ -246,5 +253,27 @@ impl Plugin {
         if let Some(f) = &self.on_disconnect {
             f(ctx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, JsonSchema)]
+    struct Echoed {
+        message: String,
+    }
+
+    impl Message for Echoed {
+        const ACTION: &'static str = "system_echo";
+    }
+
+    #[test]
+    fn a_typed_reply_is_the_frame_of_its_action() {
+        let typed = Echoed { message: "hi \"there\"".into() }.into_frame().unwrap().unwrap();
+        let framed = crate::Frame::of(Echoed { message: "hi \"there\"".into() }).into_frame().unwrap().unwrap();
+        assert_eq!(typed, framed);
+        assert_eq!(typed, r#"{"action":"system_echo","payload":{"message":"hi \"there\""}}"#);
     }
 }

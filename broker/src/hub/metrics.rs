@@ -202,7 +202,15 @@ pub struct ConnectionMetrics {
     frames_out: ActionCounters,
 }
 
-type ActionCounters = std::sync::Mutex<Vec<(String, PerThreadCounter)>>;
+/// A connection's counters by action.
+#[derive(Default)]
+struct ActionCounters {
+    /// The first action counted, read without a lock: most connections send, and are sent, one
+    /// kind of frame, and a lock taken on every frame is two atomic writes to a line of its own.
+    first: std::sync::OnceLock<(Box<str>, PerThreadCounter)>,
+    /// The others, found by a short scan.
+    rest: std::sync::Mutex<Vec<(String, PerThreadCounter)>>,
+}
 
 impl ConnectionMetrics {
     /// The broker's metrics, for what is not per connection.
@@ -242,15 +250,25 @@ impl ConnectionMetrics {
         action: &str,
         admit: impl FnOnce() -> bool,
     ) {
-        let mut known = cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, counter)) = known.iter().find(|(a, _)| a == action) {
+        if let Some((first, counter)) = cache.first.get()
+            && **first == *action
+        {
+            counter.inc();
+            return;
+        }
+        let mut known = cache.rest.lock().unwrap_or_else(|p| p.into_inner());
+        let first = cache.first.get().filter(|(first, _)| **first == *action).map(|(_, counter)| counter);
+        if let Some(counter) = first.or_else(|| known.iter().find(|(a, _)| a == action).map(|(_, counter)| counter)) {
             counter.inc();
             return;
         }
         let label = if admit() { action } else { "(other)" };
         let counter = family.get_or_create(&vec![("route", self.route.clone()), ("action", label.into())]).clone();
         counter.inc();
-        known.push((action.to_owned(), counter));
+        // Under the lock, so two threads cannot both make an action the first.
+        if let Err((action, counter)) = cache.first.set((action.into(), counter)) {
+            known.push((action.into(), counter));
+        }
     }
 }
 
@@ -383,6 +401,22 @@ mod tests {
             prometheus_text(text),
             "# HELP x_frames_total Frames.\n# TYPE x_frames_total counter\nx_frames_total 3\n# HELP y Y.\n# TYPE y gauge\ny 1\n"
         );
+    }
+
+    #[test]
+    fn frames_in_are_counted_by_action_the_first_as_the_others() {
+        let metrics = Arc::new(Metrics::default());
+        let a = metrics.connection("/a");
+        for action in [Some("x"), Some("y"), Some("x"), None, Some("y"), Some("x")] {
+            a.frame_in(action, 1);
+        }
+        let registry =
+            Registry::new(crate::hub::registry::Limits { max_groups_per_connection: 1, session_bytes: 1 }, None);
+        let text = metrics.render(&registry);
+        for (action, count) in [("x", 3), ("y", 2), ("(invalid)", 1)] {
+            let series = format!(r#"broker_frames_in_total{{route="/a",action="{action}"}} {count}"#);
+            assert!(text.contains(&series), "{series} in {text}");
+        }
     }
 
     #[test]

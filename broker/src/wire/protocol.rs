@@ -203,16 +203,20 @@ pub fn plugin_frame(frame: String, reference: Option<&str>) -> Result<String, St
         #[serde(rename = "ref", borrow, default)]
         reference: Option<&'a RawValue>,
     }
-    let raw: &RawValue = serde_json::from_str(&frame).map_err(|e| format!("not JSON: {e}"))?;
-    let object = raw.get();
+    let not_json = |e: serde_json::Error| format!("not JSON: {e}");
+    let object = frame.trim();
+    // serde reads a struct from an array too: the brace is checked first, and then one scan both
+    // checks the whole text and finds a `ref` of the frame's own.
     if !object.starts_with('{') {
-        return Err("not a JSON object".into());
+        return Err(serde_json::from_str::<&RawValue>(object).map_or_else(not_json, |_| "not a JSON object".into()));
     }
-    let Some(reference) = reference else { return Ok(frame) };
-    let own: OwnRef = serde_json::from_str(object).map_err(|e| format!("not a JSON object: {e}"))?;
+    let Some(reference) = reference else {
+        serde_json::from_str::<&RawValue>(object).map_err(not_json)?;
+        return Ok(frame);
+    };
+    let own: OwnRef = serde_json::from_str(object).map_err(not_json)?;
     if own.reference.is_some() {
-        let mut object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(object).map_err(|e| format!("not a JSON object: {e}"))?;
+        let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(object).map_err(not_json)?;
         object.insert("ref".into(), reference.into());
         return Ok(to_json(&object));
     }
@@ -343,6 +347,11 @@ mod tests {
     fn plugin_frames_must_be_objects_and_get_the_ref() {
         assert!(plugin_frame("[1]".into(), None).is_err());
         assert!(plugin_frame("{".into(), None).is_err());
+        // The one scan that looks for the frame's own `ref` refuses what is not one whole object.
+        for bad in ["[1]", "[null]", "{", r#"{"a":tru}"#, r#"{"a":1} x"#, "{\"a\":\"\u{1}\"}", r#"{"ref":1,"ref":2}"#] {
+            assert!(plugin_frame(bad.into(), Some("r")).is_err(), "{bad}");
+        }
+        assert_eq!(plugin_frame("[1]".into(), Some("r")).unwrap_err(), "not a JSON object");
         let framed = plugin_frame(r#"{"action":"a","payload":1}"#.into(), Some("r")).unwrap();
         assert_eq!(framed, r#"{"action":"a","payload":1,"ref":"r"}"#);
         // Spliced in: whatever the spacing, the result is one object with one `ref`.
