@@ -55,9 +55,9 @@ impl<M: Message> Reply for M {
         /// The frame of `Frame::of`, with the action written from the constant rather than first
         /// copied into a `String`: one allocation less on every typed reply.
         #[derive(Serialize)]
-        struct Typed<'a, M> {
+        struct Typed<'a, P> {
             action: &'static str,
-            payload: &'a M,
+            payload: &'a P,
         }
         Ok(Some(serde_json::to_string(&Typed { action: M::ACTION, payload: &self })?))
     }

@@ -257,15 +257,15 @@ impl ConnectionMetrics {
             return;
         }
         let mut known = cache.rest.lock().unwrap_or_else(|p| p.into_inner());
-        let first = cache.first.get().filter(|(first, _)| **first == *action).map(|(_, counter)| counter);
-        if let Some(counter) = first.or_else(|| known.iter().find(|(a, _)| a == action).map(|(_, counter)| counter)) {
+        if let Some((_, counter)) = known.iter().find(|(a, _)| a == action) {
             counter.inc();
             return;
         }
         let label = if admit() { action } else { "(other)" };
         let counter = family.get_or_create(&vec![("route", self.route.clone()), ("action", label.into())]).clone();
         counter.inc();
-        // Under the lock, so two threads cannot both make an action the first.
+        // The family gives every caller the one counter of a series: an action two threads find
+        // new at once is kept twice (in `first` and in `rest`) but each frame is counted once.
         if let Err((action, counter)) = cache.first.set((action.into(), counter)) {
             known.push((action.into(), counter));
         }
