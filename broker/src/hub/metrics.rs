@@ -52,7 +52,7 @@ pub struct Metrics {
     /// Group history (`[plugins.<name>.history]`).
     pub history: HistoryMetrics,
     /// The (route, action) series of `frames_out` so far.
-    out_actions: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    out_actions: parking_lot::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// The most (route, action) series `frames_out` creates: plugins choose what they send.
@@ -209,7 +209,7 @@ struct ActionCounters {
     /// kind of frame, and a lock taken on every frame is two atomic writes to a line of its own.
     first: std::sync::OnceLock<(Box<str>, PerThreadCounter)>,
     /// The others, found by a short scan.
-    rest: std::sync::Mutex<Vec<(String, PerThreadCounter)>>,
+    rest: parking_lot::Mutex<Vec<(String, PerThreadCounter)>>,
 }
 
 impl ConnectionMetrics {
@@ -256,7 +256,7 @@ impl ConnectionMetrics {
             counter.inc();
             return;
         }
-        let mut known = cache.rest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = cache.rest.lock();
         if let Some((_, counter)) = known.iter().find(|(a, _)| a == action) {
             counter.inc();
             return;
@@ -294,7 +294,7 @@ impl Metrics {
     /// Whether `frames_out` may have a series for (route, action): those it has, and new ones
     /// while there are fewer than `MAX_OUT_ACTIONS`.
     fn admit_out_action(&self, route: &str, action: &str) -> bool {
-        let mut seen = self.out_actions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.out_actions.lock();
         if seen.contains(&(route.to_owned(), action.to_owned())) {
             return true;
         }

@@ -7,9 +7,10 @@
 //! member.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -106,7 +107,7 @@ impl Control {
     }
     /// Asks the connection to close now; the first reason wins, and only its call returns true.
     pub fn close_now(&self, reason: CloseReason) -> bool {
-        let mut slot = self.close.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = self.close.lock();
         if slot.is_some() {
             return false;
         }
@@ -122,7 +123,7 @@ impl Control {
         if !self.is_closing() {
             return None;
         }
-        self.close.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.close.lock().clone()
     }
 
     /// Closes a client that does not take its frames (4008), counted in `closes` and logged once.

@@ -3,10 +3,11 @@
 //! stateless.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 use crate::hub::cluster::{ClusterError, Link};
 
@@ -114,7 +115,7 @@ impl Kv {
 
     fn with<T>(&self, namespace: &Arc<str>, f: impl FnOnce(&mut HashMap<String, Stored>, Instant) -> T) -> T {
         let namespace = self.namespace(namespace);
-        let mut map = namespace.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = namespace.lock();
         f(&mut map, Instant::now())
     }
 
@@ -188,7 +189,7 @@ impl Kv {
         let now = Instant::now();
         let namespaces: Vec<Arc<Namespace>> = self.namespaces.iter().map(|entry| entry.value().clone()).collect();
         for namespace in namespaces {
-            namespace.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|_, stored| stored.live(now));
+            namespace.lock().retain(|_, stored| stored.live(now));
         }
     }
 
@@ -196,10 +197,7 @@ impl Kv {
     pub fn len(&self) -> usize {
         let now = Instant::now();
         let namespaces: Vec<Arc<Namespace>> = self.namespaces.iter().map(|entry| entry.value().clone()).collect();
-        namespaces
-            .iter()
-            .map(|ns| ns.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|s| s.live(now)).count())
-            .sum()
+        namespaces.iter().map(|ns| ns.lock().values().filter(|s| s.live(now)).count()).sum()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -335,7 +335,7 @@ fn plugins(shared: &Shared) -> Reply {
     let live = shared.live.load();
     let mut slots: Vec<_> = live.slots.values().collect();
     slots.sort_by(|a, b| a.name().cmp(b.name()));
-    let config_error = shared.config_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    let config_error = shared.config_error.lock().clone();
     json_reply(
         StatusCode::OK,
         json!({

@@ -170,7 +170,7 @@ pub(crate) async fn reload_config(shared: &Shared) {
             let removed = removed_routes(&live, &next);
             warn_restart_only(&live.config, &next.config);
             shared.live.store(Arc::new(next));
-            *shared.config_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *shared.config_error.lock() = None;
             let reason =
                 CloseReason::new(crate::wire::close_code::GOING_AWAY, "route removed by a configuration reload");
             let closed = shared.registry.close_routes(&removed, &reason);
@@ -179,7 +179,7 @@ pub(crate) async fn reload_config(shared: &Shared) {
         }
         Err(error) => {
             tracing::error!(%error, "configuration reload failed; the running configuration stays");
-            *shared.config_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((SystemTime::now(), error));
+            *shared.config_error.lock() = Some((SystemTime::now(), error));
             shared.metrics.reloaded("config", false);
         }
     }

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -90,7 +90,7 @@ impl Server {
             registry,
             metrics,
             runtime,
-            config_error: Mutex::new(None),
+            config_error: parking_lot::Mutex::new(None),
             reloading: tokio::sync::Mutex::new(()),
             bound,
             admission: Arc::new(Admission::default()),

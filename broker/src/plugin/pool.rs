@@ -5,12 +5,13 @@
 //! call trapped or timed out may be corrupt and is dropped, never returned to the pool.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use thread_local::ThreadLocal;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -388,7 +389,7 @@ impl LoadedPlugin {
         // The lock is taken only while the generation has failures on record: not on the way of a
         // healthy plugin's calls.
         if self.troubled.load(Ordering::Acquire)
-            && let Some(remaining) = self.lock_crashes().backed_off(started)
+            && let Some(remaining) = self.crashes.lock().backed_off(started)
         {
             return Err(CallError::BackedOff(remaining));
         }
@@ -464,20 +465,16 @@ impl LoadedPlugin {
         if outcome == Outcome::Answered && !self.troubled.load(Ordering::Acquire) {
             return;
         }
-        let mut crashes = self.lock_crashes();
+        let mut crashes = self.crashes.lock();
         crashes.record(outcome, now);
         self.troubled.store(crashes.in_a_row > 0 || crashes.until.is_some(), Ordering::Release);
     }
 
     /// (idle, busy) instances, for the metrics.
     pub fn instances(&self) -> (usize, usize) {
-        let idle = self.idle.iter().map(|stack| lock(stack).len()).sum();
+        let idle = self.idle.iter().map(|stack| stack.lock().len()).sum();
         let alive = self.max_instances - self.alive.available_permits();
         (idle, alive.saturating_sub(idle))
-    }
-
-    fn lock_crashes(&self) -> std::sync::MutexGuard<'_, Crashes> {
-        self.crashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// For a call that found no idle instance: a new one, or, when `max_instances` are alive (all
@@ -539,13 +536,13 @@ impl LoadedPlugin {
     }
 
     fn take_idle(&self) -> Option<Box<Instance>> {
-        let own = lock(self.idle.get_or_default()).pop();
-        own.or_else(|| self.idle.iter().find_map(|stack| lock(stack).pop()))
+        let own = self.idle.get_or_default().lock().pop();
+        own.or_else(|| self.idle.iter().find_map(|stack| stack.lock().pop()))
     }
 
     fn put_idle(&self, instance: Box<Instance>) {
         {
-            let mut idle = lock(self.idle.get_or_default());
+            let mut idle = self.idle.get_or_default().lock();
             if idle.len() >= self.idle_per_thread {
                 // Dropped: its place is freed for a waiting call to make a new one.
                 return;
@@ -557,11 +554,6 @@ impl LoadedPlugin {
             self.returned.notify_one();
         }
     }
-}
-
-/// A stack of idle instances, locked. A panic while it was held left it whole: it is taken as is.
-fn lock(stack: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
-    stack.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What happened, without wasmtime's backtrace: "wasm trap: wasm `unreachable` instruction executed".

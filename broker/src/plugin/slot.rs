@@ -5,10 +5,11 @@
 //! message read after the swap goes to the new generation, and an old generation is freed when its
 //! last call ends.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::LoadedPlugin;
@@ -53,7 +54,7 @@ impl Slot {
     /// Puts a new generation in service.
     pub fn swap(&self, next: LoadedPlugin) {
         self.current.store(Arc::new(next));
-        let mut history = self.lock();
+        let mut history = self.history.lock();
         history.reloads += 1;
         history.last_error = None;
         history.failed_hash = None;
@@ -61,7 +62,7 @@ impl Slot {
 
     /// Records a reload of the file with content hash `hash` that failed; the current generation stays.
     pub fn failed(&self, error: String, hash: Option<String>) {
-        let mut history = self.lock();
+        let mut history = self.history.lock();
         history.failed_reloads += 1;
         history.last_error = Some((SystemTime::now(), error));
         history.failed_hash = hash;
@@ -69,13 +70,13 @@ impl Slot {
 
     /// Whether the last failed reload was of a file with this content hash.
     pub fn failed_with(&self, hash: &str) -> bool {
-        self.lock().failed_hash.as_deref() == Some(hash)
+        self.history.lock().failed_hash.as_deref() == Some(hash)
     }
 
     /// What `/api/plugins` shows of it.
     pub fn status(&self) -> Value {
         let current = self.current();
-        let history = self.lock();
+        let history = self.history.lock();
         json!({
             "name": self.name,
             "version": current.manifest().version,
@@ -90,10 +91,6 @@ impl Slot {
             "failed_reloads": history.failed_reloads,
             "last_error": history.last_error.as_ref().map(|(at, error)| json!({"at": rfc3339(*at), "error": error})),
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, History> {
-        self.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

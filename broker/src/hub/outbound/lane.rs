@@ -7,9 +7,10 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 /// Past this many slots, a drained queue gives its memory back: a burst's size is not kept.
@@ -23,17 +24,11 @@ struct State<T> {
 }
 
 struct Shared<T> {
+    /// A panic while it is held leaves the queue consistent, so the lock does not poison.
     state: Mutex<State<T>>,
     capacity: usize,
     /// Senders waiting for room are woken one per item taken, and all when the receiver goes.
     room: Notify,
-}
-
-impl<T> Shared<T> {
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
-        // A panic elsewhere while holding the lock leaves a queue that is still consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 /// A channel of at most `capacity` items (at least one).
@@ -76,14 +71,14 @@ impl<T> std::fmt::Debug for Sender<T> {
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
-        self.shared.lock().senders += 1;
+        self.shared.state.lock().senders += 1;
         Sender { shared: self.shared.clone() }
     }
 }
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         state.senders -= 1;
         let wake = if state.senders == 0 { state.receiver.take() } else { None };
         drop(state);
@@ -108,7 +103,7 @@ impl<T> Sender<T> {
     }
 
     fn push(&self, item: T, current: Option<&Waker>) -> Result<(), TrySendError<T>> {
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         if !state.receiving {
             return Err(TrySendError::Closed(item));
         }
@@ -150,7 +145,7 @@ impl<T> Receiver<T> {
     /// The next item; `None` once it is empty and every sender is gone.
     pub async fn recv(&mut self) -> Option<T> {
         poll_fn(|cx| {
-            let mut state = self.shared.lock();
+            let mut state = self.shared.state.lock();
             match self.take(&mut state) {
                 Ok(item) => Poll::Ready(Some(item)),
                 Err(TryRecvError::Disconnected) => Poll::Ready(None),
@@ -166,12 +161,12 @@ impl<T> Receiver<T> {
     }
 
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         self.take(&mut state)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shared.lock().items.is_empty()
+        self.shared.state.lock().items.is_empty()
     }
 
     fn take(&self, state: &mut State<T>) -> Result<T, TryRecvError> {
@@ -189,7 +184,7 @@ impl<T> Receiver<T> {
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let items = {
-            let mut state = self.shared.lock();
+            let mut state = self.shared.state.lock();
             state.receiving = false;
             std::mem::take(&mut state.items)
         };
@@ -252,14 +247,14 @@ mod tests {
     #[tokio::test]
     async fn an_empty_queue_holds_no_memory_and_a_drained_burst_gives_it_back() {
         let (tx, mut rx) = lane(4096);
-        assert_eq!(tx.shared.lock().items.capacity(), 0);
+        assert_eq!(tx.shared.state.lock().items.capacity(), 0);
         for i in 0..1000 {
             tx.try_send(i).unwrap();
         }
         for i in 0..1000 {
             assert_eq!(rx.recv().await, Some(i));
         }
-        assert!(tx.shared.lock().items.capacity() <= KEPT_CAPACITY);
+        assert!(tx.shared.state.lock().items.capacity() <= KEPT_CAPACITY);
     }
 
     /// Counts its wake-ups.
