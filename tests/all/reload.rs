@@ -184,6 +184,48 @@ async fn a_plugin_that_keeps_crashing_is_backed_off_and_recovers_when_fixed() {
     assert_eq!(generation_of(&reply), 7, "{reply}");
 }
 
+/// A log written beside broker.toml and the plugins (`broker serve >> broker.log` in the folder of
+/// its configuration) changes the folder every few milliseconds, more often than a reload's
+/// debounce waits for quiet: only the files a reload is about may hold it back.
+#[tokio::test]
+async fn a_file_written_without_pause_beside_the_watched_ones_does_not_hold_back_reloads() {
+    use std::io::Write as _;
+    let broker = start();
+    let mut client = broker.connect("/ws/versioned").await;
+    assert_eq!(generation_of(&client.request(json!({"action": "echo", "payload": {"n": 1}})).await), 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut log = std::fs::File::create(broker.dir().join("broker.log")).expect("create the log");
+    let writer = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut lines = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                lines += 1;
+                writeln!(log, "line {lines}").expect("append to the log");
+                // The pace of a busy log, well under the 50 ms of quiet a reload waits for.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            lines
+        }
+    });
+
+    broker.replace_file("versioned.wasm", &version(1));
+    eventually("the new plugin serves while the log is written", || async { serving_generation(&broker).await == 1 })
+        .await;
+    broker.replace_file("broker.toml", config("[[routes]]\npath = \"/ws/added\"\nplugin = \"versioned\"\n").as_bytes());
+    eventually("the edited broker.toml serves while the log is written", || async {
+        tokio_tungstenite::connect_async(broker.url("/ws/added")).await.is_ok()
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let lines = writer.join().expect("the log writer");
+    assert!(lines > 1, "the log was written during the reloads");
+    assert_eq!(generation_of(&client.request(json!({"action": "echo", "payload": {"n": 2}})).await), 1);
+    let status = broker.plugin_status("versioned").await;
+    assert_eq!(status["reloads"], 1, "the log's writes reloaded nothing: {status}");
+}
+
 #[tokio::test]
 async fn broker_toml_edits_add_and_remove_routes_and_bad_edits_change_nothing() {
     let broker = start();

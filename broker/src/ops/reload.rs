@@ -3,10 +3,12 @@
 //! version in place, logged, counted and shown by `/api/plugins`.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -37,12 +39,24 @@ impl Drop for Watcher {
     }
 }
 
+/// The names of the files a reload is about, for notify's thread: the events of every other file
+/// in the watched folders (a log beside broker.toml) are dropped there, before they cost the
+/// runtime a wake-up. A name is enough to drop; `run` compares whole paths.
+type Names = Arc<ArcSwap<HashSet<OsString>>>;
+
 /// Starts watching broker.toml and the plugin files of the configuration in force.
 pub(crate) fn watch(shared: Arc<Shared>) -> Option<Watcher> {
     let (tx, rx) = mpsc::channel::<PathBuf>(1024);
+    let names = Names::default();
+    let wanted = names.clone();
     let watcher = notify::recommended_watcher(move |result: notify::Result<Event>| match result {
         // notify calls from its own thread, so blocking here blocks no async worker.
-        Ok(event) if changes_content(&event) => event.paths.into_iter().for_each(|path| drop(tx.blocking_send(path))),
+        Ok(event) if changes_content(&event) => {
+            let wanted = wanted.load();
+            for path in event.paths.into_iter().filter(|path| path.file_name().is_some_and(|n| wanted.contains(n))) {
+                drop(tx.blocking_send(path));
+            }
+        }
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "file watching failed"),
     });
@@ -55,27 +69,44 @@ pub(crate) fn watch(shared: Arc<Shared>) -> Option<Watcher> {
     };
     // Watching starts before this returns: a change made once the broker serves is never missed.
     let mut watched = HashSet::new();
-    update_watches(&mut watcher, &mut watched, &shared.live.load().config);
-    Some(Watcher { task: tokio::spawn(run(shared, watcher, watched, rx)) })
+    update_watches(&mut watcher, &mut watched, &names, &shared.live.load().config);
+    Some(Watcher { task: tokio::spawn(run(shared, watcher, watched, names, rx)) })
 }
 
 async fn run(
     shared: Arc<Shared>,
     mut watcher: RecommendedWatcher,
     mut watched: HashSet<PathBuf>,
+    names: Names,
     mut changes: mpsc::Receiver<PathBuf>,
 ) {
-    while let Some(first) = changes.recv().await {
-        // Debounce: gather events until the files have been quiet for a moment.
-        let mut paths = vec![first];
-        while let Ok(Some(more)) = tokio::time::timeout(DEBOUNCE, changes.recv()).await {
-            paths.push(more);
+    loop {
+        // Debounce: gather changes until the files have been quiet for a moment. Only the files of
+        // the configuration in force count: another file written without pause in the same folder
+        // would otherwise keep the folder from ever being quiet, and hold every reload back.
+        let files: HashSet<PathBuf> = files(&shared.live.load().config).map(|file| normalize(file)).collect();
+        let mut changed = HashSet::new();
+        let mut quiet_at = None;
+        loop {
+            let next = match quiet_at {
+                None => changes.recv().await,
+                Some(at) => match tokio::time::timeout_at(at, changes.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            // The sender lives in the watcher, which lives as long as this task.
+            let Some(path) = next else { return };
+            let path = normalize(&path);
+            if files.contains(&path) {
+                changed.insert(path);
+                quiet_at = Some(tokio::time::Instant::now() + DEBOUNCE);
+            }
         }
-        let changed: HashSet<PathBuf> = paths.iter().map(|p| normalize(p)).collect();
         let live = shared.live.load_full();
         if changed.contains(&normalize(&live.config.source)) {
             reload_config(&shared).await;
-            update_watches(&mut watcher, &mut watched, &shared.live.load().config);
+            update_watches(&mut watcher, &mut watched, &names, &shared.live.load().config);
         }
         let live = shared.live.load_full();
         for (name, plugin) in &live.config.plugins {
@@ -86,11 +117,16 @@ async fn run(
     }
 }
 
+/// broker.toml and the file of every plugin.
+fn files(config: &Config) -> impl Iterator<Item = &PathBuf> {
+    std::iter::once(&config.source).chain(config.plugins.values().map(|p| &p.path))
+}
+
 /// Watches the folders of broker.toml and of every plugin: editors and compilers replace files
 /// (write elsewhere, rename over), which a watch on the file itself would lose.
-fn update_watches(watcher: &mut RecommendedWatcher, watched: &mut HashSet<PathBuf>, config: &Config) {
-    let files = std::iter::once(&config.source).chain(config.plugins.values().map(|p| &p.path));
-    for dir in files.filter_map(|file| file.parent()).map(folder) {
+fn update_watches(watcher: &mut RecommendedWatcher, watched: &mut HashSet<PathBuf>, names: &Names, config: &Config) {
+    names.store(Arc::new(files(config).filter_map(|file| file.file_name()).map(OsString::from).collect()));
+    for dir in files(config).filter_map(|file| file.parent()).map(folder) {
         if !watched.contains(&dir) {
             match watcher.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
