@@ -33,7 +33,8 @@ pub fn quote(text: &str) -> Cow<'_, str> {
 /// A well-formed client frame.
 #[derive(Debug)]
 pub struct Request<'a> {
-    pub action: String,
+    /// Borrowed from the frame unless it is written with escapes.
+    pub action: Cow<'a, str>,
     /// The payload's JSON text; `None` when absent (or `null` on `ping`).
     pub payload: Option<&'a RawValue>,
     /// The client's correlation id, echoed on the reply.
@@ -120,10 +121,11 @@ fn checked<'a>(envelope: RawEnvelope<'a>, accepted: Option<&[String]>) -> Result
             ));
             None
         }
-        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+        Some(raw) => match string(raw) {
             Ok(action)
-                if accepted
-                    .is_none_or(|accepted| action == PING || action == RECOVER || accepted.contains(&action)) =>
+                if accepted.is_none_or(|accepted| {
+                    action == PING || action == RECOVER || accepted.iter().any(|a| *a == action)
+                }) =>
             {
                 Some(action)
             }
@@ -148,6 +150,14 @@ fn checked<'a>(envelope: RawEnvelope<'a>, accepted: Option<&[String]>) -> Result
             Ok(Request { action, payload, reference })
         }
         _ => Err(Refusal { problems, reference }),
+    }
+}
+
+/// A JSON string's value, borrowed from the frame unless it has escapes to undo.
+fn string(raw: &RawValue) -> serde_json::Result<Cow<'_, str>> {
+    match raw.get().contains('\\') {
+        true => serde_json::from_str::<String>(raw.get()).map(Cow::Owned),
+        false => serde_json::from_str::<&str>(raw.get()).map(Cow::Borrowed),
     }
 }
 
@@ -195,14 +205,20 @@ fn to_json(value: &impl Serialize) -> String {
 ///
 /// Plugins may send any JSON object (the assistant's frames have no `action`), but never anything
 /// else, so a client can always parse what it receives. This runs on every reply: the check is one
-/// scan with no allocation, and `ref` is spliced in before the closing brace rather than the frame
-/// parsed into a map and written again; only a frame that has a `ref` of its own takes that path.
+/// scan, which allocates only for a container nested inside a field's value, and `ref` is spliced
+/// in before the closing brace rather than the frame parsed into a map and written again; only a
+/// frame that has a `ref` of its own takes that path.
 pub fn plugin_frame(frame: String, reference: Option<&str>) -> Result<String, String> {
     #[derive(Deserialize)]
     struct OwnRef<'a> {
         #[serde(rename = "ref", borrow, default)]
         reference: Option<&'a RawValue>,
     }
+    // Read as a struct, not as one `RawValue`: serde_json skips a value with a stack that it
+    // allocates at the first container nested in it, and a reply's payload is nested in the frame.
+    // Read as a struct's fields, a flat payload is skipped without it.
+    #[derive(Deserialize)]
+    struct Object {}
     let not_json = |e: serde_json::Error| format!("not JSON: {e}");
     let object = frame.trim();
     // serde reads a struct from an array too: the brace is checked first, and then one scan both
@@ -211,7 +227,7 @@ pub fn plugin_frame(frame: String, reference: Option<&str>) -> Result<String, St
         return Err(serde_json::from_str::<&RawValue>(object).map_or_else(not_json, |_| "not a JSON object".into()));
     }
     let Some(reference) = reference else {
-        serde_json::from_str::<&RawValue>(object).map_err(not_json)?;
+        serde_json::from_str::<Object>(object).map_err(not_json)?;
         return Ok(frame);
     };
     let own: OwnRef = serde_json::from_str(object).map_err(not_json)?;
@@ -290,6 +306,9 @@ mod tests {
         assert_eq!(request.reference.as_deref(), Some("r1"));
         let request = parse(r#"{"action":"ping","payload":null}"#, &accepted()).unwrap();
         assert!(request.payload.is_none());
+        // Escapes are undone (the action is then not borrowed from the frame).
+        assert_eq!(parse(r#"{"action":"user\u005fmessage"}"#, &accepted()).unwrap().action, "user_message");
+        assert_eq!(refused(r#"{"action":"user\u005fmessages"}"#).problems[0].kind, "union_tag_invalid");
         let request = parse(r#"{"action":"user_message","payload":null}"#, &accepted()).unwrap();
         assert_eq!(request.payload.map(RawValue::get), Some("null"), "validated as null, not as missing");
     }

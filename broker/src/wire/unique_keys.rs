@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Value};
 
 /// Why a text is not a JSON value with unique keys.
@@ -24,12 +25,17 @@ pub fn parse(text: &str) -> Result<Value, Refused> {
     let seed = Unique { path: &path, duplicate: &duplicate };
     match seed.deserialize(&mut deserializer).and_then(|value| deserializer.end().map(|()| value)) {
         Ok(value) => Ok(value),
-        Err(_) if duplicate.get() => Err(Refused::Duplicate { at: path.into_inner() }),
+        Err(_) if duplicate.get() => {
+            // Built from the duplicate key outwards (`within`).
+            let mut at = path.into_inner();
+            at.reverse();
+            Err(Refused::Duplicate { at })
+        }
         Err(error) => Err(Refused::Invalid(error)),
     }
 }
 
-/// Builds one value; `path` is where it sits, and holds the duplicate key's path when one is found.
+/// Builds one value; `path` holds the duplicate key's path when one is found.
 #[derive(Clone, Copy)]
 struct Unique<'p> {
     path: &'p RefCell<Vec<Value>>,
@@ -81,30 +87,39 @@ impl<'de> Visitor<'de> for Unique<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        loop {
-            self.path.borrow_mut().push(Value::from(items.len()));
-            let item = seq.next_element_seed(self)?;
-            self.path.borrow_mut().pop();
-            match item {
-                Some(item) => items.push(item),
-                None => return Ok(Value::Array(items)),
-            }
+        while let Some(item) = seq.next_element_seed(self).inspect_err(|_| self.within(Value::from(items.len())))? {
+            items.push(item);
         }
+        Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            self.path.borrow_mut().push(Value::String(key.clone()));
-            if object.contains_key(&key) {
-                self.duplicate.set(true);
-                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+            match object.entry(key) {
+                Entry::Occupied(entry) => {
+                    self.duplicate.set(true);
+                    self.path.borrow_mut().push(Value::String(entry.key().clone()));
+                    return Err(de::Error::custom(format_args!("duplicate key {:?}", entry.key())));
+                }
+                Entry::Vacant(entry) => {
+                    let value =
+                        map.next_value_seed(self).inspect_err(|_| self.within(Value::String(entry.key().clone())))?;
+                    entry.insert(value);
+                }
             }
-            let value = map.next_value_seed(self)?;
-            self.path.borrow_mut().pop();
-            object.insert(key, value);
         }
         Ok(Value::Object(object))
+    }
+}
+
+impl Unique<'_> {
+    /// On the way out of a duplicate key's error, each container around it adds where the key was
+    /// in it. The path is built only then: on the way in, it would cost a copy of every key.
+    fn within(self, step: Value) {
+        if self.duplicate.get() {
+            self.path.borrow_mut().push(step);
+        }
     }
 }
 
