@@ -84,7 +84,7 @@ async fn run(
         // Debounce: gather changes until the files have been quiet for a moment. Only the files of
         // the configuration in force count: another file written without pause in the same folder
         // would otherwise keep the folder from ever being quiet, and hold every reload back.
-        let files: HashSet<PathBuf> = files(&shared.live.load().config).map(|file| normalize(file)).collect();
+        let relevant: HashSet<PathBuf> = files(&shared.live.load().config).map(|file| normalize(file)).collect();
         let mut changed = HashSet::new();
         let mut quiet_at = None;
         loop {
@@ -98,7 +98,7 @@ async fn run(
             // The sender lives in the watcher, which lives as long as this task.
             let Some(path) = next else { return };
             let path = normalize(&path);
-            if files.contains(&path) {
+            if relevant.contains(&path) {
                 changed.insert(path);
                 quiet_at = Some(tokio::time::Instant::now() + DEBOUNCE);
             }
