@@ -91,6 +91,28 @@ fn shell(dir: &Path, bin: &Path, script: &str) -> Command {
     command
 }
 
+/// When dropped, kills every process still working in the tutorial's folder: what a step left
+/// running in the background (a stand-in API on its fixed port) stops when the tutorial ends,
+/// passed or failed, rather than outliving the test. Found by their working folder, which is this
+/// tutorial's alone; a process group's id would do as well only until the system gives it to
+/// another process, and pids wrap around within one run of the tests.
+struct Leftovers(PathBuf);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        let pids: Vec<String> = entries
+            .flatten()
+            .filter(|entry| std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&self.0)))
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        if !pids.is_empty() {
+            let _ = Command::new("kill").arg("-KILL").args(&pids).stderr(std::process::Stdio::null()).status();
+        }
+    }
+}
+
 async fn run(dir: &Path, bin: &Path, script: &str) {
     let mut command = tokio::process::Command::from(shell(dir, bin, script));
     let output = tokio::time::timeout(COMMAND_WAIT, command.kill_on_drop(true).output())
@@ -141,7 +163,11 @@ async fn follow(tutorial: &str) {
     let markdown = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let steps = steps(&markdown);
     assert!(steps.iter().any(|s| matches!(s, Step::Session { .. })), "{tutorial} has no conversation to check");
+    walk(tutorial, steps).await;
+}
 
+/// Takes `steps` in a fresh folder.
+async fn walk(tutorial: &str, steps: Vec<Step>) {
     let folder = tempfile::tempdir().expect("a fresh folder");
     let dir = folder.path().to_owned();
     let bin = tempfile::tempdir().expect("a folder for `broker`");
@@ -149,6 +175,9 @@ async fn follow(tutorial: &str) {
         .expect("put `broker` on the PATH");
     let mut folder = Some(folder);
     let mut broker = None;
+    // Declared after the folder's owners, so dropped before the folder is: a process in a deleted
+    // folder no longer shows where it works.
+    let _leftovers = Leftovers(std::fs::canonicalize(&dir).expect("the folder's real path"));
     for step in steps {
         match step {
             Step::File { path, content } => {
@@ -199,6 +228,34 @@ async fn the_javascript_tutorial_works_as_written() {
 #[tokio::test]
 async fn the_chanx_migration_guide_works_as_written() {
     follow("from-chanx.md").await;
+}
+
+/// A stand-in a step starts in the background (`node api.mjs &`) is stopped when the tutorial
+/// ends, not left on its fixed port for the next run.
+#[tokio::test]
+async fn what_a_tutorial_left_running_is_stopped_when_it_ends() {
+    let out = tempfile::tempdir().expect("a folder for the pid");
+    let pidfile = out.path().join("pid");
+    let script = format!("sleep 300 > /dev/null 2>&1 &\necho $! > '{}'\n", pidfile.display());
+    walk("a tutorial starting a stand-in", vec![Step::Run(script)]).await;
+    let pid = std::fs::read_to_string(&pidfile).expect("the step wrote its pid");
+    let stat = Path::new("/proc").join(pid.trim()).join("stat");
+    // SIGKILL is delivered at once but the exit takes a moment; an orphan killed stays a zombie
+    // until whoever adopted it reaps it, which is gone just the same.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let state = std::fs::read_to_string(&stat).ok().and_then(|s| s.rsplit_once(") ")?.1.chars().next());
+        match state {
+            None | Some('Z' | 'X') => break,
+            Some(state) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "`sleep 300` still running ({state}) after the tutorial ended"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 #[test]
