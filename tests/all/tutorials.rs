@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Broker, Received, WAIT};
+use crate::harness::{Broker, Received, WAIT, eventually};
 
 /// A build in a fresh folder fetches and compiles its dependencies (the Rust tutorial's take
 /// minutes on two busy cores).
@@ -242,20 +242,11 @@ async fn what_a_tutorial_left_running_is_stopped_when_it_ends() {
     let stat = Path::new("/proc").join(pid.trim()).join("stat");
     // SIGKILL is delivered at once but the exit takes a moment; an orphan killed stays a zombie
     // until whoever adopted it reaps it, which is gone just the same.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    let gone = || {
         let state = std::fs::read_to_string(&stat).ok().and_then(|s| s.rsplit_once(") ")?.1.chars().next());
-        match state {
-            None | Some('Z' | 'X') => break,
-            Some(state) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "`sleep 300` still running ({state}) after the tutorial ended"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+        std::future::ready(matches!(state, None | Some('Z' | 'X')))
+    };
+    eventually("`sleep 300`, started by a step, is gone once the tutorial has ended", gone).await;
 }
 
 #[test]
