@@ -162,6 +162,16 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             None => bail!("unknown scenario {one:?}: one of {} or all", scenario_names()),
         },
     };
+    if write && scenario == "all" {
+        // Checked before the run, not after its minutes: a finding written into BENCHMARKS.md by
+        // hand and not into the template would be lost.
+        let read = |path: &str| std::fs::read_to_string(root.join(path)).with_context(|| format!("reading {path}"));
+        if let Some(line) = head_mismatch(&read("BENCHMARKS.md")?, &read(HEAD_TEMPLATE)?) {
+            bail!(
+                "BENCHMARKS.md's head differs from {HEAD_TEMPLATE}, which a full --write would write back ({line}): bring the template up to date first"
+            );
+        }
+    }
     // Children inherit the raised hard limit: the servers then hold 100,000 connections too.
     bench::raise_fd_limit();
     if !args.iter().any(|a| a == "--no-build") {
@@ -926,6 +936,54 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {memory} memory, Linux {}", kernel.trim())
 }
 
+/// Where the prose before BENCHMARKS.md's first section comes from at a full `--write`.
+const HEAD_TEMPLATE: &str = "xtask/bench/BENCHMARKS.head.md";
+
+/// The first line of BENCHMARKS.md's head (its text before the first `### ` section) that a full
+/// `--write` would not write back from `template`, or `None` when it would write the same. Findings
+/// are written into BENCHMARKS.md by hand between full runs; one missing from the template would be
+/// lost at the next.
+fn head_mismatch(benchmarks: &str, template: &str) -> Option<String> {
+    let head = benchmarks.find("\n### ").map_or(benchmarks, |end| &benchmarks[..end]);
+    let line_of = |rest: &str| {
+        let before = &head[..head.len() - rest.len()];
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        let number = before.matches('\n').count() + 1;
+        format!("line {number}: {}", head[start..].lines().next().unwrap_or("(the end)"))
+    };
+    let mut rest = head;
+    for (i, literal) in literals(template).into_iter().enumerate() {
+        // A placeholder's value is the text up to the next literal, on its line.
+        let at = if i == 0 { Some(0) } else { rest.find(literal).filter(|&at| !rest[..at].contains('\n')) };
+        match at.filter(|&at| rest[at..].starts_with(literal)) {
+            Some(at) => rest = &rest[at + literal.len()..],
+            None => {
+                // The first line holds the placeholder's value before the literal's text.
+                let agree = |(n, (a, b)): (usize, (&str, &str))| if n == 0 && i > 0 { a.ends_with(b) } else { a == b };
+                let same = rest.lines().zip(literal.lines()).enumerate().take_while(|&pair| agree(pair)).count();
+                let mut diverges = rest;
+                for _ in 0..same {
+                    diverges = diverges.split_once('\n').map_or("", |(_, after)| after);
+                }
+                return Some(line_of(diverges));
+            }
+        }
+    }
+    (!rest.is_empty()).then(|| line_of(rest))
+}
+
+/// `template`'s texts between its placeholders.
+fn literals(template: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some((at, placeholder)) = PLACEHOLDERS.iter().filter_map(|p| rest.find(p).map(|at| (at, p))).min() {
+        out.push(&rest[..at]);
+        rest = &rest[at + placeholder.len()..];
+    }
+    out.push(rest);
+    out
+}
+
 /// The workspace's `[profile.release]`, as `key = value` pairs for BENCHMARKS.md's header: read
 /// from Cargo.toml, so the header says what was measured.
 fn release_profile(root: &Path) -> Result<String> {
@@ -940,13 +998,17 @@ fn release_profile(root: &Path) -> Result<String> {
     Ok(profile.iter().map(|(key, value)| format!("`{key} = {value}`")).collect::<Vec<_>>().join(", "))
 }
 
+/// The head template's placeholders, each filled with one line's worth of text.
+const PLACEHOLDERS: [&str; 3] = ["{machine}", "{seconds}", "{profile}"];
+
 fn write_benchmarks(root: &Path, reports: &[Report], seconds: f64) -> Result<()> {
-    let head = root.join("xtask/bench/BENCHMARKS.head.md");
+    let head = root.join(HEAD_TEMPLATE);
     let template = std::fs::read_to_string(&head).with_context(|| format!("reading {}", head.display()))?;
-    let mut out = template
-        .replace("{machine}", &machine())
-        .replace("{seconds}", &format!("{seconds:.0}"))
-        .replace("{profile}", &release_profile(root)?);
+    let values = [machine(), format!("{seconds:.0}"), release_profile(root)?];
+    let mut out = template;
+    for (placeholder, value) in PLACEHOLDERS.iter().zip(&values) {
+        out = out.replace(placeholder, value);
+    }
     for report in reports {
         out.push('\n');
         out.push_str(&markdown(report));
@@ -966,6 +1028,28 @@ mod tests {
             command: format!("cargo xtask bench {name}"),
             table: vec![vec!["a".into()], vec![value.into()]],
         }
+    }
+
+    #[test]
+    fn the_head_is_checked_against_its_template_line_by_line() {
+        let template = "# B\n\nOn {machine}.\nTook {seconds} s.\n\nProse.\n";
+        let written = "# B\n\nOn 2 cores.\nTook 598 s.\n\nProse.\n\n### echo\n\n| a |\n";
+        assert_eq!(head_mismatch(written, template), None);
+        let edited = written.replace("Prose.", "Prose, and a finding.");
+        assert_eq!(head_mismatch(&edited, template).as_deref(), Some("line 6: Prose, and a finding."));
+        let longer = written.replace("Prose.\n", "Prose.\nMore.\n");
+        assert_eq!(head_mismatch(&longer, template).as_deref(), Some("line 7: More."));
+        // A placeholder's value stays on its line.
+        let spilled = written.replace("2 cores.", "2\ncores.");
+        assert_eq!(head_mismatch(&spilled, template).as_deref(), Some("line 3: On 2"));
+    }
+
+    #[test]
+    fn benchmarks_md_keeps_the_prose_of_its_head_template() {
+        let root = crate::workspace_root();
+        let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap_or_default();
+        let mismatch = head_mismatch(&read("BENCHMARKS.md"), &read(HEAD_TEMPLATE));
+        assert_eq!(mismatch, None, "BENCHMARKS.md's head is not what {HEAD_TEMPLATE} writes: edit both");
     }
 
     #[test]

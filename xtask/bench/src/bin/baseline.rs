@@ -2,10 +2,16 @@
 //! tokio-tungstenite with no plugin and no broker machinery. What the broker is compared against.
 //!
 //! `baseline [ADDR]` prints `listening on ADDR` and serves `/ws/system` and `/ws/chat/{room}`.
+//!
+//! `BASELINE_WORK_NS` (default 0) adds that much busy work to each message it reads: a native server
+//! made as slow in user space as the broker, to measure what the slowness alone costs in the kernel
+//! when the load generator shares the cores (BENCHMARKS.md, #21).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,17 +36,29 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
     let rooms: Rooms = Arc::default();
+    let work = match std::env::var("BASELINE_WORK_NS") {
+        Ok(ns) => Duration::from_nanos(ns.parse().context("BASELINE_WORK_NS is a number of nanoseconds")?),
+        Err(_) => Duration::ZERO,
+    };
     let mut next_id = 0u64;
     loop {
         let (tcp, _) = listener.accept().await?;
         next_id += 1;
-        tokio::spawn(serve(tcp, next_id, rooms.clone()));
+        tokio::spawn(serve(tcp, next_id, rooms.clone(), work));
+    }
+}
+
+/// Spins for `work`: CPU time in user space, with no system call and no sleep.
+fn busy(work: Duration) {
+    let until = Instant::now() + work;
+    while Instant::now() < until {
+        std::hint::spin_loop();
     }
 }
 
 // The handshake callback's error type is tungstenite's `ErrorResponse`, large by its design.
 #[allow(clippy::result_large_err)]
-async fn serve(tcp: TcpStream, id: u64, rooms: Rooms) {
+async fn serve(tcp: TcpStream, id: u64, rooms: Rooms, work: Duration) {
     let _ = tcp.set_nodelay(true);
     let mut path = String::new();
     let callback = |request: &Request, response: Response| {
@@ -75,6 +93,9 @@ async fn serve(tcp: TcpStream, id: u64, rooms: Rooms) {
     while let Some(Ok(message)) = stream.next().await {
         let Message::Text(text) = message else { continue };
         let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+        if !work.is_zero() {
+            busy(work);
+        }
         match (frame["action"].as_str(), &room) {
             (Some("ping"), _) => {
                 let _ = tx.send(r#"{"action":"pong","payload":null}"#.into()).await;
