@@ -945,43 +945,25 @@ const HEAD_TEMPLATE: &str = "xtask/bench/BENCHMARKS.head.md";
 /// lost at the next.
 fn head_mismatch(benchmarks: &str, template: &str) -> Option<String> {
     let head = benchmarks.find("\n### ").map_or(benchmarks, |end| &benchmarks[..end]);
-    let line_of = |rest: &str| {
-        let before = &head[..head.len() - rest.len()];
-        let start = before.rfind('\n').map_or(0, |i| i + 1);
-        let number = before.matches('\n').count() + 1;
-        format!("line {number}: {}", head[start..].lines().next().unwrap_or("(the end)"))
-    };
-    let mut rest = head;
-    for (i, literal) in literals(template).into_iter().enumerate() {
-        // A placeholder's value is the text up to the next literal, on its line.
-        let at = if i == 0 { Some(0) } else { rest.find(literal).filter(|&at| !rest[..at].contains('\n')) };
-        match at.filter(|&at| rest[at..].starts_with(literal)) {
-            Some(at) => rest = &rest[at + literal.len()..],
-            None => {
-                // The first line holds the placeholder's value before the literal's text.
-                let agree = |(n, (a, b)): (usize, (&str, &str))| if n == 0 && i > 0 { a.ends_with(b) } else { a == b };
-                let same = rest.lines().zip(literal.lines()).enumerate().take_while(|&pair| agree(pair)).count();
-                let mut diverges = rest;
-                for _ in 0..same {
-                    diverges = diverges.split_once('\n').map_or("", |(_, after)| after);
-                }
-                return Some(line_of(diverges));
-            }
+    let mut lines = head.lines();
+    for (n, pattern) in template.lines().enumerate() {
+        let line = lines.next();
+        if !line.is_some_and(|line| fills(line, pattern)) {
+            return Some(format!("line {}: {}", n + 1, line.unwrap_or("(the end)")));
         }
     }
-    (!rest.is_empty()).then(|| line_of(rest))
+    lines.next().map(|extra| format!("line {}: {extra}", template.lines().count() + 1))
 }
 
-/// `template`'s texts between its placeholders.
-fn literals(template: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = template;
-    while let Some((at, placeholder)) = PLACEHOLDERS.iter().filter_map(|p| rest.find(p).map(|at| (at, p))).min() {
-        out.push(&rest[..at]);
-        rest = &rest[at + placeholder.len()..];
+/// Whether `line` is the template's line `pattern` with its placeholder (one a line at most)
+/// filled.
+fn fills(line: &str, pattern: &str) -> bool {
+    match PLACEHOLDERS.iter().find_map(|placeholder| pattern.split_once(placeholder)) {
+        Some((before, after)) => {
+            line.len() >= before.len() + after.len() && line.starts_with(before) && line.ends_with(after)
+        }
+        None => line == pattern,
     }
-    out.push(rest);
-    out
 }
 
 /// The workspace's `[profile.release]`, as `key = value` pairs for BENCHMARKS.md's header: read
