@@ -163,14 +163,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         },
     };
     if write && scenario == "all" {
-        // Checked before the run, not after its minutes: a finding written into BENCHMARKS.md by
-        // hand and not into the template would be lost.
-        let read = |path: &str| std::fs::read_to_string(root.join(path)).with_context(|| format!("reading {path}"));
-        if let Some(line) = head_mismatch(&read("BENCHMARKS.md")?, &read(HEAD_TEMPLATE)?) {
-            bail!(
-                "BENCHMARKS.md's head differs from {HEAD_TEMPLATE}, which a full --write would write back ({line}): bring the template up to date first"
-            );
-        }
+        // Checked before the run, not after its minutes.
+        prose_of(root)?;
     }
     // Children inherit the raised hard limit: the servers then hold 100,000 connections too.
     bench::raise_fd_limit();
@@ -191,7 +185,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     eprintln!("benchmarks took {:.0} s", started.elapsed().as_secs_f64());
     if write && scenario == "all" {
-        write_benchmarks(root, &reports, started.elapsed().as_secs_f64())?;
+        write_benchmarks(root, &reports, started.elapsed().as_secs_f64(), runs)?;
     } else if write {
         // One scenario: its section of BENCHMARKS.md alone is replaced (or added), the rest kept.
         let path = root.join("BENCHMARKS.md");
@@ -936,23 +930,27 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {memory} memory, Linux {}", kernel.trim())
 }
 
-/// Where the prose before BENCHMARKS.md's first section comes from at a full `--write`.
-const HEAD_TEMPLATE: &str = "xtask/bench/BENCHMARKS.head.md";
+/// The header a full `--write` puts at the top of BENCHMARKS.md: the machine, the run's length and
+/// the profile, as placeholders. The prose after it is BENCHMARKS.md's own, edited there by hand
+/// between runs and carried over.
+const HEADER_TEMPLATE: &str = "xtask/bench/BENCHMARKS.head.md";
 
-/// The first line of BENCHMARKS.md's head (its text before the first `### ` section) that a full
-/// `--write` would not write back from `template`, or `None` when it would write the same. Findings
-/// are written into BENCHMARKS.md by hand between full runs; one missing from the template would be
-/// lost at the next.
-fn head_mismatch(benchmarks: &str, template: &str) -> Option<String> {
-    let head = benchmarks.find("\n### ").map_or(benchmarks, |end| &benchmarks[..end]);
-    let mut lines = head.lines();
+/// The header template's placeholders, each filled with one line's worth of text.
+const PLACEHOLDERS: [&str; 4] = ["{machine}", "{seconds}", "{runs}", "{profile}"];
+
+/// The prose of `benchmarks` (BENCHMARKS.md) between the header that `template` writes and the
+/// first `### ` section, or the first line of the header that does not fit the template, whose
+/// prose could not be told apart from it.
+fn prose_after_header<'a>(benchmarks: &'a str, template: &str) -> Result<&'a str, String> {
+    let mut rest = benchmarks.find("\n### ").map_or(benchmarks, |end| &benchmarks[..end]);
     for (n, pattern) in template.lines().enumerate() {
-        let line = lines.next();
-        if !line.is_some_and(|line| fills(line, pattern)) {
-            return Some(format!("line {}: {}", n + 1, line.unwrap_or("(the end)")));
+        let (line, after) = rest.split_once('\n').unwrap_or((rest, ""));
+        if rest.is_empty() || !fills(line, pattern) {
+            return Err(format!("line {}: {}", n + 1, if rest.is_empty() { "(the end)" } else { line }));
         }
+        rest = after;
     }
-    lines.next().map(|extra| format!("line {}: {extra}", template.lines().count() + 1))
+    Ok(rest)
 }
 
 /// Whether `line` is the template's line `pattern` with its placeholder (one a line at most)
@@ -964,6 +962,22 @@ fn fills(line: &str, pattern: &str) -> bool {
         }
         None => line == pattern,
     }
+}
+
+/// The header template and the prose of the BENCHMARKS.md there is (none when there is none yet).
+fn prose_of(root: &Path) -> Result<(String, String)> {
+    let path = root.join(HEADER_TEMPLATE);
+    let template = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let benchmarks = std::fs::read_to_string(root.join("BENCHMARKS.md")).unwrap_or_default();
+    if benchmarks.is_empty() {
+        return Ok((template, String::new()));
+    }
+    let prose = prose_after_header(&benchmarks, &template).map_err(|line| {
+        anyhow::anyhow!(
+            "BENCHMARKS.md's header is not the one {HEADER_TEMPLATE} writes ({line}): its prose cannot be carried over"
+        )
+    })?;
+    Ok((template, prose.to_owned()))
 }
 
 /// The workspace's `[profile.release]`, as `key = value` pairs for BENCHMARKS.md's header: read
@@ -980,17 +994,13 @@ fn release_profile(root: &Path) -> Result<String> {
     Ok(profile.iter().map(|(key, value)| format!("`{key} = {value}`")).collect::<Vec<_>>().join(", "))
 }
 
-/// The head template's placeholders, each filled with one line's worth of text.
-const PLACEHOLDERS: [&str; 3] = ["{machine}", "{seconds}", "{profile}"];
-
-fn write_benchmarks(root: &Path, reports: &[Report], seconds: f64) -> Result<()> {
-    let head = root.join(HEAD_TEMPLATE);
-    let template = std::fs::read_to_string(&head).with_context(|| format!("reading {}", head.display()))?;
-    let values = [machine(), format!("{seconds:.0}"), release_profile(root)?];
-    let mut out = template;
+fn write_benchmarks(root: &Path, reports: &[Report], seconds: f64, runs: usize) -> Result<()> {
+    let (mut out, prose) = prose_of(root)?;
+    let values = [machine(), format!("{seconds:.0}"), runs.to_string(), release_profile(root)?];
     for (placeholder, value) in PLACEHOLDERS.iter().zip(&values) {
         out = out.replace(placeholder, value);
     }
+    out.push_str(&prose);
     for report in reports {
         out.push('\n');
         out.push_str(&markdown(report));
@@ -1013,25 +1023,22 @@ mod tests {
     }
 
     #[test]
-    fn the_head_is_checked_against_its_template_line_by_line() {
-        let template = "# B\n\nOn {machine}.\nTook {seconds} s.\n\nProse.\n";
-        let written = "# B\n\nOn 2 cores.\nTook 598 s.\n\nProse.\n\n### echo\n\n| a |\n";
-        assert_eq!(head_mismatch(written, template), None);
-        let edited = written.replace("Prose.", "Prose, and a finding.");
-        assert_eq!(head_mismatch(&edited, template).as_deref(), Some("line 6: Prose, and a finding."));
-        let longer = written.replace("Prose.\n", "Prose.\nMore.\n");
-        assert_eq!(head_mismatch(&longer, template).as_deref(), Some("line 7: More."));
+    fn the_prose_after_the_header_is_carried_over_and_a_changed_header_refused() {
+        let template = "# B\n\nOn {machine}.\nTook {seconds} s.\n";
+        let written = "# B\n\nOn 2 cores.\nTook 598 s.\n\nProse,\nand a finding.\n\n### echo\n\n| a |\n";
+        assert_eq!(prose_after_header(written, template).as_deref(), Ok("\nProse,\nand a finding.\n"));
+        let edited = written.replace("On 2", "Measured on 2");
+        assert_eq!(prose_after_header(&edited, template), Err("line 3: Measured on 2 cores.".into()));
         // A placeholder's value stays on its line.
         let spilled = written.replace("2 cores.", "2\ncores.");
-        assert_eq!(head_mismatch(&spilled, template).as_deref(), Some("line 3: On 2"));
+        assert_eq!(prose_after_header(&spilled, template), Err("line 3: On 2".into()));
+        assert_eq!(prose_after_header("# B\n\nOn 2 cores.\n", template), Err("line 4: (the end)".into()));
     }
 
     #[test]
-    fn benchmarks_md_keeps_the_prose_of_its_head_template() {
-        let root = crate::workspace_root();
-        let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap_or_default();
-        let mismatch = head_mismatch(&read("BENCHMARKS.md"), &read(HEAD_TEMPLATE));
-        assert_eq!(mismatch, None, "BENCHMARKS.md's head is not what {HEAD_TEMPLATE} writes: edit both");
+    fn a_full_write_can_carry_over_the_prose_of_benchmarks_md() {
+        let (_, prose) = prose_of(&crate::workspace_root()).unwrap_or_else(|error| panic!("{error}"));
+        assert!(prose.contains("\n## The targets\n"), "{prose}");
     }
 
     #[test]
