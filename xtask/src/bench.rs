@@ -930,9 +930,9 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {memory} memory, Linux {}", kernel.trim())
 }
 
-/// The header a full `--write` puts at the top of BENCHMARKS.md: the machine, the run's length and
-/// the profile, as placeholders. The prose after it is BENCHMARKS.md's own, edited there by hand
-/// between runs and carried over.
+/// The header a full `--write` puts at the top of BENCHMARKS.md: the machine, the run's length, the
+/// runs per figure and the profile, as placeholders. The prose after it is BENCHMARKS.md's own,
+/// edited there by hand between runs and carried over.
 const HEADER_TEMPLATE: &str = "xtask/bench/BENCHMARKS.head.md";
 
 /// The header template's placeholders, each filled with one line's worth of text.
