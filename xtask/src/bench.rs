@@ -302,6 +302,22 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The run (of at least one) with the median value of `key`.
+/// `runs` runs of each server, taken in turns: this machine's speed drifts by 10% and more within
+/// minutes, and a ratio of two blocks of runs taken one after the other would carry the drift.
+fn alternating<'a, T>(
+    servers: [(&'a str, &Server); 2],
+    runs: usize,
+    mut run: impl FnMut(&Server, usize) -> Result<T>,
+) -> Result<BTreeMap<&'a str, Vec<T>>> {
+    let mut all: BTreeMap<&str, Vec<T>> = BTreeMap::new();
+    for i in 0..runs {
+        for (name, server) in servers {
+            all.entry(name).or_default().push(run(server, i)?);
+        }
+    }
+    Ok(all)
+}
+
 fn median_run<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> Result<T> {
     runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let middle = runs.len() / 2;
@@ -343,27 +359,11 @@ fn echo(bench: &Bench) -> Result<Report> {
     // answers at most, where the latency is the servers' and not the queue of 1,000 messages in
     // flight a closed loop keeps (see "Tails" in BENCHMARKS.md).
     for (connections, rate) in [(1, 0), (10, 0), (100, 0), (1000, 0), (1000, ECHO_PACED_RATE)] {
-        // The two servers' runs alternate: this machine's speed drifts by 10% and more within
-        // minutes, and a ratio of two blocks of runs taken one after the other would carry it.
-        let servers = [("broker", &broker), ("baseline", &baseline)];
-        let mut runs: BTreeMap<&str, Vec<Echo>> = BTreeMap::new();
-        for _ in 0..bench.runs {
-            for (name, server) in servers {
-                let url = server.url("/ws/system");
-                let (connections, rate) = (connections.to_string(), rate.to_string());
-                let run = bench.loadgen(&args(&[
-                    "echo",
-                    &url,
-                    &connections,
-                    "3",
-                    "1",
-                    "user_message",
-                    &server.pid(),
-                    &rate,
-                ]))?;
-                runs.entry(name).or_default().push(run);
-            }
-        }
+        let runs = alternating([("broker", &broker), ("baseline", &baseline)], bench.runs, |server, _| {
+            let url = server.url("/ws/system");
+            let (connections, rate) = (connections.to_string(), rate.to_string());
+            bench.loadgen::<Echo>(&args(&["echo", &url, &connections, "3", "1", "user_message", &server.pid(), &rate]))
+        })?;
         // Paced, both servers answer every message: the latency is the measure.
         let key = |r: &Echo| if rate == 0 { r.per_second } else { r.p99_us as f64 };
         let mut results = BTreeMap::new();
@@ -525,14 +525,12 @@ fn fanout(bench: &Bench) -> Result<Report> {
     ];
     for members in [100u64, 1000, 10_000] {
         let messages = (1_000_000 / members).max(50);
+        let runs = alternating([("broker", &broker), ("baseline", &baseline)], bench.runs, |server, run| {
+            let room = server.url(&format!("/ws/chat/bench-{members}-{run}"));
+            bench.loadgen::<Fanout>(&args(&["fanout", &room, &members.to_string(), &messages.to_string()]))
+        })?;
         let mut results = BTreeMap::new();
-        for (name, server) in [("broker", &broker), ("baseline", &baseline)] {
-            let runs = (0..bench.runs)
-                .map(|run| {
-                    let room = server.url(&format!("/ws/chat/bench-{members}-{run}"));
-                    bench.loadgen(&args(&["fanout", &room, &members.to_string(), &messages.to_string()]))
-                })
-                .collect::<Result<Vec<Fanout>>>()?;
+        for (name, runs) in runs {
             results.insert(name, median_run(runs, |r| r.per_second)?);
         }
         let (b, n) = (&results["broker"], &results["baseline"]);
