@@ -301,23 +301,23 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// The run (of at least one) with the median value of `key`.
 /// `runs` runs of each server, taken in turns: this machine's speed drifts by 10% and more within
 /// minutes, and a ratio of two blocks of runs taken one after the other would carry the drift.
 fn alternating<'a, T>(
     servers: [(&'a str, &Server); 2],
     runs: usize,
-    mut run: impl FnMut(&Server, usize) -> Result<T>,
+    mut run: impl FnMut(&str, &Server, usize) -> Result<T>,
 ) -> Result<BTreeMap<&'a str, Vec<T>>> {
     let mut all: BTreeMap<&str, Vec<T>> = BTreeMap::new();
     for i in 0..runs {
         for (name, server) in servers {
-            all.entry(name).or_default().push(run(server, i)?);
+            all.entry(name).or_default().push(run(name, server, i)?);
         }
     }
     Ok(all)
 }
 
+/// The run (of at least one) with the median value of `key`.
 fn median_run<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> Result<T> {
     runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let middle = runs.len() / 2;
@@ -359,7 +359,7 @@ fn echo(bench: &Bench) -> Result<Report> {
     // answers at most, where the latency is the servers' and not the queue of 1,000 messages in
     // flight a closed loop keeps (see "Tails" in BENCHMARKS.md).
     for (connections, rate) in [(1, 0), (10, 0), (100, 0), (1000, 0), (1000, ECHO_PACED_RATE)] {
-        let runs = alternating([("broker", &broker), ("baseline", &baseline)], bench.runs, |server, _| {
+        let runs = alternating([("broker", &broker), ("baseline", &baseline)], bench.runs, |_, server, _| {
             let url = server.url("/ws/system");
             let (connections, rate) = (connections.to_string(), rate.to_string());
             bench.loadgen::<Echo>(&args(&["echo", &url, &connections, "3", "1", "user_message", &server.pid(), &rate]))
@@ -525,7 +525,7 @@ fn fanout(bench: &Bench) -> Result<Report> {
     ];
     for members in [100u64, 1000, 10_000] {
         let messages = (1_000_000 / members).max(50);
-        let runs = alternating([("broker", &broker), ("baseline", &baseline)], bench.runs, |server, run| {
+        let runs = alternating([("broker", &broker), ("baseline", &baseline)], bench.runs, |_, server, run| {
             let room = server.url(&format!("/ws/chat/bench-{members}-{run}"));
             bench.loadgen::<Fanout>(&args(&["fanout", &room, &members.to_string(), &messages.to_string()]))
         })?;
@@ -621,19 +621,17 @@ fn history(bench: &Bench) -> Result<Report> {
     let servers = [("off", bench.broker_with("history-off.toml")?), ("on", bench.broker_with("history-on.toml")?)];
     let mut table = vec![["measure", "history off", "history on", "on / off"].map(String::from).to_vec()];
     for rate in [0, HISTORY_RATE] {
-        let mut runs: BTreeMap<&str, Vec<results::Paced>> = BTreeMap::new();
         // Off and on alternate, so what else runs on the machine weighs on both alike.
-        for run in 0..bench.runs {
-            for (name, server) in &servers {
+        let mut runs =
+            alternating(servers.each_ref().map(|(name, server)| (*name, server)), bench.runs, |name, server, run| {
                 let room = server.url(&format!("/ws/chat/history-{rate}-{run}"));
                 let (members, messages) = (HISTORY_MEMBERS.to_string(), HISTORY_MESSAGES.to_string());
                 let r: results::Paced =
                     bench.loadgen(&args(&["paced", &room, &members, &messages, &rate.to_string()]))?;
-                let numbered = if *name == "on" { r.deliveries } else { 0 };
+                let numbered = if name == "on" { r.deliveries } else { 0 };
                 ensure!(r.numbered == numbered, "history {name}: {} of {} frames numbered", r.numbered, r.deliveries);
-                runs.entry(name).or_default().push(r);
-            }
-        }
+                Ok(r)
+            })?;
         // Unpaced, the throughput is the measure; paced, the latency.
         let key = |r: &results::Paced| if rate == 0 { r.per_second } else { r.p99_us as f64 };
         let off = median_run(runs.remove("off").unwrap_or_default(), key)?;
