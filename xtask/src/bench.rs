@@ -301,17 +301,18 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// `runs` runs of each server, taken in turns: this machine's speed drifts by 10% and more within
-/// minutes, and a ratio of two blocks of runs taken one after the other would carry the drift.
-fn alternating<'a, T>(
-    servers: [(&'a str, &Server); 2],
+/// `runs` runs of each case (a server, or whatever a scenario compares), taken in turns: this
+/// machine's speed drifts by 10% and more within minutes, and a ratio of blocks of runs taken one
+/// after the other would carry the drift.
+fn alternating<S: Copy, T, const N: usize>(
+    cases: [(&str, S); N],
     runs: usize,
-    mut run: impl FnMut(&str, &Server, usize) -> Result<T>,
-) -> Result<BTreeMap<&'a str, Vec<T>>> {
+    mut run: impl FnMut(&str, S, usize) -> Result<T>,
+) -> Result<BTreeMap<&str, Vec<T>>> {
     let mut all: BTreeMap<&str, Vec<T>> = BTreeMap::new();
     for i in 0..runs {
-        for (name, server) in servers {
-            all.entry(name).or_default().push(run(name, server, i)?);
+        for (name, case) in cases {
+            all.entry(name).or_default().push(run(name, case, i)?);
         }
     }
     Ok(all)
@@ -427,26 +428,25 @@ fn plugin_cost(bench: &Bench) -> Result<Report> {
     let (broker, baseline) = (bench.broker()?, bench.baseline()?);
     let mut table = vec![["path", "round trips/s", "server CPU µs per message"].map(String::from).to_vec()];
     let cases = [
-        ("broker, user_message -> wasm echo plugin (Rust)", &broker, "user_message", "/ws/system"),
-        ("broker, user_message -> wasm echo plugin (Python)", &broker, "user_message", "/ws/py/system"),
-        ("broker, user_message -> wasm echo plugin (JavaScript)", &broker, "user_message", "/ws/js/system"),
-        ("broker, ping answered natively", &broker, "ping", "/ws/system"),
-        ("baseline, user_message", &baseline, "user_message", "/ws/system"),
+        ("broker, user_message -> wasm echo plugin (Rust)", (&broker, "user_message", "/ws/system")),
+        ("broker, user_message -> wasm echo plugin (Python)", (&broker, "user_message", "/ws/py/system")),
+        ("broker, user_message -> wasm echo plugin (JavaScript)", (&broker, "user_message", "/ws/js/system")),
+        ("broker, ping answered natively", (&broker, "ping", "/ws/system")),
+        ("baseline, user_message", (&baseline, "user_message", "/ws/system")),
     ];
-    for (label, server, action, route) in cases {
-        table.push(cost_row(bench, label.into(), server, route, "100", action)?);
-    }
+    table.extend(cost_rows(bench, cases, "100")?);
     // One assistant turn per language against the scripted model: a question, two requests to the
     // model over the allow-list, one tool, three frames back.
     let model = Server::start(Command::new(bench.bin("model")))?;
     std::fs::write(bench.dir.0.join("assistant.toml"), assistant_config(bench, &model.addr)?)?;
     let broker = bench.broker_with("assistant.toml")?;
-    for (language, route) in
-        [("Rust", "/ws/assistant"), ("Python", "/ws/py/assistant"), ("JavaScript", "/ws/js/assistant")]
-    {
-        let label = format!("broker, one assistant turn ({language}), {ASSISTANT_CONNECTIONS} connections: per turn");
-        table.push(cost_row(bench, label, &broker, route, ASSISTANT_CONNECTIONS, "turn")?);
-    }
+    let labels = [("Rust", "/ws/assistant"), ("Python", "/ws/py/assistant"), ("JavaScript", "/ws/js/assistant")].map(
+        |(language, route)| {
+            (format!("broker, one assistant turn ({language}), {ASSISTANT_CONNECTIONS} connections: per turn"), route)
+        },
+    );
+    let cases = labels.each_ref().map(|(label, route)| (label.as_str(), (&broker, "turn", *route)));
+    table.extend(cost_rows(bench, cases, ASSISTANT_CONNECTIONS)?);
     Ok(Report {
         title: "plugin-cost: server CPU per message, wasm dispatch against native handling (100 connections), and per assistant turn against a scripted model".into(),
         command: "cargo xtask bench plugin-cost".into(),
@@ -454,25 +454,26 @@ fn plugin_cost(bench: &Bench) -> Result<Report> {
     })
 }
 
-/// A row of plugin-cost: `connections` in closed loop sending `action` to `route` of `server`, the
-/// medians of the round trips a second and of the server's CPU per round trip.
-fn cost_row(
+/// Rows of plugin-cost, one per case `(label, (server, action, route))`: `connections` in closed
+/// loop sending `action` to `route` of `server`, the cases' runs taken in turns; the medians of the
+/// round trips a second and of the server's CPU per round trip.
+fn cost_rows<const N: usize>(
     bench: &Bench,
-    label: String,
-    server: &Server,
-    route: &str,
+    cases: [(&str, (&Server, &str, &str)); N],
     connections: &str,
-    action: &str,
-) -> Result<Vec<String>> {
-    let mut per_second = Vec::new();
-    let mut cost = Vec::new();
-    for _ in 0..bench.runs {
+) -> Result<Vec<Vec<String>>> {
+    let mut runs = alternating(cases, bench.runs, |_, (server, action, route), _| {
         let result: Echo =
             bench.loadgen(&args(&["echo", &server.url(route), connections, "3", "1", action, &server.pid()]))?;
-        per_second.push(result.per_second);
-        cost.push(cpu_per_message(&result)?);
-    }
-    Ok(vec![label, format!("{:.0}", median(per_second)), format!("{:.2}", median(cost))])
+        Ok((result.per_second, cpu_per_message(&result)?))
+    })?;
+    let rows = cases.map(|(label, _)| {
+        let runs = runs.remove(label).unwrap_or_default();
+        let per_second = median(runs.iter().map(|(per_second, _)| *per_second).collect());
+        let cost = median(runs.iter().map(|(_, cost)| *cost).collect());
+        vec![label.to_owned(), format!("{per_second:.0}"), format!("{cost:.2}")]
+    });
+    Ok(rows.into())
 }
 
 /// Connections asking the assistant at once: a turn waits on the model twice, so a few keep the
@@ -575,15 +576,15 @@ fn cluster(bench: &Bench) -> Result<Report> {
     ];
     for members in [100u64, 1000, 10_000] {
         let messages = (1_000_000 / members).max(50);
-        let run = |sender: &Server, room_of: &Server, run: usize| -> Result<Fanout> {
-            let room = format!("/ws/chat/cluster-{members}-{run}");
+        // Each case is (the sender's node, the members' node).
+        let cases = [("cross", (&one, &two)), ("alone", (&single, &single))];
+        let mut runs = alternating(cases, bench.runs, |name, (sender, room_of), run| {
+            let room = format!("/ws/chat/cluster-{name}-{members}-{run}");
             let (url, members_url) = (sender.url(&room), room_of.url(&room));
-            bench.loadgen(&args(&["fanout", &url, &members.to_string(), &messages.to_string(), &members_url]))
-        };
-        let runs = |sender: &Server, room_of: &Server| -> Result<Fanout> {
-            median_run((0..bench.runs).map(|r| run(sender, room_of, r)).collect::<Result<Vec<_>>>()?, |r| r.per_second)
-        };
-        let (cross, alone) = (runs(&one, &two)?, runs(&single, &single)?);
+            bench.loadgen::<Fanout>(&args(&["fanout", &url, &members.to_string(), &messages.to_string(), &members_url]))
+        })?;
+        let cross = median_run(runs.remove("cross").unwrap_or_default(), |r| r.per_second)?;
+        let alone = median_run(runs.remove("alone").unwrap_or_default(), |r| r.per_second)?;
         table.push(vec![
             members.to_string(),
             num(cross.per_second),
@@ -1067,5 +1068,19 @@ mod tests {
         let added = splice(&fanout, &report("echo-2", "5"));
         assert!(added.starts_with(&fanout.trim_end().to_owned()), "{added}");
         assert!(added.ends_with("| 5 |\n") && added.matches("### ").count() == 3, "{added}");
+    }
+
+    #[test]
+    fn every_case_takes_its_runs_in_turns_with_the_others() {
+        let mut order = Vec::new();
+        let runs = alternating([("broker", 1), ("ping", 2), ("baseline", 3)], 2, |name, case, run| {
+            order.push(format!("{name}{run}"));
+            Ok(case * 10 + run)
+        })
+        .unwrap();
+        assert_eq!(order, ["broker0", "ping0", "baseline0", "broker1", "ping1", "baseline1"]);
+        assert_eq!(runs["broker"], [10, 11]);
+        assert_eq!(runs["ping"], [20, 21]);
+        assert_eq!(runs["baseline"], [30, 31]);
     }
 }
