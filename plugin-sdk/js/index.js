@@ -160,18 +160,23 @@ function shaper(schema) {
   const items = schema.items ? shaper(schema.items) : keep;
   const inner = schema.anyOf ? schema.anyOf.find((s) => s.type !== 'null') : schema;
   const properties = inner?.properties;
-  const fields = properties && new Map(Object.keys(properties).map((key) => [key, shaper(properties[key])]));
+  // The fields' shapers by name, in a record without a prototype: looking a key up in it is one
+  // property access, where `Map.get` is a call; SpiderMonkey runs interpreted inside wasm, so each
+  // op of a call counts.
+  const fields =
+    properties &&
+    Object.assign(
+      Object.create(null),
+      Object.fromEntries(Object.keys(properties).map((key) => [key, shaper(properties[key])])),
+    );
   if (items === keep && !fields) return keep;
-  // The fields as a record without a prototype: looking a key up in it is one property access,
-  // where `Map.get` is a call; SpiderMonkey runs interpreted inside wasm, so each op counts.
-  const known = fields && Object.assign(Object.create(null), Object.fromEntries(fields));
   return (value) => {
     if (value === null || typeof value !== 'object') return value;
     if (Array.isArray(value)) return items === keep ? value : value.map((item) => items(item));
     if (!fields) return value;
     let kept = true;
     for (const key in value) {
-      const field = known[key];
+      const field = fields[key];
       if (field === undefined || (field !== keep && field(value[key]) !== value[key])) {
         kept = false;
         break;
@@ -180,8 +185,8 @@ function shaper(schema) {
     if (kept) return value;
     return Object.fromEntries(
       Object.entries(value)
-        .filter(([key]) => fields.has(key))
-        .map(([key, field]) => [key, fields.get(key)(field)]),
+        .filter(([key]) => fields[key] !== undefined)
+        .map(([key, field]) => [key, fields[key](field)]),
     );
   };
 }
