@@ -25,6 +25,20 @@ async fn welcome_then_echo() {
 }
 
 #[tokio::test]
+async fn long_text_of_every_utf8_width_comes_back_whole() {
+    // A reply crosses from the guest to the host as a string: in JavaScript it is encoded by
+    // plugin-sdk/js/bin/bindings.js rather than componentize-js's own helper.
+    let (broker, routes) = brokers();
+    let text = format!("{}h\u{e9}llo \u{20ac} \u{1d11e} \u{1f527} \"quoted\"", "x".repeat(20_000));
+    for (lang, route) in routes {
+        let mut client = broker.echo_client_at(&route).await;
+        let reply = client.request(json!({"action": "user_message", "payload": {"message": text}})).await;
+        let expected = json!({"action": "system_echo", "payload": {"message": format!("🔧 System Echo: {text}")}});
+        assert!(reply == expected, "{lang}: {} bytes back", reply.to_string().len());
+    }
+}
+
+#[tokio::test]
 async fn ping_is_answered_by_the_broker() {
     let (broker, routes) = brokers();
     for (lang, route) in routes {

@@ -60,9 +60,9 @@ async fn call(client: &mut Client, action: &str, payload: Value) -> Value {
 }
 
 /// A JSON value with what tends to differ between encoders: nesting, a float, null, escapes and
-/// non-ASCII text.
+/// non-ASCII text of every UTF-8 width.
 fn sample() -> Value {
-    json!({"n": 1, "text": "h\u{e9}llo \"quoted\"", "list": [1, 2.5, null, true], "nested": {"a": []}})
+    json!({"n": 1, "text": "h\u{e9}llo \"quoted\" \u{20ac} \u{1d11e}", "list": [1, 2.5, null, true], "nested": {"a": []}})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,6 +64,21 @@ fn javascript_plugins_are_built_without_the_wasi_http_import() {
     }
 }
 
+#[test]
+fn javascript_builds_swap_the_costly_helpers_of_componentize_js_bindings() {
+    // plugin-sdk/js/test runs bin/bindings.js against the bindings componentize-js generates:
+    // the string helper and the debug log are swapped, nothing else changes, and the new string
+    // helper writes the bytes the original wrote.
+    let sdk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk/js");
+    let output = std::process::Command::new("node")
+        .args(["--test", "test/"])
+        .current_dir(&sdk)
+        .output()
+        .expect("node (`cargo xtask test` installs the SDK's packages)");
+    let (report, errors) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && report.contains("# fail 0"), "{report}{errors}");
+}
+
 /// A broker serving a copy of `component` at `/ws/cached`, caching compiled code in `dir/cache`;
 /// `dir` (its broker.toml, the cache and the cache's key) outlives the broker.
 fn cached_broker(dir: &Path, component: &Path) -> Broker {
