@@ -5,11 +5,18 @@
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 
-import { NATIVE_ENCODE, SILENT_DEBUG_LOG, cheaperBindings, useCheaperBindings } from '../bin/bindings.js';
+import {
+  DEBUG_LOG,
+  ENCODE,
+  NATIVE_ENCODE,
+  SILENT_DEBUG_LOG,
+  cheaperBindings,
+  definition,
+  useCheaperBindings,
+} from '../bin/bindings.js';
 
-const ENCODE = 'function _utf8AllocateAndEncode(s, realloc, memory) {';
-const DEBUG_LOG = 'const _debugLog = (...args) => {';
 const WIT = new URL('../../wit', import.meta.url);
 const SPLICER = new URL(
   '../lib/spidermonkey-embedding-splicer.js',
@@ -20,22 +27,14 @@ const ENGINE = new URL('../lib/starlingmonkey_embedding.wasm', SPLICER);
 /** The bindings of the world `plugin`, as `componentize` asks the splicer for them. */
 async function bindings(splicer) {
   const engine = await readFile(ENGINE);
-  const spliced = splicer.spliceBindings(engine, ['stdio', 'random', 'clocks'], undefined, WIT.pathname, 'plugin', false);
+  const spliced = splicer.spliceBindings(engine, ['stdio', 'random', 'clocks'], undefined, fileURLToPath(WIT), 'plugin', false);
   return spliced.jsBindings;
-}
-
-/** The text of the top-level definition starting with `head` in `source`. */
-function definition(source, head) {
-  const start = source.indexOf(head);
-  assert.ok(start >= 0, `the bindings define ${head}`);
-  const rest = source.slice(start);
-  const close = /\n\};?\n/.exec(rest);
-  return rest.slice(0, close.index + close[0].length - 1);
 }
 
 /** The string helper defined in `source`, over a fresh encoder. */
 function encoder(source) {
   const text = definition(source, ENCODE);
+  assert.ok(text, 'the bindings define the string helper');
   return new Function('TEXT_ENCODER_UTF8', `${text}\nreturn _utf8AllocateAndEncode;`)(new TextEncoder());
 }
 
@@ -73,6 +72,7 @@ const original = await bindings(splicer);
 
 test('the generated bindings get the two replacements and nothing else', async () => {
   assert.match(definition(original, ENCODE), /charCodeAt/, 'componentize-js counts bytes in JavaScript');
+  assert.ok(definition(original, DEBUG_LOG), 'the bindings define the debug log');
   await useCheaperBindings();
   await useCheaperBindings();
   const patched = await bindings(splicer);
