@@ -85,14 +85,19 @@ export function cheaperBindings(bindings) {
 
 const PATCHED = Symbol.for('broker-plugin.cheaper-bindings');
 
+/** Where componentize-js keeps the splicer that generates the bindings, and its engine. */
+export const SPLICER = new URL(
+  '../lib/spidermonkey-embedding-splicer.js',
+  import.meta.resolve('@bytecodealliance/componentize-js'),
+);
+
 /**
  * Makes componentize-js's splicer, which generates the bindings `componentize` builds into the
  * component, give them through `cheaperBindings`. `componentize` imports the splicer from its own
  * package: the same module instance as here.
  */
 export async function useCheaperBindings() {
-  const entry = import.meta.resolve('@bytecodealliance/componentize-js');
-  const { splicer } = await import(new URL('../lib/spidermonkey-embedding-splicer.js', entry).href);
+  const { splicer } = await import(SPLICER.href);
   if (splicer[PATCHED]) return splicer;
   const splice = splicer.spliceBindings;
   splicer.spliceBindings = (...args) => {

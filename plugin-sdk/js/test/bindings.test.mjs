@@ -12,16 +12,13 @@ import {
   ENCODE,
   NATIVE_ENCODE,
   SILENT_DEBUG_LOG,
+  SPLICER,
   cheaperBindings,
   definition,
   useCheaperBindings,
 } from '../bin/bindings.js';
 
 const WIT = new URL('../../wit', import.meta.url);
-const SPLICER = new URL(
-  '../lib/spidermonkey-embedding-splicer.js',
-  import.meta.resolve('@bytecodealliance/componentize-js'),
-);
 const ENGINE = new URL('../lib/starlingmonkey_embedding.wasm', SPLICER);
 
 /** The bindings of the world `plugin`, as `componentize` asks the splicer for them. */
