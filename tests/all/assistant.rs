@@ -161,13 +161,14 @@ pub(crate) async fn assistant(broker: &Broker, path: &str) -> Client {
     client
 }
 
-/// Sends a user message and collects the frames up to the final response (or an exception).
+/// Sends a user message and collects the frames up to the final response, an exception or the
+/// broker's error frame (which ends a call that failed: the test then shows it, not a timeout).
 pub(crate) async fn ask(client: &mut Client, message: &str) -> Vec<Value> {
     client.send(json!({"action": "user_message", "payload": {"message": message}})).await;
     let mut frames = Vec::new();
     loop {
         let frame = client.recv().await;
-        let done = frame["stage"] == "final_response" || frame["type"] == "exception";
+        let done = frame["stage"] == "final_response" || frame["type"] == "exception" || frame["action"] == "error";
         frames.push(frame);
         if done {
             return frames;

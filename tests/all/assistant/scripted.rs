@@ -104,13 +104,23 @@ impl ScriptedLlm {
                             let auth =
                                 request.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
                             let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            recorded.lock().unwrap().push((auth, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                            // The entry is taken, under the script's lock, before the request is
+                            // recorded and seen: a test that waits until a request is seen and then
+                            // sends the next one knows which entry each gets, however threads are
+                            // scheduled. (Taken after, a second request could take the first's entry.)
+                            let next = {
+                                let mut script = script.lock().unwrap();
+                                recorded
+                                    .lock()
+                                    .unwrap()
+                                    .push((auth, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                                script.pop_front()
+                            };
                             seen_tx.send_modify(|seen| {
                                 seen.requests += 1;
                                 seen.waiting += 1;
                             });
                             let _waiting = Waiting(seen_tx.clone());
-                            let next = script.lock().unwrap().pop_front();
                             let next = next.unwrap_or(Scripted {
                                 status: 500,
                                 body: json!({"error": "script ended"}),
