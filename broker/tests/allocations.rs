@@ -3,6 +3,7 @@
 //! binary, since counting takes the global allocator.
 #![allow(clippy::unwrap_used, reason = "a test: a failure is the finding")]
 
+use broker::plugin::schema::flat::Flat;
 use broker::wire::{protocol, unique_keys};
 
 #[global_allocator]
@@ -31,7 +32,13 @@ fn a_message_allocates_only_what_it_keeps() {
     let reply = r#"{"action":"system_echo","payload":{"message":"🔧 System Echo: Hello"}}"#.to_owned();
     assert_eq!(blocks(|| protocol::plugin_frame(reply, None).unwrap()), 0, "the reply's check");
 
-    // The payload as a value, for its schema: the key, the string and the map's two tables, and no
-    // copy of the key for a path that only a key given twice needs.
+    // The payload against a flat schema (every shipped action's): read on its text, no value built.
+    let schema =
+        serde_json::json!({"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]});
+    let flat = Flat::of(&schema).unwrap();
+    assert_eq!(blocks(|| assert!(flat.admits(r#"{"message":"Hello"}"#))), 0, "the payload's flat check");
+
+    // The payload as a value, for any other schema: the key, the string and the map's two tables,
+    // and no copy of the key for a path that only a key given twice needs.
     assert_eq!(blocks(|| unique_keys::parse(r#"{"message":"Hello"}"#).unwrap()), 4, "the payload's value");
 }

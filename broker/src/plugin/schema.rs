@@ -14,10 +14,17 @@ use crate::plugin::host::PluginManifest;
 use crate::wire::protocol::{self, Problem};
 use crate::wire::unique_keys;
 
+pub mod flat;
+
+use flat::Flat;
+
 /// The compiled payload schemas of one plugin generation, by action.
 #[derive(Default)]
 pub struct Validators {
     by_action: HashMap<String, Validator>,
+    /// The schemas that are flat objects of scalars, whose fitting payloads are answered on their
+    /// text (see [`flat`]).
+    flat: HashMap<String, Flat>,
     /// The payload's model name, as pydantic names it in `model_type` messages: the schema's
     /// `title` (the plugin's type), else `<Action>Payload`.
     models: HashMap<String, String>,
@@ -28,6 +35,7 @@ impl Validators {
     /// the plugin, since the broker could not keep its promise that handlers see valid payloads.
     pub fn compile(manifest: &PluginManifest) -> Result<Validators, String> {
         let mut by_action = HashMap::new();
+        let mut flat = HashMap::new();
         let mut models = HashMap::new();
         for spec in &manifest.accepts {
             let Some(text) = &spec.payload_schema else { continue };
@@ -38,6 +46,9 @@ impl Validators {
                 .build(&schema)
                 .map_err(|e| format!("the payload schema of {:?} is not a valid JSON Schema: {e}", spec.name))?;
             by_action.insert(spec.name.clone(), validator);
+            if let Some(shape) = Flat::of(&schema) {
+                flat.insert(spec.name.clone(), shape);
+            }
             let model = match schema.get("title").and_then(Value::as_str) {
                 Some(title) => title.to_owned(),
                 // As the AsyncAPI document titles an untitled payload: `user_message` → `UserMessagePayload`.
@@ -45,7 +56,7 @@ impl Validators {
             };
             models.insert(spec.name.clone(), model);
         }
-        Ok(Validators { by_action, models })
+        Ok(Validators { by_action, flat, models })
     }
 
     /// Whether `action` needs a payload: its schema refuses `null`.
@@ -57,6 +68,11 @@ impl Validators {
     /// absent payload is `missing`; a `null` one is not a model, as pydantic says it.
     pub fn check(&self, action: &str, payload: Option<&RawValue>) -> Result<(), Vec<Problem>> {
         let Some(validator) = self.by_action.get(action) else { return Ok(()) };
+        if let (Some(payload), Some(shape)) = (payload, self.flat.get(action))
+            && shape.admits(payload.get())
+        {
+            return Ok(());
+        }
         let instance = match payload.map(|raw| unique_keys::parse(raw.get())) {
             None => Value::Null,
             Some(Ok(instance)) => instance,
