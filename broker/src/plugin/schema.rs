@@ -18,13 +18,18 @@ pub mod flat;
 
 use flat::Flat;
 
+/// An action's schema.
+struct Compiled {
+    validator: Validator,
+    /// The schema's flat form, when it is a flat object of scalars: fitting payloads are answered
+    /// on their text (see [`flat`]).
+    flat: Option<Flat>,
+}
+
 /// The compiled payload schemas of one plugin generation, by action.
 #[derive(Default)]
 pub struct Validators {
-    by_action: HashMap<String, Validator>,
-    /// The schemas that are flat objects of scalars, whose fitting payloads are answered on their
-    /// text (see [`flat`]).
-    flat: HashMap<String, Flat>,
+    by_action: HashMap<String, Compiled>,
     /// The payload's model name, as pydantic names it in `model_type` messages: the schema's
     /// `title` (the plugin's type), else `<Action>Payload`.
     models: HashMap<String, String>,
@@ -35,7 +40,6 @@ impl Validators {
     /// the plugin, since the broker could not keep its promise that handlers see valid payloads.
     pub fn compile(manifest: &PluginManifest) -> Result<Validators, String> {
         let mut by_action = HashMap::new();
-        let mut flat = HashMap::new();
         let mut models = HashMap::new();
         for spec in &manifest.accepts {
             let Some(text) = &spec.payload_schema else { continue };
@@ -45,10 +49,7 @@ impl Validators {
                 .should_validate_formats(true)
                 .build(&schema)
                 .map_err(|e| format!("the payload schema of {:?} is not a valid JSON Schema: {e}", spec.name))?;
-            by_action.insert(spec.name.clone(), validator);
-            if let Some(shape) = Flat::of(&schema) {
-                flat.insert(spec.name.clone(), shape);
-            }
+            by_action.insert(spec.name.clone(), Compiled { validator, flat: Flat::of(&schema) });
             let model = match schema.get("title").and_then(Value::as_str) {
                 Some(title) => title.to_owned(),
                 // As the AsyncAPI document titles an untitled payload: `user_message` → `UserMessagePayload`.
@@ -56,20 +57,20 @@ impl Validators {
             };
             models.insert(spec.name.clone(), model);
         }
-        Ok(Validators { by_action, flat, models })
+        Ok(Validators { by_action, models })
     }
 
     /// Whether `action` needs a payload: its schema refuses `null`.
     pub fn requires_payload(&self, action: &str) -> bool {
-        self.by_action.get(action).is_some_and(|validator| !validator.is_valid(&Value::Null))
+        self.by_action.get(action).is_some_and(|compiled| !compiled.validator.is_valid(&Value::Null))
     }
 
     /// Checks `payload` (`None`: absent) of `action`; `Err` holds one problem per fault. An
     /// absent payload is `missing`; a `null` one is not a model, as pydantic says it.
     pub fn check(&self, action: &str, payload: Option<&RawValue>) -> Result<(), Vec<Problem>> {
-        let Some(validator) = self.by_action.get(action) else { return Ok(()) };
-        if let (Some(payload), Some(shape)) = (payload, self.flat.get(action))
-            && shape.admits(payload.get())
+        let Some(Compiled { validator, flat }) = self.by_action.get(action) else { return Ok(()) };
+        if let (Some(payload), Some(flat)) = (payload, flat)
+            && flat.admits(payload.get())
         {
             return Ok(());
         }

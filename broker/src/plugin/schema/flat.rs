@@ -1,8 +1,9 @@
 //! The payload a schema admits, answered on the frame's text when the schema is a flat object of
 //! scalar fields: the shape of nearly every action (the shipped plugins' all are). Building the
 //! payload as a `Value` for jsonschema costs four heap blocks, an `IndexMap` and a walk of
-//! jsonschema's code on every message, about a microsecond a message under load (#21), more than
-//! the call into the plugin. This check reads the text once, allocates nothing, and only ever
+//! jsonschema's code on every message: skipping the check saved 1.3 µs a message under load (#21;
+//! 10% of the broker's CPU), where the hot loop of the dispatch benchmark sees 0.3-0.45 µs, since
+//! each message finds all that cold. This check reads the text once, allocates nothing, and only ever
 //! says yes: whatever it does not vouch for (a key it does not know, a key given twice, a value
 //! out of bounds, a schema keyword it does not read) goes to jsonschema, which stays the authority
 //! and says what is wrong.
