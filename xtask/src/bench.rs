@@ -325,6 +325,34 @@ fn median_run<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> Result<T> {
     runs.into_iter().nth(middle).context("no runs")
 }
 
+/// A ratio of two servers' runs taken one round at a time: its median over the rounds, and its
+/// lowest and highest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ByRound {
+    median: f64,
+    lowest: f64,
+    highest: f64,
+}
+
+impl std::fmt::Display for ByRound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2} ({:.2}-{:.2})", self.median, self.lowest, self.highest)
+    }
+}
+
+/// `measure(a) / measure(b)` for the runs of each round (`a[i]` and `b[i]` were taken one after
+/// the other), over the rounds. This machine's speed drifts by more than 1.5x within minutes, and
+/// a drift moves both runs of a round alike: it cancels in each round's ratio, where it does not
+/// in the ratio of two medians, each of which may come from a different round.
+fn ratio_by_round<T>(a: &[T], b: &[T], measure: impl Fn(&T) -> Result<f64>) -> Result<ByRound> {
+    ensure!(a.len() == b.len() && !a.is_empty(), "rounds: {} runs against {}", a.len(), b.len());
+    let mut ratios = a.iter().zip(b).map(|(a, b)| Ok(measure(a)? / measure(b)?)).collect::<Result<Vec<f64>>>()?;
+    ratios.sort_by(f64::total_cmp);
+    let middle = ratios.len() / 2;
+    let median = if ratios.len() % 2 == 1 { ratios[middle] } else { (ratios[middle - 1] + ratios[middle]) / 2.0 };
+    Ok(ByRound { median, lowest: ratios[0], highest: ratios[ratios.len() - 1] })
+}
+
 /// A number for a table: whole above 1000, else up to two decimals.
 fn num(n: f64) -> String {
     if n >= 1000.0 {
@@ -345,10 +373,10 @@ fn echo(bench: &Bench) -> Result<Report> {
             "connections",
             "broker rt/s",
             "baseline rt/s",
-            "ratio",
+            "ratio by round (lowest-highest)",
             "broker CPU µs/msg",
             "baseline CPU µs/msg",
-            "CPU ratio",
+            "CPU ratio by round (lowest-highest)",
             "broker p50/p99/p999 µs",
             "baseline p50/p99/p999 µs",
             "p99 read by loadgen µs, broker/baseline",
@@ -365,6 +393,8 @@ fn echo(bench: &Bench) -> Result<Report> {
             let (connections, rate) = (connections.to_string(), rate.to_string());
             bench.loadgen::<Echo>(&args(&["echo", &url, &connections, "3", "1", "user_message", &server.pid(), &rate]))
         })?;
+        let round_trips = ratio_by_round(&runs["broker"], &runs["baseline"], |r| Ok(r.per_second))?;
+        let cpu = ratio_by_round(&runs["broker"], &runs["baseline"], cpu_per_message)?;
         // Paced, both servers answer every message: the latency is the measure.
         let key = |r: &Echo| if rate == 0 { r.per_second } else { r.p99_us as f64 };
         let mut results = BTreeMap::new();
@@ -378,10 +408,10 @@ fn echo(bench: &Bench) -> Result<Report> {
             if rate == 0 { connections.to_string() } else { format!("{connections}, paced at {rate}/s") },
             num(b.per_second),
             num(n.per_second),
-            format!("{:.2}", b.per_second / n.per_second),
+            round_trips.to_string(),
             format!("{b_cpu:.2}"),
             format!("{n_cpu:.2}"),
-            format!("{:.2}", b_cpu / n_cpu),
+            cpu.to_string(),
             latency(b),
             latency(n),
             format!("{}/{}", b.read_p99_us, n.read_p99_us),
@@ -1068,6 +1098,17 @@ mod tests {
         let added = splice(&fanout, &report("echo-2", "5"));
         assert!(added.starts_with(&fanout.trim_end().to_owned()), "{added}");
         assert!(added.ends_with("| 5 |\n") && added.matches("### ").count() == 3, "{added}");
+    }
+
+    #[test]
+    fn a_ratio_by_round_pairs_the_runs_of_each_round() {
+        // Round by round 0.6, 2.4 and 1.2; runs paired by rank instead would give 1.2 three times.
+        let ratio = ratio_by_round(&[6.0, 12.0, 9.0], &[10.0, 5.0, 7.5], |x| Ok(*x)).unwrap();
+        assert_eq!(ratio.to_string(), "1.20 (0.60-2.40)");
+        let spread = ratio_by_round(&[1.0, 3.0, 2.0, 4.0], &[1.0, 1.0, 1.0, 1.0], |x| Ok(*x)).unwrap();
+        assert_eq!(spread, ByRound { median: 2.5, lowest: 1.0, highest: 4.0 });
+        assert_eq!(spread.to_string(), "2.50 (1.00-4.00)");
+        assert!(ratio_by_round(&[1.0], &[1.0, 2.0], |x| Ok(*x)).is_err());
     }
 
     #[test]
