@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use bench::results::{self, Echo, Fanout};
+use bench::results::{self, CpuTime, Echo, Fanout};
 use serde::de::DeserializeOwned;
 
 /// One benchmark: runs against the broker and the baseline, and reports a table.
@@ -58,7 +58,7 @@ impl Server {
         format!("ws://{}{path}", self.addr)
     }
 
-    /// The process id, for the load generator to read the server's CPU time (`bench::cpu_seconds`).
+    /// The process id, for the load generator to read the server's CPU time (`bench::cpu_time`).
     fn pid(&self) -> String {
         self.child.id().to_string()
     }
@@ -373,8 +373,8 @@ fn echo(bench: &Bench) -> Result<Report> {
             "broker rt/s",
             "baseline rt/s",
             "ratio by round (lowest-highest)",
-            "broker CPU µs/msg",
-            "baseline CPU µs/msg",
+            "broker CPU µs/msg (user+sys)",
+            "baseline CPU µs/msg (user+sys)",
             "CPU ratio by round (lowest-highest)",
             "broker p50/p99/p999 µs",
             "baseline p50/p99/p999 µs",
@@ -393,7 +393,7 @@ fn echo(bench: &Bench) -> Result<Report> {
             bench.loadgen::<Echo>(&args(&["echo", &url, &connections, "3", "1", "user_message", &server.pid(), &rate]))
         })?;
         let round_trips = ratio_by_round(&runs["broker"], &runs["baseline"], |r| Ok(r.per_second))?;
-        let cpu = ratio_by_round(&runs["broker"], &runs["baseline"], cpu_per_message)?;
+        let cpu = ratio_by_round(&runs["broker"], &runs["baseline"], |r| Ok(cpu_per_message(r)?.total()))?;
         // Paced, both servers answer every message: the latency is the measure.
         let key = |r: &Echo| if rate == 0 { r.per_second } else { r.p99_us as f64 };
         let mut results = BTreeMap::new();
@@ -408,8 +408,8 @@ fn echo(bench: &Bench) -> Result<Report> {
             num(b.per_second),
             num(n.per_second),
             round_trips.to_string(),
-            format!("{b_cpu:.2}"),
-            format!("{n_cpu:.2}"),
+            cpu_cell(b_cpu),
+            cpu_cell(n_cpu),
             cpu.to_string(),
             latency(b),
             latency(n),
@@ -448,14 +448,19 @@ fn dispatch(bench: &Bench) -> Result<Report> {
 }
 
 /// The server's CPU time in the measured time per reply, in µs.
-fn cpu_per_message(result: &Echo) -> Result<f64> {
-    let cpu = result.server_cpu_seconds.context("loadgen was not given the server's pid")?;
-    Ok(cpu / (result.replies as f64).max(1.0) * 1e6)
+fn cpu_per_message(result: &Echo) -> Result<CpuTime> {
+    let cpu = result.server_cpu.context("loadgen was not given the server's pid")?;
+    Ok(cpu.per((result.replies as f64).max(1.0) / 1e6))
+}
+
+/// CPU per message for a table: the total, then its user and system parts.
+fn cpu_cell(cpu: CpuTime) -> String {
+    format!("{:.2} ({:.2}+{:.2})", cpu.total(), cpu.user, cpu.system)
 }
 
 fn plugin_cost(bench: &Bench) -> Result<Report> {
     let (broker, baseline) = (bench.broker()?, bench.baseline()?);
-    let mut table = vec![["path", "round trips/s", "server CPU µs per message"].map(String::from).to_vec()];
+    let mut table = vec![["path", "round trips/s", "server CPU µs per message (user+sys)"].map(String::from).to_vec()];
     let cases = [
         ("broker, user_message -> wasm echo plugin (Rust)", (&broker, "user_message", "/ws/system")),
         ("broker, user_message -> wasm echo plugin (Python)", (&broker, "user_message", "/ws/py/system")),
@@ -484,8 +489,9 @@ fn plugin_cost(bench: &Bench) -> Result<Report> {
 }
 
 /// Rows of plugin-cost, one per case `(label, (server, action, route))`: `connections` in closed
-/// loop sending `action` to `route` of `server`, the cases' runs taken in turns; the medians of the
-/// round trips a second and of the server's CPU per round trip.
+/// loop sending `action` to `route` of `server`, the cases' runs taken in turns; the median of the
+/// round trips a second, and the server's CPU per round trip in the run of median CPU (its parts
+/// are that run's: medians of each part need not add up).
 fn cost_rows<const N: usize>(
     bench: &Bench,
     cases: [(&str, (&Server, &str, &str)); N],
@@ -499,10 +505,10 @@ fn cost_rows<const N: usize>(
     let rows = cases.map(|(label, _)| {
         let runs = runs.remove(label).unwrap_or_default();
         let per_second = median(runs.iter().map(|(per_second, _)| *per_second).collect());
-        let cost = median(runs.iter().map(|(_, cost)| *cost).collect());
-        vec![label.to_owned(), format!("{per_second:.0}"), format!("{cost:.2}")]
+        let (_, cost) = median_run(runs, |(_, cost)| cost.total())?;
+        Ok(vec![label.to_owned(), format!("{per_second:.0}"), cpu_cell(cost)])
     });
-    Ok(rows.into())
+    rows.into_iter().collect()
 }
 
 /// Connections asking the assistant at once: a turn waits on the model twice, so a few keep the
@@ -1109,6 +1115,26 @@ mod tests {
         assert_eq!(spread, ByRound { median: 3.0, lowest: 1.0, highest: 4.0 });
         assert_eq!(spread.to_string(), "3.00 (1.00-4.00)");
         assert!(ratio_by_round(&[1.0], &[1.0, 2.0], |x| Ok(*x)).is_err());
+    }
+
+    #[test]
+    fn cpu_per_message_keeps_the_user_and_system_parts_of_the_run() {
+        let run = Echo {
+            connections: 100,
+            replies: 250_000,
+            per_second: 50_000.0,
+            p50_us: 1,
+            p99_us: 2,
+            p999_us: 3,
+            read_p50_us: 1,
+            read_p99_us: 2,
+            server_cpu: Some(CpuTime { user: 1.5, system: 2.25 }),
+            loadgen_cpu_seconds: 1.0,
+        };
+        let cpu = cpu_per_message(&run).unwrap();
+        assert_eq!(cpu, CpuTime { user: 6.0, system: 9.0 });
+        assert_eq!(cpu_cell(cpu), "15.00 (6.00+9.00)");
+        assert!(cpu_per_message(&Echo { server_cpu: None, ..run }).is_err());
     }
 
     #[test]

@@ -21,19 +21,25 @@ pub fn raise_fd_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
 }
 
-/// User plus system CPU time process `pid` has used so far, in seconds (`/proc/PID/stat`'s utime
-/// and stime, in clock ticks of 1/100 s).
-pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+/// The CPU time process `pid` has used so far (`/proc/PID/stat`'s utime and stime).
+pub fn cpu_time(pid: u32) -> anyhow::Result<results::CpuTime> {
     use anyhow::Context;
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // utime and stime are fields 14 and 15 of stat; here, after the `(comm)`, 12 and 13 (1-based).
+    stat_cpu_time(&stat).with_context(|| format!("{path}: {stat:?}"))
+}
+
+/// utime and stime of a `/proc/PID/stat` line, in clock ticks of 1/100 s. They are fields 14 and
+/// 15; counted after the `(comm)`, which may hold spaces and parentheses, 12 and 13 (1-based).
+fn stat_cpu_time(stat: &str) -> anyhow::Result<results::CpuTime> {
+    use anyhow::Context;
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        let field = fields.get(i).with_context(|| format!("{path} has no field {}", i + 3))?;
-        field.parse().with_context(|| format!("{path}: field {} is {field:?}, not a number", i + 3))
+    let seconds = |i: usize| -> anyhow::Result<f64> {
+        let field = fields.get(i).with_context(|| format!("no field {}", i + 3))?;
+        let ticks: f64 = field.parse().with_context(|| format!("field {} is {field:?}, not a number", i + 3))?;
+        Ok(ticks / 100.0)
     };
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
+    Ok(results::CpuTime { user: seconds(11)?, system: seconds(12)? })
 }
 
 /// The marker the `versioned` test plugin carries in its replies.
@@ -117,4 +123,17 @@ fn pings(port: u16) -> bool {
     let _ = tcp.set_read_timeout(Some(std::time::Duration::from_secs(1)));
     let mut answer = [0u8; 7];
     tcp.write_all(b"PING\r\n").is_ok() && tcp.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_reads_utime_and_stime_past_a_command_with_spaces_and_parentheses() -> anyhow::Result<()> {
+        let stat = "4242 (my (odd) srv) S 1 4242 4242 0 -1 4194560 2571 0 0 0 731 268 0 0 20 0 3 0 12345 0 0";
+        assert_eq!(stat_cpu_time(stat)?, results::CpuTime { user: 7.31, system: 2.68 });
+        assert!(stat_cpu_time("4242 (srv) S 1 4242").is_err());
+        Ok(())
+    }
 }

@@ -267,7 +267,7 @@ async fn echo(url: &str, connections: usize, timing: Timing, action: &str) -> Re
         })
         .collect();
     // CPU is read at the edges of the measured time, so connecting and warming up do not count.
-    let cpu = |pid: Option<u32>| pid.map(bench::cpu_seconds).transpose();
+    let cpu = |pid: Option<u32>| pid.map(bench::cpu_time).transpose();
     let own = Some(std::process::id());
     tokio::time::sleep_until(measure_from.into()).await;
     let (server_before, own_before) = (cpu(timing.server)?, cpu(own)?);
@@ -289,8 +289,8 @@ async fn echo(url: &str, connections: usize, timing: Timing, action: &str) -> Re
         p999_us: at_socket.value_at_quantile(0.999),
         read_p50_us: read.value_at_quantile(0.5),
         read_p99_us: read.value_at_quantile(0.99),
-        server_cpu_seconds: server_after.zip(server_before).map(|(after, before)| after - before),
-        loadgen_cpu_seconds: own_after.unwrap_or_default() - own_before.unwrap_or_default(),
+        server_cpu: server_after.zip(server_before).map(|(after, before)| after - before),
+        loadgen_cpu_seconds: (own_after.unwrap_or_default() - own_before.unwrap_or_default()).total(),
     })
 }
 
