@@ -1,9 +1,10 @@
-//! `cargo xtask bench <scenario|all> [--runs N] [--write] [--no-build]`: runs the load generator
-//! against the broker and the native baseline in the same run, and reports medians (`--write`:
-//! writes BENCHMARKS.md, or with one scenario replaces its section alone; `--no-build`: runs what
-//! was built before). The broker, the baseline and the load generator are the release build
-//! (`[profile.release]`, what `cargo xtask dist` ships). Everything runs on 127.0.0.1 and stops by
-//! itself.
+//! `cargo xtask bench <scenario|all> [--runs N] [--write] [--no-build] [--no-pgo]`: runs the load
+//! generator against the broker and the native baseline in the same run, and reports medians
+//! (`--write`: writes BENCHMARKS.md, or with one scenario replaces its section alone; `--no-build`:
+//! runs what was built before). The broker is the build `cargo xtask dist` ships (`[profile.release]`
+//! and profile-guided optimization, `pgo`), and the baseline is built and trained the same way;
+//! `--no-pgo` measures both with the release profile alone. The load generator is the release build.
+//! Everything runs on 127.0.0.1 and stops by itself.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -85,6 +86,8 @@ impl Drop for Server {
 
 struct Bench {
     root: PathBuf,
+    /// The servers' binaries, as `prepare` built them.
+    servers: Servers,
     dir: tempdir::Dir,
     runs: usize,
 }
@@ -112,13 +115,13 @@ impl Bench {
 
     /// A broker serving `config`, a file of the bench folder.
     fn broker_with(&self, config: &str) -> Result<Server> {
-        let mut command = Command::new(self.bin("broker"));
+        let mut command = Command::new(&self.servers.broker);
         command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(self.dir.0.join(config));
         Server::start(command)
     }
 
     fn baseline(&self) -> Result<Server> {
-        let mut command = Command::new(self.bin("baseline"));
+        let mut command = Command::new(&self.servers.baseline);
         command.arg("127.0.0.1:0");
         Server::start(command)
     }
@@ -144,12 +147,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let scenario = args.first().map(String::as_str).unwrap_or("all");
     if matches!(scenario, "help" | "--help" | "-h") {
         println!(
-            "usage: cargo xtask bench NAME|all [--runs N] [--write] [--no-build]\n\n--no-build: run the binaries and plugins built before\nscenarios: {}",
+            "usage: cargo xtask bench NAME|all [--runs N] [--write] [--no-build] [--no-pgo]\n\n--no-build: run the binaries and plugins built before\n--no-pgo: the servers built with the release profile alone, without profile-guided optimization\nscenarios: {}",
             scenario_names()
         );
         return Ok(());
     }
     let write = args.iter().any(|a| a == "--write");
+    let pgo = !args.iter().any(|a| a == "--no-pgo");
     let runs = match args.iter().position(|a| a == "--runs") {
         Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).context("--runs takes a number")?,
         None => 3,
@@ -168,12 +172,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     // Children inherit the raised hard limit: the servers then hold 100,000 connections too.
     bench::raise_fd_limit();
-    if !args.iter().any(|a| a == "--no-build") {
-        prepare(root)?;
-    }
+    let servers = if args.iter().any(|a| a == "--no-build") { servers(root, pgo) } else { prepare(root, pgo)? };
     let dir = std::env::temp_dir().join(format!("broker-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let bench = Bench { root: root.to_owned(), dir: tempdir::Dir(dir), runs };
+    let bench = Bench { root: root.to_owned(), servers, dir: tempdir::Dir(dir), runs };
     write_config(&bench)?;
     let started = Instant::now();
     let mut reports = Vec::new();
@@ -185,7 +187,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     eprintln!("benchmarks took {:.0} s", started.elapsed().as_secs_f64());
     if write && scenario == "all" {
-        write_benchmarks(root, &reports, started.elapsed().as_secs_f64(), runs)?;
+        write_benchmarks(root, &reports, started.elapsed().as_secs_f64(), runs, pgo)?;
     } else if write {
         // One scenario: its section of BENCHMARKS.md alone is replaced (or added), the rest kept.
         let path = root.join("BENCHMARKS.md");
@@ -199,14 +201,44 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn prepare(root: &Path) -> Result<()> {
+/// The two servers' binaries.
+struct Servers {
+    broker: PathBuf,
+    baseline: PathBuf,
+}
+
+/// Where `prepare` puts the servers' binaries.
+fn servers(root: &Path, pgo: bool) -> Servers {
+    if pgo {
+        Servers {
+            broker: crate::pgo::optimized(root, "broker").join("broker"),
+            baseline: crate::pgo::optimized(root, "bench").join("baseline"),
+        }
+    } else {
+        Servers { broker: root.join("target/release/broker"), baseline: root.join("target/release/baseline") }
+    }
+}
+
+/// Builds the plugins, the load generator and the servers: the servers' binaries.
+fn prepare(root: &Path, pgo: bool) -> Result<Servers> {
     crate::build_plugins(root)?;
     let cargo = |args: &[&str]| crate::run(crate::cargo(root).args(args));
     // The broker exactly as `cargo xtask dist` builds it (built alone, so its dependencies' features
-    // are the same and the binary is the one shipped), then the baseline and the load generator
-    // with the same profile: the comparison is between builds of one profile.
-    crate::dist::build_broker(root)?;
+    // are the same and the binary is the one shipped), then the baseline built the same way: the
+    // comparison is between builds of one profile, trained on one load. The load generator is
+    // the plain release build.
     cargo(&["build", "--release", "--package", "bench"])?;
+    if pgo {
+        crate::dist::optimized_broker(root)?;
+        let loadgen = root.join("target/release/loadgen");
+        crate::pgo::build(root, "bench", "baseline", |baseline| {
+            let mut server = Command::new(baseline);
+            server.arg("127.0.0.1:0");
+            crate::pgo::train(server, &loadgen)
+        })?;
+    } else {
+        crate::dist::build_broker(root)?;
+    }
     cargo(&[
         "build",
         "--release",
@@ -218,7 +250,8 @@ fn prepare(root: &Path) -> Result<()> {
         "versioned",
         "--package",
         "testbed",
-    ])
+    ])?;
+    Ok(servers(root, pgo))
 }
 
 fn write_config(bench: &Bench) -> Result<()> {
@@ -1040,9 +1073,13 @@ fn release_profile(root: &Path) -> Result<String> {
     Ok(profile.iter().map(|(key, value)| format!("`{key} = {value}`")).collect::<Vec<_>>().join(", "))
 }
 
-fn write_benchmarks(root: &Path, reports: &[Report], seconds: f64, runs: usize) -> Result<()> {
+fn write_benchmarks(root: &Path, reports: &[Report], seconds: f64, runs: usize, pgo: bool) -> Result<()> {
     let (mut out, prose) = prose_of(root)?;
-    let values = [machine(), format!("{seconds:.0}"), runs.to_string(), release_profile(root)?];
+    let mut build = release_profile(root)?;
+    if pgo {
+        build.push_str(", then profile-guided optimization (`xtask/src/pgo.rs`: each server trained on the load generator's echo and fan-out)");
+    }
+    let values = [machine(), format!("{seconds:.0}"), runs.to_string(), build];
     for (placeholder, value) in PLACEHOLDERS.iter().zip(&values) {
         out = out.replace(placeholder, value);
     }

@@ -1,5 +1,6 @@
-//! `cargo xtask dist [--out DIR]`: the production build in one folder an operator copies to a
-//! server as it is: the broker built with `[profile.release]`, every shipped plugin (the Rust ones
+//! `cargo xtask dist [--out DIR] [--no-pgo]`: the production build in one folder an operator
+//! copies to a server as it is: the broker built with `[profile.release]` and profile-guided
+//! optimization (`pgo`; `--no-pgo`: the profile alone), every shipped plugin (the Rust ones
 //! for wasm32-wasip2 with the same profile, the Python and JavaScript builds beside them), a
 //! broker.toml whose plugin paths point into the folder, and the deployment docs. The folder is
 //! checked with its own `broker check` before the command succeeds.
@@ -19,14 +20,16 @@ const MARKER: &str = ".broker-dist";
 const DOCS: &[(&str, &str)] =
     &[("docs/deploying.md", "DEPLOYING.md"), ("docs/configuration.md", "docs/configuration.md")];
 
-const USAGE: &str = "usage: cargo xtask dist [--out DIR]\n\nbuilds the broker (release profile) and every shipped plugin into DIR (default target/dist)";
+const USAGE: &str = "usage: cargo xtask dist [--out DIR] [--no-pgo]\n\nbuilds the broker (release profile, then profile-guided optimization: trained on 127.0.0.1\nwith the load generator; --no-pgo skips it, for a build in half the time) and every shipped\nplugin into DIR (default target/dist)";
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut out = root.join("target/dist");
+    let mut pgo = true;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--out" => out = PathBuf::from(args.next().context("--out takes a folder")?),
+            "--no-pgo" => pgo = false,
             "help" | "--help" | "-h" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -35,8 +38,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         }
     }
     let started = Instant::now();
-    let broker = build_broker(root)?;
+    // The plugins first: the broker's training serves the shipped echo and chat.
     let plugins = crate::build_plugins(root)?;
+    let broker = if pgo { optimized_broker(root)? } else { build_broker(root)? };
     assemble(root, &out, &broker, &plugins)?;
     check(&out)?;
     eprintln!(
@@ -52,6 +56,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 pub(crate) fn build_broker(root: &Path) -> Result<PathBuf> {
     crate::run(crate::cargo(root).args(["build", "--release", "--package", "broker"]))?;
     Ok(root.join("target/release/broker"))
+}
+
+/// The broker with profile-guided optimization, trained on the shipped echo and chat (built
+/// before): the binary's path. `cargo xtask bench` measures this same build.
+pub(crate) fn optimized_broker(root: &Path) -> Result<PathBuf> {
+    let loadgen = crate::pgo::loadgen(root)?;
+    crate::pgo::build(root, "broker", "broker", |broker| crate::pgo::train_broker(root, broker, &loadgen))
 }
 
 /// Lays out `out`: the binary, `plugins/`, the rewritten broker.toml and the docs. An earlier

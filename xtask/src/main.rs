@@ -9,6 +9,7 @@ mod bench;
 mod dist;
 mod fuzz;
 mod layers;
+mod pgo;
 mod polyglot;
 
 use polyglot::Language;
@@ -27,14 +28,15 @@ commands:
                   (componentize-py, npm packages, chanx in target/chanx) if missing
   lint            broker/src's layers (xtask/src/layers.rs), cargo fmt --check and
                   cargo clippy -D warnings, host and wasm crates
-  dist [--out DIR]
+  dist [--out DIR] [--no-pgo]
                   the production build in one folder to copy to a server (default
-                  target/dist): the broker (release profile), every shipped plugin, a
-                  broker.toml pointing into the folder, DEPLOYING.md; checked with
-                  `broker check` before it succeeds
-  bench NAME|all [--runs N] [--write]
-                  benchmarks of the release build against the native baseline
-                  (SCENARIOS); --write regenerates BENCHMARKS.md
+                  target/dist): the broker (release profile and profile-guided
+                  optimization, trained on 127.0.0.1; --no-pgo: the profile alone),
+                  every shipped plugin, a broker.toml pointing into the folder,
+                  DEPLOYING.md; checked with `broker check` before it succeeds
+  bench NAME|all [--runs N] [--write] [--no-pgo]
+                  benchmarks of the production build against the native baseline
+                  built the same way (SCENARIOS); --write regenerates BENCHMARKS.md
   fuzz [--seconds N] [TARGET...]
                   run the cargo-fuzz targets of broker/fuzz (envelope, config) for N
                   seconds each (default 60); installs nightly and cargo-fuzz if missing";

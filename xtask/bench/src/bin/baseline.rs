@@ -40,9 +40,15 @@ async fn main() -> anyhow::Result<()> {
         Ok(ns) => Duration::from_nanos(ns.parse().context("BASELINE_WORK_NS is a number of nanoseconds")?),
         Err(_) => Duration::ZERO,
     };
+    // SIGTERM returns from `main`, so a build instrumented for profile-guided optimization writes
+    // its profile at exit: `cargo xtask bench` trains the baseline as `dist` trains the broker.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut next_id = 0u64;
     loop {
-        let (tcp, _) = listener.accept().await?;
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = terminate.recv() => return Ok(()),
+        };
         next_id += 1;
         tokio::spawn(serve(tcp, next_id, rooms.clone(), work));
     }
