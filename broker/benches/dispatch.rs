@@ -223,13 +223,13 @@ async fn run(args: Args) -> Vec<Cost> {
     // Each stage on its own, with the same frame.
     let matched = live.router.lookup(&args.route).map_err(|e| format!("{e:?}")).unwrap();
     let plugin = live.slots[&matched.route.plugin].current();
-    let ctx = Context {
+    let ctx = Arc::new(Context {
         connection: 1,
         route: matched.route.pattern.clone(),
         path: args.route.clone(),
         params: vec![],
         user: None,
-    };
+    });
     let request = protocol::parse(FRAME, plugin.accepts()).unwrap();
     let payload = request.payload.map(|p| p.get());
     let client = IpAddr::from(Ipv4Addr::LOCALHOST);

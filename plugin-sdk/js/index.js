@@ -19,12 +19,12 @@
 // over them; a failed host call throws `PluginError` with the words the other SDKs use; and an
 // ordinary exception in a handler answers `plugin_error`, as `?` does in Rust.
 
-import * as groups from 'broker:plugin/groups@0.1.4';
-import * as host from 'broker:plugin/host@0.1.4';
-import * as identity from 'broker:plugin/identity@0.1.4';
-import * as hostHistory from 'broker:plugin/history@0.1.4';
-import * as hostKv from 'broker:plugin/kv@0.1.4';
-import * as session from 'broker:plugin/session@0.1.4';
+import * as groups from 'broker:plugin/groups@0.1.5';
+import * as host from 'broker:plugin/host@0.1.5';
+import * as identity from 'broker:plugin/identity@0.1.5';
+import * as hostHistory from 'broker:plugin/history@0.1.5';
+import * as hostKv from 'broker:plugin/kv@0.1.5';
+import * as session from 'broker:plugin/session@0.1.5';
 
 import { PluginError, Reject } from './errors.js';
 

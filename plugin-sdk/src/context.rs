@@ -1,9 +1,11 @@
 //! What a handler knows about its call and what it can ask of the host.
 
+use std::cell::OnceCell;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bindings::broker::plugin::{groups, host, identity, session, types};
+use crate::bindings::broker::plugin::{call, groups, host, identity, session, types};
 use crate::error::{Error, Result};
 
 /// A log level for [`Context::log`].
@@ -12,37 +14,50 @@ pub use types::Level;
 /// The connection a call is about, and the host's services.
 #[derive(Debug, Clone)]
 pub struct Context {
-    raw: types::Context,
+    connection: u64,
+    /// The route, path, parameters and user: handed over with the connection's own calls, and
+    /// asked of the host (`call.current`) by a message's handler only when it reads one of them,
+    /// so that an echo does not copy four strings in per message.
+    raw: OnceCell<types::Context>,
 }
 
 impl Context {
     pub(crate) fn new(raw: types::Context) -> Self {
-        Context { raw }
+        Context { connection: raw.connection, raw: OnceCell::from(raw) }
+    }
+
+    /// The context of a message's call, fetched when first read.
+    pub(crate) fn of_connection(connection: u64) -> Self {
+        Context { connection, raw: OnceCell::new() }
+    }
+
+    fn raw(&self) -> &types::Context {
+        self.raw.get_or_init(call::current)
     }
 
     /// The connection's id, unique for the broker process's lifetime.
     pub fn connection(&self) -> u64 {
-        self.raw.connection
+        self.connection
     }
 
     /// The route pattern the connection matched (`/ws/chat/{room}`).
     pub fn route(&self) -> &str {
-        &self.raw.route
+        &self.raw().route
     }
 
     /// The path the client connected to (`/ws/chat/room1`).
     pub fn path(&self) -> &str {
-        &self.raw.path
+        &self.raw().path
     }
 
     /// A path parameter of the route (`param("room")`).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.raw.params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+        self.raw().params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
     }
 
     /// The authenticated user, when the route authenticates.
     pub fn user(&self) -> Option<&str> {
-        self.raw.user.as_deref()
+        self.raw().user.as_deref()
     }
 
     /// The claims of this connection's token that broker.toml hands to plugins (`auth.claims`),

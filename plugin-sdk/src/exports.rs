@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 
 use crate::bindings::broker::plugin::{host, types};
 use crate::bindings::exports::broker::plugin::describe::{self, HandlerReplies};
+use crate::bindings::exports::broker::plugin::dispatch;
 use crate::bindings::exports::broker::plugin::handler::Guest;
 use crate::context::Context;
 use crate::error::{Error, Loc};
@@ -52,31 +53,43 @@ impl<B: Builder> Guest for Exports<B> {
         payload: Option<String>,
     ) -> Result<Option<String>, types::HandlerError> {
         let ctx = Context::new(ctx);
-        with_plugin::<B, _>(|plugin| plugin.message(&ctx, &action, payload.as_deref())).map_err(|error| match error {
-            Error::Failed(message) => types::HandlerError::Failed(message),
-            Error::Invalid(issues) => types::HandlerError::Invalid(
-                issues
-                    .into_iter()
-                    .map(|issue| types::Issue {
-                        kind: issue.kind,
-                        loc: issue
-                            .loc
-                            .into_iter()
-                            .map(|loc| match loc {
-                                Loc::Key(key) => types::LocItem::Key(key),
-                                Loc::Index(index) => types::LocItem::Index(index),
-                            })
-                            .collect(),
-                        msg: issue.msg,
-                    })
-                    .collect(),
-            ),
-        })
+        with_plugin::<B, _>(|plugin| plugin.message(&ctx, &action, payload.as_deref())).map_err(handler_error)
     }
 
     fn on_disconnect(ctx: types::Context) {
         let ctx = Context::new(ctx);
         with_plugin::<B, _>(|plugin| plugin.disconnect(&ctx));
+    }
+}
+
+/// What the broker calls for a message, the action given by its place in the manifest.
+impl<B: Builder> dispatch::Guest for Exports<B> {
+    fn on_frame(connection: u64, action: u32, payload: Option<String>) -> Result<Option<String>, types::HandlerError> {
+        let ctx = Context::of_connection(connection);
+        with_plugin::<B, _>(|plugin| plugin.message_at(&ctx, action, payload.as_deref())).map_err(handler_error)
+    }
+}
+
+fn handler_error(error: Error) -> types::HandlerError {
+    match error {
+        Error::Failed(message) => types::HandlerError::Failed(message),
+        Error::Invalid(issues) => types::HandlerError::Invalid(
+            issues
+                .into_iter()
+                .map(|issue| types::Issue {
+                    kind: issue.kind,
+                    loc: issue
+                        .loc
+                        .into_iter()
+                        .map(|loc| match loc {
+                            Loc::Key(key) => types::LocItem::Key(key),
+                            Loc::Index(index) => types::LocItem::Index(index),
+                        })
+                        .collect(),
+                    msg: issue.msg,
+                })
+                .collect(),
+        ),
     }
 }
 

@@ -60,7 +60,7 @@ pub use state::kv;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "plugin",
+        world: "plugin-dispatch",
         pub_export_macro: true,
         export_macro_name: "__export_world_plugin",
         default_bindings_module: "plugin_sdk::bindings",

@@ -107,6 +107,7 @@ pub struct Plugin {
     version: String,
     description: Option<String>,
     tags: Vec<String>,
+    /// In the manifest's order: `on-frame` names an action by its place here.
     handlers: Vec<Handler>,
     sends: Vec<types::ActionSpec>,
     raw_frames: Vec<types::ActionSpec>,
@@ -246,6 +247,14 @@ impl Plugin {
             Some(handler) => (handler.run)(ctx, payload),
             // The broker only dispatches actions from the manifest, so this is a broker/plugin mismatch.
             None => Err(Error::msg(format!("plugin {} has no handler for {action:?}", self.name))),
+        }
+    }
+
+    /// `message` for the action at `index` of the manifest's `accepts`.
+    pub(crate) fn message_at(&self, ctx: &Context, index: u32, payload: Option<&str>) -> Result<Option<String>> {
+        match usize::try_from(index).ok().and_then(|index| self.handlers.get(index)) {
+            Some(handler) => (handler.run)(ctx, payload),
+            None => Err(Error::msg(format!("plugin {} has no handler at {index}", self.name))),
         }
     }
 

@@ -33,6 +33,33 @@ async fn settings_from_broker_toml_reach_the_plugin() {
     assert_eq!(reply["payload"], json!({"greeting": "hi", "depth": 2}));
 }
 
+#[tokio::test]
+async fn sdk_plugins_take_messages_through_on_frame_and_older_plugins_through_on_message() {
+    let broker = Broker::start();
+    for (plugin, export) in [
+        ("echo", "dispatch.on-frame"),
+        ("chat", "dispatch.on-frame"),
+        ("testbed", "dispatch.on-frame"),
+        ("legacy", "handler.on-message"),
+    ] {
+        assert_eq!(broker.plugin_status(plugin).await["message_export"], export, "{plugin}");
+    }
+    // `on-frame` is handed only the connection; a handler that reads the context asks the host for
+    // the running call's. Calls of two connections in turns, on the plugin's reused instances,
+    // each get their own.
+    let mut first = broker.connect("/ws/testbed/room1").await;
+    let mut second = broker.connect("/ws/testbed/room2").await;
+    for _ in 0..3 {
+        for (client, room) in [(&mut first, "room1"), (&mut second, "room2")] {
+            let reply = client.request(json!({"action": "params"})).await;
+            assert_eq!(
+                reply["payload"],
+                json!({"route": "/ws/testbed/{room}", "path": format!("/ws/testbed/{room}"), "params": {"room": room}})
+            );
+        }
+    }
+}
+
 /// The names a component imports, at its top level.
 fn component_imports(path: &std::path::Path) -> Vec<String> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -115,7 +115,7 @@ async fn serve<S>(
     tokio::pin!(writer);
     let connection = Connection {
         id,
-        ctx: Context { connection: id, route: route.pattern.clone(), path, params, user },
+        ctx: Arc::new(Context { connection: id, route: route.pattern.clone(), path, params, user }),
         slot,
         handle,
         registry: registry.clone(),
@@ -197,7 +197,8 @@ enum Ended {
 
 struct Connection {
     id: ConnectionId,
-    ctx: Context,
+    /// Shared with the plugin instance in a call, for `call.current`.
+    ctx: Arc<Context>,
     slot: Arc<Slot>,
     handle: Handle,
     registry: Arc<Registry>,

@@ -29,6 +29,16 @@ pub mod documented {
     });
 }
 
+/// The optional `dispatch` export (0.1.5), bound apart from the core as `describe` is.
+pub mod dispatching {
+    wasmtime::component::bindgen!({
+        path: "../plugin-sdk/wit",
+        world: "dispatching",
+        exports: { default: async },
+        with: { "broker:plugin/types": super::broker::plugin::types },
+    });
+}
+
 pub use self::broker::plugin::types::{
     Context, GroupError, HandlerError, Level, LocItem, PluginManifest, Rejection, SendError, StateError,
 };
@@ -78,6 +88,9 @@ pub struct HostState {
     pub(crate) deadline: Instant,
     /// The connection the running call is about (0 for none): the `sender` of what it sends.
     pub(crate) caller: ConnectionId,
+    /// The context of the running call, for `call.current`. An idle instance keeps its last call's
+    /// until the next: clearing it would be a write and a count on every call, to free little.
+    pub(crate) context: Option<Arc<Context>>,
     /// Frames and bytes the running call has sent.
     pub(crate) sent: (u32, u64),
     /// The instance's memory limit, and how much linear memory it holds.
@@ -144,6 +157,7 @@ impl HostState {
             env,
             deadline,
             caller: 0,
+            context: None,
             sent: (0, 0),
             limits,
         }
@@ -294,6 +308,18 @@ impl self::broker::plugin::session::Host for HostState {
 impl self::broker::plugin::identity::Host for HostState {
     async fn claims(&mut self, connection: u64) -> wasmtime::Result<Option<String>> {
         Ok(self.env.registry.claims(connection))
+    }
+}
+
+impl self::broker::plugin::call::Host for HostState {
+    async fn current(&mut self) -> wasmtime::Result<Context> {
+        Ok(self.context.as_deref().cloned().unwrap_or_else(|| Context {
+            connection: 0,
+            route: String::new(),
+            path: String::new(),
+            params: Vec::new(),
+            user: None,
+        }))
     }
 }
 

@@ -20,6 +20,7 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::cache::Source;
 use super::host::broker::plugin::types::ActionSpec;
+use super::host::dispatching::{Dispatching, DispatchingIndices};
 use super::host::documented::DocumentedIndices;
 use super::host::{
     Context, HandlerError, HostState, PluginCore, PluginCoreIndices, PluginEnv, PluginManifest, Rejection,
@@ -29,7 +30,7 @@ use super::{CallError, PluginError, Runtime, TrapCause};
 use crate::config;
 use crate::hub::metrics::Histogram;
 use crate::hub::metrics::Metrics;
-use crate::hub::registry::{ConnectionId, Registry};
+use crate::hub::registry::Registry;
 use crate::hub::state::Kv;
 use crate::plugin::schema::Validators;
 use crate::wire::protocol::Problem;
@@ -59,6 +60,8 @@ struct Instance {
     store: Store<HostState>,
     instance: wasmtime::component::Instance,
     bindings: PluginCore,
+    /// The `dispatch` export, when the plugin has it.
+    dispatch: Option<Dispatching>,
     /// Its place under `plugins.<name>.max_instances`, given back when it is dropped.
     _permit: OwnedSemaphorePermit,
 }
@@ -147,6 +150,9 @@ pub struct LoadedPlugin {
     validators: Validators,
     pre: InstancePre<HostState>,
     indices: PluginCoreIndices,
+    /// Where `dispatch` is, for plugins built against 0.1.5 with it: their messages go to
+    /// `on-frame`, the others' to `on-message`.
+    dispatch: Option<DispatchingIndices>,
     /// Idle instances, a stack per thread: a call takes from and gives back to its own thread's,
     /// so calls on two cores do not pass one lock between them; a thread with none takes another's.
     /// Padded: the stacks of adjacent threads are adjacent in memory.
@@ -241,6 +247,7 @@ impl LoadedPlugin {
         let indices =
             PluginCoreIndices::new(&instance_pre).map_err(|e| failed(format!("does not export the handler: {e:?}")))?;
         let documented = DocumentedIndices::new(&instance_pre).ok();
+        let dispatch = DispatchingIndices::new(&instance_pre).ok();
         let settings = serde_json::to_string(&config.settings).map_err(|e| failed(format!("settings: {e}")))?;
 
         let env = PluginEnv {
@@ -272,6 +279,7 @@ impl LoadedPlugin {
             validators: Validators::default(),
             pre: instance_pre,
             indices,
+            dispatch,
             idle: ThreadLocal::new(),
             idle_per_thread: (MAX_IDLE / std::thread::available_parallelism().map_or(1, usize::from)).max(2),
             alive: Arc::new(Semaphore::new(config.max_instances)),
@@ -290,12 +298,12 @@ impl LoadedPlugin {
             config: config.clone(),
         };
         let manifest = plugin
-            .call(0, None, async |i| i.bindings.broker_plugin_handler().call_manifest(&mut i.store).await)
+            .call(None, None, async |i| i.bindings.broker_plugin_handler().call_manifest(&mut i.store).await)
             .await
             .map_err(|e| failed(format!("asking for its manifest failed: {e}")))?;
         if let Some(documented) = documented {
             let (replies, raw_frames) = plugin
-                .call(0, None, async |i| {
+                .call(None, None, async |i| {
                     let describe = documented.load(&mut i.store, &i.instance)?;
                     let replies = describe.broker_plugin_describe().call_replies(&mut i.store).await?;
                     let raw_frames = describe.broker_plugin_describe().call_raw_frames(&mut i.store).await?;
@@ -346,17 +354,23 @@ impl LoadedPlugin {
         self.replies.iter().find(|(name, _)| name == action).map_or(&[], |(_, replies)| replies)
     }
 
+    /// Whether its messages go to `on-frame` (the `dispatch` export) rather than `on-message`.
+    pub fn dispatches(&self) -> bool {
+        self.dispatch.is_some()
+    }
+
     /// The calls about a connection take its client's address: failures are charged to it.
-    pub async fn on_connect(&self, ctx: &Context, client: IpAddr) -> Result<Result<(), Rejection>, CallError> {
-        self.call(ctx.connection, Some(client), async |i| {
+    pub async fn on_connect(&self, ctx: &Arc<Context>, client: IpAddr) -> Result<Result<(), Rejection>, CallError> {
+        self.call(Some(ctx), Some(client), async |i| {
             i.bindings.broker_plugin_handler().call_on_connect(&mut i.store, ctx).await
         })
         .await
     }
 
+    /// `action` is one of [`accepts`](LoadedPlugin::accepts).
     pub async fn on_message(
         &self,
-        ctx: &Context,
+        ctx: &Arc<Context>,
         client: IpAddr,
         action: &str,
         payload: Option<&str>,
@@ -364,24 +378,30 @@ impl LoadedPlugin {
         // A `null` the schema let through (or an action without one) reaches handlers as no
         // payload, as it always has; only the validation tells the two apart.
         let payload = payload.filter(|text| *text != "null");
-        self.call(ctx.connection, Some(client), async |i| {
-            i.bindings.broker_plugin_handler().call_on_message(&mut i.store, ctx, action, payload).await
+        // Instances of one generation all have `dispatch` or all lack it.
+        let index = self.dispatch.as_ref().and_then(|_| self.accepts.iter().position(|accepted| accepted == action));
+        let index = index.and_then(|index| u32::try_from(index).ok());
+        self.call(Some(ctx), Some(client), async |i| match (&i.dispatch, index) {
+            (Some(dispatch), Some(index)) => {
+                dispatch.broker_plugin_dispatch().call_on_frame(&mut i.store, ctx.connection, index, payload).await
+            }
+            _ => i.bindings.broker_plugin_handler().call_on_message(&mut i.store, ctx, action, payload).await,
         })
         .await
     }
 
-    pub async fn on_disconnect(&self, ctx: &Context, client: IpAddr) -> Result<(), CallError> {
-        self.call(ctx.connection, Some(client), async |i| {
+    pub async fn on_disconnect(&self, ctx: &Arc<Context>, client: IpAddr) -> Result<(), CallError> {
+        self.call(Some(ctx), Some(client), async |i| {
             i.bindings.broker_plugin_handler().call_on_disconnect(&mut i.store, ctx).await
         })
         .await
     }
 
-    /// Runs one export, about connection `caller` (0: none) of a client at `client`, on an idle
-    /// instance (or a new one) under the plugin's deadline.
+    /// Runs one export, about the connection of `ctx` (none: no connection) of a client at
+    /// `client`, on an idle instance (or a new one) under the plugin's deadline.
     async fn call<R>(
         &self,
-        caller: ConnectionId,
+        ctx: Option<&Arc<Context>>,
         client: Option<IpAddr>,
         f: impl AsyncFnOnce(&mut Instance) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
@@ -409,7 +429,8 @@ impl LoadedPlugin {
         };
         let state = instance.store.data_mut();
         state.deadline = deadline;
-        state.caller = caller;
+        state.caller = ctx.map_or(0, |ctx| ctx.connection);
+        state.context = ctx.cloned();
         state.sent = (0, 0);
         instance.store.set_epoch_deadline(1);
         // The epoch callback enforces the deadline while wasm runs; a timer covers a call parked in
@@ -532,7 +553,13 @@ impl LoadedPlugin {
             self.pre.instantiate_async(&mut store).await.map_err(|e| CallError::Instantiate(format!("{e:?}")))?;
         let bindings =
             self.indices.load(&mut store, &instance).map_err(|e| CallError::Instantiate(format!("{e:?}")))?;
-        Ok(Box::new(Instance { store, instance, bindings, _permit: permit }))
+        let dispatch = match &self.dispatch {
+            Some(indices) => {
+                Some(indices.load(&mut store, &instance).map_err(|e| CallError::Instantiate(format!("{e:?}")))?)
+            }
+            None => None,
+        };
+        Ok(Box::new(Instance { store, instance, bindings, dispatch, _permit: permit }))
     }
 
     fn take_idle(&self) -> Option<Box<Instance>> {

@@ -87,6 +87,8 @@ impl Slot {
             "compiled_from": current.source.as_str(),
             "compile_ms": current.compile_time.as_millis() as u64,
             "accepts": current.accepts(),
+            // Which export its messages go to: `on-frame` from 0.1.5's `dispatch`, or `on-message`.
+            "message_export": if current.dispatches() { "dispatch.on-frame" } else { "handler.on-message" },
             "reloads": history.reloads,
             "failed_reloads": history.failed_reloads,
             "last_error": history.last_error.as_ref().map(|(at, error)| json!({"at": rfc3339(*at), "error": error})),
