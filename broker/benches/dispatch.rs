@@ -233,7 +233,8 @@ async fn run(args: Args) -> Vec<Cost> {
     let request = protocol::parse(FRAME, plugin.accepts()).unwrap();
     let payload = request.payload.map(|p| p.get());
     let client = IpAddr::from(Ipv4Addr::LOCALHOST);
-    let reply = plugin.on_message(&ctx, client, &request.action, payload).await.unwrap().unwrap().unwrap();
+    let reply =
+        plugin.on_message(&ctx, client, &request.action, request.accepted, payload).await.unwrap().unwrap().unwrap();
     costs.push(
         measure("parse: envelope (protocol::parse)", n, async || {
             black_box(protocol::parse(black_box(FRAME), plugin.accepts()).unwrap());
@@ -248,7 +249,9 @@ async fn run(args: Args) -> Vec<Cost> {
     );
     costs.push(
         measure("call: the plugin (instance, deadline, guest, reply)", n, async || {
-            black_box(plugin.on_message(&ctx, client, &request.action, payload).await.unwrap().unwrap());
+            black_box(
+                plugin.on_message(&ctx, client, &request.action, request.accepted, payload).await.unwrap().unwrap(),
+            );
         })
         .await,
     );

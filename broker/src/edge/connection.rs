@@ -319,7 +319,7 @@ impl Connection {
     async fn dispatch(&self, text: &str) {
         // One generation for the whole message: the one in service when it was read.
         let plugin = self.slot.load();
-        let Request { action, payload, reference } = match protocol::parse(text, plugin.accepts()) {
+        let Request { action, accepted, payload, reference } = match protocol::parse(text, plugin.accepts()) {
             Ok(request) => request,
             Err(refusal) => {
                 self.metrics.frame_in(None, text.len());
@@ -357,7 +357,7 @@ impl Connection {
             self.metrics.shared().payload_refused(self.slot.name());
             return self.reply(protocol::error_frame(&problems, reference)).await;
         }
-        let answer = plugin.on_message(&self.ctx, self.peer, &action, payload.map(|p| p.get())).await;
+        let answer = plugin.on_message(&self.ctx, self.peer, &action, accepted, payload.map(|p| p.get())).await;
         let crashed = answer.as_ref().is_err_and(CallError::is_crash);
         let problems = match answer {
             Ok(Ok(None)) => return,

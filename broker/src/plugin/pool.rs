@@ -367,20 +367,22 @@ impl LoadedPlugin {
         .await
     }
 
-    /// `action` is one of [`accepts`](LoadedPlugin::accepts).
+    /// `action` is one of [`accepts`](LoadedPlugin::accepts), at `place` there as
+    /// `protocol::parse` found it: `on-frame` takes the place, `on-message` the name (and serves
+    /// a call without the place).
     pub async fn on_message(
         &self,
         ctx: &Arc<Context>,
         client: IpAddr,
         action: &str,
+        place: Option<usize>,
         payload: Option<&str>,
     ) -> Result<Result<Option<String>, HandlerError>, CallError> {
         // A `null` the schema let through (or an action without one) reaches handlers as no
         // payload, as it always has; only the validation tells the two apart.
         let payload = payload.filter(|text| *text != "null");
+        let index = place.and_then(|place| u32::try_from(place).ok());
         // Instances of one generation all have `dispatch` or all lack it.
-        let index = self.dispatch.as_ref().and_then(|_| self.accepts.iter().position(|accepted| accepted == action));
-        let index = index.and_then(|index| u32::try_from(index).ok());
         self.call(Some(ctx), Some(client), async |i| match (&i.dispatch, index) {
             (Some(dispatch), Some(index)) => {
                 dispatch.broker_plugin_dispatch().call_on_frame(&mut i.store, ctx.connection, index, payload).await

@@ -35,6 +35,9 @@ pub fn quote(text: &str) -> Cow<'_, str> {
 pub struct Request<'a> {
     /// Borrowed from the frame unless it is written with escapes.
     pub action: Cow<'a, str>,
+    /// The action's place in the accepted actions `parse` was given; none for the broker's own
+    /// (`ping`, `recover`).
+    pub accepted: Option<usize>,
     /// The payload's JSON text; `None` when absent (or `null` on `ping`).
     pub payload: Option<&'a RawValue>,
     /// The client's correlation id, echoed on the reply.
@@ -122,16 +125,18 @@ fn checked<'a>(envelope: RawEnvelope<'a>, accepted: Option<&[String]>) -> Result
             None
         }
         Some(raw) => match string(raw) {
-            Ok(action)
-                if accepted.is_none_or(|accepted| {
-                    action == PING || action == RECOVER || accepted.iter().any(|a| *a == action)
-                }) =>
-            {
-                Some(action)
-            }
             Ok(action) => {
-                problems.push(unknown_action(&action, accepted.unwrap_or_default()));
-                None
+                let own = action == PING || action == RECOVER;
+                let place = match own {
+                    true => None,
+                    false => accepted.and_then(|accepted| accepted.iter().position(|a| *a == action)),
+                };
+                if own || place.is_some() || accepted.is_none() {
+                    Some((action, place))
+                } else {
+                    problems.push(unknown_action(&action, accepted.unwrap_or_default()));
+                    None
+                }
             }
             Err(_) => {
                 problems.push(match accepted {
@@ -143,11 +148,11 @@ fn checked<'a>(envelope: RawEnvelope<'a>, accepted: Option<&[String]>) -> Result
         },
     };
     match action {
-        Some(action) if problems.is_empty() => {
+        Some((action, accepted)) if problems.is_empty() => {
             // `ping` takes `null` as no payload (Chanx's `PingMessage.payload: None`); any other
             // action keeps it, so its schema answers it as pydantic does (`model_type`).
             let payload = envelope.payload.filter(|p| !(action == PING && p.get() == "null"));
-            Ok(Request { action, payload, reference })
+            Ok(Request { action, accepted, payload, reference })
         }
         _ => Err(Refusal { problems, reference }),
     }
@@ -311,6 +316,15 @@ mod tests {
         assert_eq!(refused(r#"{"action":"user\u005fmessages"}"#).problems[0].kind, "union_tag_invalid");
         let request = parse(r#"{"action":"user_message","payload":null}"#, &accepted()).unwrap();
         assert_eq!(request.payload.map(RawValue::get), Some("null"), "validated as null, not as missing");
+    }
+
+    #[test]
+    fn an_accepted_action_comes_with_its_place_and_the_brokers_own_without() {
+        let accepted = ["join".to_owned(), "user_message".to_owned()];
+        assert_eq!(parse(r#"{"action":"user_message"}"#, &accepted).unwrap().accepted, Some(1));
+        assert_eq!(parse(r#"{"action":"join"}"#, &accepted).unwrap().accepted, Some(0));
+        assert_eq!(parse(r#"{"action":"ping"}"#, &accepted).unwrap().accepted, None);
+        assert_eq!(parse(r#"{"action":"recover","payload":{}}"#, &accepted).unwrap().accepted, None);
     }
 
     #[test]
