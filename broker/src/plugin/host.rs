@@ -86,10 +86,9 @@ pub struct HostState {
     env: Arc<PluginEnv>,
     /// When the running call must have ended; read by the epoch callback.
     pub(crate) deadline: Instant,
-    /// The connection the running call is about (0 for none): the `sender` of what it sends.
-    pub(crate) caller: ConnectionId,
-    /// The context of the running call, for `call.current`. An idle instance keeps its last call's
-    /// until the next: clearing it would be a write and a count on every call, to free little.
+    /// The context of the running call (none: a call about no connection), for `call.current`;
+    /// its connection is the `sender` of what the call sends. An idle instance keeps its last
+    /// call's until the next: clearing it would be a write and a count on every call, to free little.
     pub(crate) context: Option<Arc<Context>>,
     /// Frames and bytes the running call has sent.
     pub(crate) sent: (u32, u64),
@@ -156,7 +155,6 @@ impl HostState {
             table: ResourceTable::new(),
             env,
             deadline,
-            caller: 0,
             context: None,
             sent: (0, 0),
             limits,
@@ -184,7 +182,8 @@ impl HostState {
 
     fn delivery(&self, frame: String) -> Result<Delivery, SendError> {
         let frame = protocol::plugin_frame(frame, None).map_err(SendError::InvalidFrame)?;
-        Ok(Delivery::new(frame, self.caller.to_string()))
+        let caller: ConnectionId = self.context.as_ref().map_or(0, |ctx| ctx.connection);
+        Ok(Delivery::new(frame, caller.to_string()))
     }
 
     fn group(&self, name: &str) -> GroupKey {

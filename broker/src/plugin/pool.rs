@@ -431,7 +431,6 @@ impl LoadedPlugin {
         };
         let state = instance.store.data_mut();
         state.deadline = deadline;
-        state.caller = ctx.map_or(0, |ctx| ctx.connection);
         state.context = ctx.cloned();
         state.sent = (0, 0);
         instance.store.set_epoch_deadline(1);
