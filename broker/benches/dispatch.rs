@@ -22,12 +22,14 @@ use broker::hub::metrics::Metrics;
 use broker::hub::outbound::{self, Bounds};
 use broker::hub::registry::{self, Registry};
 use broker::hub::state::{self, Kv};
-use broker::plugin::host::Context;
+use broker::plugin::host::{Context, HandlerError};
 use broker::plugin::{Runtime, Services};
 use broker::wire::protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker, TypedFunc};
 
 const FRAME: &str = r#"{"action":"user_message","payload":{"message":"Hello"},"ref":"r1"}"#;
 const PING: &str = r#"{"action":"ping","ref":"r1"}"#;
@@ -190,6 +192,8 @@ async fn run(args: Args) -> Vec<Cost> {
         keys_per_namespace: config.state.kv_keys_per_namespace,
     };
     let services = Services { registry, kv: Arc::new(Kv::new(kv_limits, None)), metrics };
+    let plugin_files: Vec<_> =
+        config.plugins.iter().map(|(name, plugin)| (name.clone(), plugin.path.clone())).collect();
     let live = Live::build(config, None, &runtime, &services).await.expect("the plugins load");
     let n = args.messages;
     let mut costs = Vec::new();
@@ -263,6 +267,8 @@ async fn run(args: Args) -> Vec<Cost> {
         })
         .await,
     );
+    let wasm = plugin_files.iter().find(|(name, _)| *name == matched.route.plugin).map(|(_, path)| path).unwrap();
+    costs.extend(bare_calls(&runtime, wasm, request.accepted, payload, n).await);
     costs.push(
         measure("reply: checked, ref added (protocol::plugin_frame)", n, async || {
             black_box(protocol::plugin_frame(black_box(reply.clone()), Some("r1")).unwrap());
@@ -279,6 +285,49 @@ async fn run(args: Args) -> Vec<Cost> {
         .await,
     );
     costs
+}
+
+/// The plugin's `on-frame` on a store of its own whose imports are all sync (each one traps but
+/// `insecure-seed`, which the guest reads when it first builds its handlers): the same guest code
+/// called with `call`, on the caller's stack, and with `call_async`, on a fiber of its own, as
+/// the broker must call it (its store has async imports: WASI's streams, the key-value store,
+/// groups). The difference is what the fiber costs a call. No rows for a plugin without `dispatch`.
+async fn bare_calls(
+    runtime: &Runtime,
+    wasm: &std::path::Path,
+    place: Option<usize>,
+    payload: Option<&str>,
+    n: u64,
+) -> Vec<Cost> {
+    type OnFrame<'a> = TypedFunc<(u64, u32, Option<&'a str>), (Result<Option<String>, HandlerError>,)>;
+    let component = Component::from_file(runtime.engine(), wasm).unwrap();
+    let mut linker = Linker::<()>::new(runtime.engine());
+    for version in ["0.2.0", "0.2.4", "0.2.12"] {
+        let mut seed = linker.instance(&format!("wasi:random/insecure-seed@{version}")).unwrap();
+        seed.func_wrap("insecure-seed", |_, (): ()| Ok(((1u64, 2u64),))).unwrap();
+    }
+    linker.define_unknown_imports_as_traps(&component).unwrap();
+    let mut store = Store::new(runtime.engine(), ());
+    store.set_epoch_deadline(u64::MAX / 2);
+    let instance = linker.instantiate(&mut store, &component).unwrap();
+    let Some(dispatch) = instance.get_export_index(&mut store, None, "broker:plugin/dispatch@0.1.5") else {
+        return Vec::new();
+    };
+    let on_frame = instance.get_export_index(&mut store, Some(&dispatch), "on-frame").unwrap();
+    let on_frame: OnFrame = instance.get_typed_func(&mut store, on_frame).unwrap();
+    let action = u32::try_from(place.expect("an action of the plugin's")).unwrap();
+    let args = (1, action, payload);
+    let (reply,) = on_frame.call(&mut store, args).unwrap();
+    assert!(matches!(reply, Ok(Some(_))), "the bare call did not reply");
+    let sync = measure("call, bare store: on-frame with call (no fiber)", n, async || {
+        black_box(on_frame.call(&mut store, black_box(args)).unwrap().0.is_ok());
+    })
+    .await;
+    let on_fiber = measure("call, bare store: on-frame with call_async (a fiber)", n, async || {
+        black_box(on_frame.call_async(&mut store, black_box(args)).await.unwrap().0.is_ok());
+    })
+    .await;
+    vec![sync, on_fiber]
 }
 
 fn main() {
