@@ -1,7 +1,7 @@
 //! Heap blocks the per-message path allocates. Each is a `malloc` and a `free` on every message a
 //! plugin handles (#21), so the counts are pinned here: a change that adds one fails. Its own test
 //! binary, since counting takes the global allocator, and without libtest (`harness = false`): dhat
-//! counts every thread's blocks, and libtest's main thread may allocate while the test's counts.
+//! counts every thread's blocks, and libtest's main thread may allocate while the test counts.
 #![allow(clippy::unwrap_used, reason = "a test: a failure is the finding")]
 
 use broker::plugin::schema::flat::Flat;
