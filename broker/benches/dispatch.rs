@@ -192,8 +192,6 @@ async fn run(args: Args) -> Vec<Cost> {
         keys_per_namespace: config.state.kv_keys_per_namespace,
     };
     let services = Services { registry, kv: Arc::new(Kv::new(kv_limits, None)), metrics };
-    let plugin_files: Vec<_> =
-        config.plugins.iter().map(|(name, plugin)| (name.clone(), plugin.path.clone())).collect();
     let live = Live::build(config, None, &runtime, &services).await.expect("the plugins load");
     let n = args.messages;
     let mut costs = Vec::new();
@@ -267,8 +265,7 @@ async fn run(args: Args) -> Vec<Cost> {
         })
         .await,
     );
-    let wasm = plugin_files.iter().find(|(name, _)| *name == matched.route.plugin).map(|(_, path)| path).unwrap();
-    costs.extend(bare_calls(&runtime, wasm, request.accepted, payload, n).await);
+    costs.extend(bare_calls(&runtime, &plugin.config.path, request.accepted, payload, n).await);
     costs.push(
         measure("reply: checked, ref added (protocol::plugin_frame)", n, async || {
             black_box(protocol::plugin_frame(black_box(reply.clone()), Some("r1")).unwrap());
