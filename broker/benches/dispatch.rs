@@ -281,6 +281,41 @@ async fn run(args: Args) -> Vec<Cost> {
         })
         .await,
     );
+    // Many connections, each with one message in flight, as the load generator's clients are: the
+    // connection tasks keep both workers busy, and with 1,000 or more, each message's connection
+    // state (its task, its WebSocket, its queue, its context) is cold in the caches. Measured last,
+    // since their connections stay open (and on the idle sweep's rounds) after them; shown after
+    // the other whole rows.
+    let (mut many, mut open) = (Vec::new(), Vec::new());
+    for (name, connections) in [
+        ("whole: user_message, 100 connections, one in flight each", 100),
+        ("whole: user_message, 1,000 connections, one in flight each", 1000),
+        ("whole: user_message, 10,000 connections, one in flight each", 10_000),
+    ] {
+        let mut clients = Vec::with_capacity(connections);
+        let mut buffers = vec![Vec::new(); connections];
+        for buffer in &mut buffers {
+            let mut client = connect(&live, &services, &args.route).await;
+            read_frames(&mut client, buffer, 1).await; // the welcome
+            clients.push(client);
+        }
+        let frame = masked(FRAME);
+        let mut cost = measure(name, n / connections as u64, async || {
+            for client in &mut clients {
+                client.write_all(&frame).await.unwrap();
+            }
+            for (client, buffer) in clients.iter_mut().zip(&mut buffers) {
+                black_box(read_frames(client, buffer, 1).await);
+            }
+        })
+        .await;
+        cost.wall_ns /= connections as f64;
+        cost.cpu_ns /= connections as f64;
+        many.push(cost);
+        // Kept open: closing them would run their on-disconnect calls during the next row.
+        open.push(clients);
+    }
+    costs.splice(3..3, many);
     costs
 }
 

@@ -1,10 +1,8 @@
 //! A connection's outbound queue: what goes in it, and the two bounds on it (frames and bytes).
 //!
-//! The frame count is the channel's capacity (`lane`, which holds no memory while empty); the byte
-//! count is a semaphore whose permits travel with each queued frame and return when the write loop
-//! has written it. A frame is serialized once
-//! and shared (`Utf8Bytes` is reference-counted), so a broadcast costs one allocation, not one per
-//! member.
+//! Both bounds are the channel's (`lane`, which holds no memory while empty): a frame's bytes count
+//! from when it is queued until the write loop has written it. A frame is serialized once and shared
+//! (`Utf8Bytes` is reference-counted), so a broadcast costs one allocation, not one per member.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -12,7 +10,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::wire::close_code::{GOING_AWAY, SLOW_CONSUMER};
@@ -24,11 +22,11 @@ use lane::TrySendError;
 /// What the write loop of a connection is asked to do.
 #[derive(Debug)]
 pub enum Outbound {
-    /// Write a text frame; the permit holds its bytes against the queue's byte bound.
-    Frame(Utf8Bytes, OwnedSemaphorePermit),
+    /// Write a text frame.
+    Frame(Utf8Bytes),
     /// Write these text frames in order: a recovery's replay, one place in the queue however many
-    /// frames it holds (the permit holds their bytes).
-    Frames(std::collections::VecDeque<Utf8Bytes>, OwnedSemaphorePermit),
+    /// frames it holds (and their bytes, until the last is written).
+    Frames(std::collections::VecDeque<Utf8Bytes>),
     /// Write a close frame after everything queued before it.
     Close(CloseReason),
     /// Write a ping: the idle sweep asks a quiet client whether it is still there.
@@ -202,7 +200,6 @@ pub enum SendError {
 #[derive(Debug, Clone)]
 pub struct Handle {
     outbound: lane::Sender<Outbound>,
-    bytes: Arc<Semaphore>,
     max_bytes: usize,
     pub control: Arc<Control>,
     /// Frames to this connection carry `message_id`, `timestamp` and `sender`.
@@ -224,10 +221,9 @@ pub struct Bounds {
 
 /// A queue within `bounds`.
 pub fn queue(bounds: &Bounds, metadata: bool) -> (Handle, Queue) {
-    let (outbound, queue) = lane::lane(bounds.max_frames);
+    let (outbound, queue) = lane::lane(bounds.max_frames, bounds.max_bytes);
     let handle = Handle {
         outbound,
-        bytes: Arc::new(Semaphore::new(bounds.max_bytes)),
         max_bytes: bounds.max_bytes,
         control: Arc::new(Control::default()),
         metadata,
@@ -237,9 +233,10 @@ pub fn queue(bounds: &Bounds, metadata: bool) -> (Handle, Queue) {
 }
 
 impl Handle {
-    /// Semaphore permits a frame holds: its length, capped so one huge frame still fits an empty queue.
-    fn cost(&self, frame: &Utf8Bytes) -> u32 {
-        u32::try_from(frame.len().clamp(1, self.max_bytes)).unwrap_or(u32::MAX)
+    /// The bytes a frame holds of the byte bound: its length, capped so one huge frame still fits
+    /// an empty queue.
+    fn cost(&self, frame: &Utf8Bytes) -> usize {
+        frame.len().clamp(1, self.max_bytes)
     }
 
     /// Queues a frame without waiting. A full queue means the client is not keeping up: it is closed
@@ -248,12 +245,16 @@ impl Handle {
         if self.control.is_closing() {
             return Err(SendError::Closed);
         }
-        let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&frame)) else {
-            return Err(self.slow_consumer("outbound bytes"));
-        };
-        match self.outbound.try_send(Outbound::Frame(frame, permit)) {
+        let cost = self.cost(&frame);
+        self.queued(self.outbound.try_send(Outbound::Frame(frame), cost))
+    }
+
+    /// What `try_send` and `try_send_all` return for what the queue said.
+    fn queued(&self, queued: Result<(), TrySendError<Outbound>>) -> Result<(), SendError> {
+        match queued {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(TrySendError::TooManyBytes(_)) => Err(self.slow_consumer("outbound bytes")),
             Err(TrySendError::Full(_)) => Err(self.slow_consumer("outbound frames")),
         }
     }
@@ -269,15 +270,7 @@ impl Handle {
             return Err(SendError::Closed);
         }
         let bytes: usize = frames.iter().map(|frame| frame.len().max(1)).sum();
-        let cost = u32::try_from(bytes.min(self.max_bytes)).unwrap_or(u32::MAX);
-        let Ok(permit) = self.bytes.clone().try_acquire_many_owned(cost) else {
-            return Err(self.slow_consumer("outbound bytes"));
-        };
-        match self.outbound.try_send(Outbound::Frames(frames.into(), permit)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(TrySendError::Full(_)) => Err(self.slow_consumer("outbound frames")),
-        }
+        self.queued(self.outbound.try_send(Outbound::Frames(frames.into()), bytes.min(self.max_bytes)))
     }
 
     /// Queues a frame, waiting for room: for the connection's own replies, so a client that does
@@ -292,27 +285,19 @@ impl Handle {
             return Err(SendError::Closed);
         }
         let cost = self.cost(&frame);
-        let permit = match self.bytes.clone().try_acquire_many_owned(cost) {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
-                biased;
-                _ = self.control.closed() => return Err(SendError::Closed),
-                permit = self.bytes.clone().acquire_many_owned(cost) => permit.map_err(|_| SendError::Closed)?,
-            },
-        };
-        let mut item = Some(Outbound::Frame(frame, permit));
+        let mut item = Some(Outbound::Frame(frame));
         let queued = std::future::poll_fn(|cx| match item.take() {
-            Some(item) => std::task::Poll::Ready(self.outbound.try_send_within(item, cx.waker())),
+            Some(item) => std::task::Poll::Ready(self.outbound.try_send_within(item, cost, cx.waker())),
             None => std::task::Poll::Pending,
         })
         .await;
         match queued {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(TrySendError::Full(item)) => tokio::select! {
+            Err(TrySendError::Full(item) | TrySendError::TooManyBytes(item)) => tokio::select! {
                 biased;
                 _ = self.control.closed() => Err(SendError::Closed),
-                sent = self.outbound.send(item) => sent.map_err(|_| SendError::Closed),
+                sent = self.outbound.send(item, cost) => sent.map_err(|_| SendError::Closed),
             },
         }
     }
@@ -322,14 +307,15 @@ impl Handle {
         if self.control.is_closing() {
             return Err(SendError::Closed);
         }
-        match self.outbound.try_send(Outbound::Close(reason)) {
+        // A close frame takes a place in the queue, and none of its bytes.
+        match self.outbound.try_send(Outbound::Close(reason), 0) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(TrySendError::Full(Outbound::Close(reason))) => {
+            Err(TrySendError::Full(Outbound::Close(reason)) | TrySendError::TooManyBytes(Outbound::Close(reason))) => {
                 self.control.close_now(reason);
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => Err(SendError::Closed),
+            Err(TrySendError::Full(_) | TrySendError::TooManyBytes(_)) => Err(SendError::Closed),
         }
     }
 
@@ -339,7 +325,7 @@ impl Handle {
         let queued = tokio::select! {
             biased;
             _ = self.control.closed() => return,
-            queued = self.outbound.send(Outbound::Close(reason)) => queued,
+            queued = self.outbound.send(Outbound::Close(reason), 0) => queued,
         };
         if let Err(lane::Closed(Outbound::Close(reason))) = queued {
             self.control.close_now(reason);
@@ -363,7 +349,7 @@ impl Handle {
         }
         self.control.last_ping_ms.store(now_ms, Ordering::Relaxed);
         // A full queue is a client not reading: the frames ahead of the ping will say so.
-        let _ = self.outbound.try_send(Outbound::Ping);
+        let _ = self.outbound.try_send(Outbound::Ping, 0);
         Idle::Pinged
     }
 

@@ -87,8 +87,8 @@ pub struct HostState {
     /// When the running call must have ended; read by the epoch callback.
     pub(crate) deadline: Instant,
     /// The context of the running call (none: a call about no connection), for `call.current`;
-    /// its connection is the `sender` of what the call sends. An idle instance keeps its last
-    /// call's until the next: clearing it would be a write and a count on every call, to free little.
+    /// its connection is the `sender` of what the call sends. Cleared when the call answers
+    /// (`LoadedPlugin::call`).
     pub(crate) context: Option<Arc<Context>>,
     /// Frames and bytes the running call has sent.
     pub(crate) sent: (u32, u64),

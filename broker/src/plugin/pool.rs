@@ -450,6 +450,10 @@ impl LoadedPlugin {
         };
         let result = match called {
             Ok(Ok(value)) => {
+                // The context goes with the call, while its connection's memory is still in the
+                // cache: an idle instance that kept it would drop it at its next call, about another
+                // connection, from a line long cold.
+                instance.store.data_mut().context = None;
                 // A guest whose memory only grows (a garbage-collected runtime that does not give
                 // its heap back, a leak) is replaced before it runs out in the middle of a call:
                 // instances are interchangeable, so retiring one loses nothing.

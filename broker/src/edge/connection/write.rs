@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -44,14 +43,15 @@ where
 {
     let closed = control.closed();
     tokio::pin!(closed);
-    // A replay being written, frame by frame, with its share of the byte bound.
-    let mut replay: Option<(std::collections::VecDeque<Utf8Bytes>, OwnedSemaphorePermit)> = None;
+    // A replay being written, frame by frame. Its bytes count against the queue's bound until the
+    // queue is asked for its next item, after the replay's last frame is written.
+    let mut replay: Option<std::collections::VecDeque<Utf8Bytes>> = None;
     let reason = loop {
-        let next_of_replay = replay.as_mut().and_then(|(frames, _)| frames.pop_front());
-        let (message, _permit) = match next_of_replay {
+        let next_of_replay = replay.as_mut().and_then(|frames| frames.pop_front());
+        let message = match next_of_replay {
             Some(text) => {
                 metrics.frame_out(text.as_str());
-                (Message::Text(text), None)
+                Message::Text(text)
             }
             None => {
                 replay = None;
@@ -80,21 +80,22 @@ where
                         control.close_now(reason.clone());
                         break reason;
                     }
-                    // The permit (the frame's share of the byte bound) is released once the frame is written.
-                    Outbound::Frame(text, permit) => {
+                    // The frame's bytes count against the bound until the next `recv`, which this
+                    // loop reaches only once the frame is written.
+                    Outbound::Frame(text) => {
                         metrics.frame_out(text.as_str());
-                        (Message::Text(text), Some(permit))
+                        Message::Text(text)
                     }
-                    Outbound::Frames(frames, permit) => {
-                        replay = Some((frames, permit));
+                    Outbound::Frames(frames) => {
+                        replay = Some(frames);
                         continue;
                     }
-                    Outbound::Ping => (Message::Ping(Default::default()), None),
+                    Outbound::Ping => Message::Ping(Default::default()),
                 }
             }
         };
         // Batch: flush only when nothing else is waiting.
-        let replaying = replay.as_ref().is_some_and(|(frames, _)| !frames.is_empty());
+        let replaying = replay.as_ref().is_some_and(|frames| !frames.is_empty());
         let flush = (queue.is_empty() && !replaying) || !matches!(message, Message::Text(_));
         let write = async { if flush { sink.send(message).await } else { sink.feed(message).await } };
         tokio::pin!(write);
