@@ -33,6 +33,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("history", history),
 ];
 
+/// The scenarios that start no server: run alone, they skip the servers' builds (the PGO
+/// pipeline's two are 10 minutes here), which they would not use.
+const WITHOUT_SERVERS: &[&str] = &["dispatch"];
+
 /// The scenarios' names, for messages.
 pub(crate) fn scenario_names() -> String {
     SCENARIOS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
@@ -172,7 +176,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     // Children inherit the raised hard limit: the servers then hold 100,000 connections too.
     bench::raise_fd_limit();
-    let servers = if args.iter().any(|a| a == "--no-build") { servers(root, pgo) } else { prepare(root, pgo)? };
+    let with_servers = chosen.iter().any(|(name, _)| !WITHOUT_SERVERS.contains(name));
+    let servers =
+        if args.iter().any(|a| a == "--no-build") { servers(root, pgo) } else { prepare(root, pgo, with_servers)? };
     let dir = std::env::temp_dir().join(format!("broker-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let bench = Bench { root: root.to_owned(), servers, dir: tempdir::Dir(dir), runs };
@@ -219,8 +225,8 @@ fn servers(root: &Path, pgo: bool) -> Servers {
     }
 }
 
-/// Builds the plugins, the load generator and the servers: the servers' binaries.
-fn prepare(root: &Path, pgo: bool) -> Result<Servers> {
+/// Builds the plugins, the load generator and, `with_servers`, the servers: the servers' binaries.
+fn prepare(root: &Path, pgo: bool, with_servers: bool) -> Result<Servers> {
     crate::build_plugins(root)?;
     let cargo = |args: &[&str]| crate::run(crate::cargo(root).args(args));
     // The broker exactly as `cargo xtask dist` builds it (built alone, so its dependencies' features
@@ -228,7 +234,7 @@ fn prepare(root: &Path, pgo: bool) -> Result<Servers> {
     // comparison is between builds of one profile, trained on one load. The load generator is
     // the plain release build.
     cargo(&["build", "--release", "--package", "bench"])?;
-    if pgo {
+    if with_servers && pgo {
         crate::dist::optimized_broker(root)?;
         let loadgen = root.join("target/release/loadgen");
         crate::pgo::build(root, "bench", "baseline", |baseline| {
@@ -236,7 +242,7 @@ fn prepare(root: &Path, pgo: bool) -> Result<Servers> {
             server.arg("127.0.0.1:0");
             crate::pgo::train(server, &loadgen)
         })?;
-    } else {
+    } else if with_servers {
         crate::dist::build_broker(root)?;
     }
     cargo(&[
