@@ -36,7 +36,8 @@ struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
     max_bytes: usize,
-    /// Senders waiting for room are woken one per item taken, and all when the receiver goes.
+    /// Senders waiting for room are woken one per item taken (or, the queue empty, per item's
+    /// bytes given back), and all when the receiver goes.
     room: Notify,
 }
 
