@@ -78,15 +78,22 @@ struct Cost {
     cpu_ns: f64,
 }
 
-async fn measure<F: AsyncFnMut()>(name: &'static str, n: u64, mut f: F) -> Cost {
-    for _ in 0..n / 10 {
+async fn measure<F: AsyncFnMut()>(name: &'static str, n: u64, f: F) -> Cost {
+    measure_batches(name, n, 1, f).await
+}
+
+/// `f` handles `batch` messages a call: it is called for about `n` messages, and the cost is per
+/// message.
+async fn measure_batches<F: AsyncFnMut()>(name: &'static str, n: u64, batch: usize, mut f: F) -> Cost {
+    let rounds = n / batch as u64;
+    for _ in 0..rounds / 10 {
         f().await;
     }
     let (wall, cpu_before) = (Instant::now(), cpu());
-    for _ in 0..n {
+    for _ in 0..rounds {
         f().await;
     }
-    let per = |d: Duration| d.as_nanos() as f64 / n as f64;
+    let per = |d: Duration| d.as_nanos() as f64 / (rounds * batch as u64) as f64;
     Cost { name, wall_ns: per(wall.elapsed()), cpu_ns: per(cpu() - cpu_before) }
 }
 
@@ -212,15 +219,14 @@ async fn run(args: Args) -> Vec<Cost> {
             read_frames(&mut client, &mut buffer, in_flight).await
         };
         assert!(sample.ends_with(br#""ref":"r1"}"#), "unexpected reply {}", String::from_utf8_lossy(&sample));
-        let mut cost = measure(name, n / in_flight as u64, async || {
+        let cost = measure_batches(name, n, in_flight, async || {
             client.write_all(&batch).await.unwrap();
             black_box(read_frames(&mut client, &mut buffer, in_flight).await);
         })
         .await;
-        cost.wall_ns /= in_flight as f64;
-        cost.cpu_ns /= in_flight as f64;
         costs.push(cost);
     }
+    let whole_rows = costs.len();
 
     // Each stage on its own, with the same frame.
     let matched = live.router.lookup(&args.route).map_err(|e| format!("{e:?}")).unwrap();
@@ -300,7 +306,7 @@ async fn run(args: Args) -> Vec<Cost> {
             clients.push(client);
         }
         let frame = masked(FRAME);
-        let mut cost = measure(name, n / connections as u64, async || {
+        let cost = measure_batches(name, n, connections, async || {
             for client in &mut clients {
                 client.write_all(&frame).await.unwrap();
             }
@@ -309,13 +315,11 @@ async fn run(args: Args) -> Vec<Cost> {
             }
         })
         .await;
-        cost.wall_ns /= connections as f64;
-        cost.cpu_ns /= connections as f64;
         many.push(cost);
         // Kept open: closing them would run their on-disconnect calls during the next row.
         open.push(clients);
     }
-    costs.splice(3..3, many);
+    costs.splice(whole_rows..whole_rows, many);
     costs
 }
 
