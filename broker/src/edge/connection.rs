@@ -99,19 +99,18 @@ async fn serve<S>(
         recover,
     } = *setup;
     let (handle, queue) = outbound::queue(&bounds, route.metadata);
-    let control = handle.control.clone();
+    let control = handle.control_held();
     let (user, claims) = match identity {
         Some(identity) => (Some(identity.user), Some(identity.claims.into_boxed_str())),
         None => (None, None),
     };
     let id = registry.register(handle.clone(), Arc::from(route.pattern.as_str()), claims, recover);
-    let metrics = Arc::new(metrics);
     let deadlines =
         WriteDeadlines { write: write_timeout, close: close_grace, slow_closes: bounds.slow_closes.clone() };
     // The write loop runs in this task, beside the read loop, not in a task of its own: a reply
     // queued by a dispatch is written in the same wake-up (the queue wakes this very task), where a
     // second task would cost a cross-thread wake-up per message, the dominant cost of a round trip.
-    let writer = write_loop(sink, queue, control.clone(), metrics.clone(), deadlines);
+    let writer = write_loop(sink, queue, control.clone(), metrics.route().clone(), deadlines);
     tokio::pin!(writer);
     let connection = Connection {
         id,
@@ -202,7 +201,7 @@ struct Connection {
     slot: Arc<Slot>,
     handle: Handle,
     registry: Arc<Registry>,
-    metrics: Arc<ConnectionMetrics>,
+    metrics: ConnectionMetrics,
     /// Calls about this connection that trapped or timed out.
     crashes: std::sync::atomic::AtomicU32,
     message_limit: &'static str,
@@ -237,7 +236,7 @@ impl Connection {
         // Created once, not per frame: each creation registers a waiter. A close and the server's
         // shutdown are one future on the connection's own `Control`: a future that every
         // connection polled (one shared token) cost each message a lock another core held.
-        let signalled = self.handle.control.signalled();
+        let signalled = self.handle.control().signalled();
         tokio::pin!(signalled);
         loop {
             // The socket first: a frame waiting is read without polling the signals, whose flags
@@ -251,7 +250,7 @@ impl Connection {
                 },
             };
             if let Some(Ok(_)) = &message {
-                self.handle.control.seen();
+                self.handle.control().seen();
             }
             if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &message {
                 match rate.check() {
@@ -285,14 +284,14 @@ impl Connection {
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                     self.metrics.shared().limit_hit(self.message_limit);
                     let reason = format!("message of {size} bytes is over the limit of {max_size} bytes");
-                    self.handle.control.close_now(CloseReason::new(MESSAGE_TOO_BIG, reason));
+                    self.handle.control().close_now(CloseReason::new(MESSAGE_TOO_BIG, reason));
                     return Ended::WeClosed;
                 }
                 // RFC 6455 §7.4.1: 1002 for a protocol error, 1007 for text that is not UTF-8.
                 Some(Err(error @ (WsError::Protocol(_) | WsError::Utf8(_)))) => {
                     let code = if matches!(error, WsError::Utf8(_)) { INVALID_PAYLOAD } else { PROTOCOL_ERROR };
                     tracing::debug!(connection = self.id, %error, "closed for a protocol violation");
-                    self.handle.control.close_now(CloseReason::new(code, error.to_string()));
+                    self.handle.control().close_now(CloseReason::new(code, error.to_string()));
                     return Ended::WeClosed;
                 }
                 Some(Err(error)) => {
@@ -300,10 +299,10 @@ impl Connection {
                     return Ended::Peer;
                 }
             }
-            if self.handle.control.is_closing() {
+            if self.handle.control().is_closing() {
                 return Ended::WeClosed;
             }
-            if self.handle.control.is_shutting_down() {
+            if self.handle.control().is_shutting_down() {
                 return self.shut_down().await;
             }
         }

@@ -2,7 +2,9 @@
 //! and whoever counts holds a clone of the counter it needs (clones share one value), resolved once
 //! per connection or plugin so the per-frame path does no label lookup.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +12,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry as PromRegistry;
+
+use crossbeam_utils::CachePadded;
+use thread_local::ThreadLocal;
 
 use crate::hub::registry::Registry;
 
@@ -53,6 +58,8 @@ pub struct Metrics {
     pub history: HistoryMetrics,
     /// The (route, action) series of `frames_out` so far.
     out_actions: parking_lot::Mutex<std::collections::HashSet<(String, String)>>,
+    /// The counters of each route with connections open (weak: they hold the metrics).
+    routes: parking_lot::Mutex<HashMap<String, Weak<RouteMetrics>>>,
 }
 
 /// The most (route, action) series `frames_out` creates: plugins choose what they send.
@@ -83,6 +90,7 @@ impl Default for Metrics {
             cluster: ClusterMetrics::default(),
             history: HistoryMetrics::default(),
             out_actions: Default::default(),
+            routes: Default::default(),
         };
         registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
         registry.register(
@@ -189,68 +197,71 @@ impl ClusterMetrics {
     }
 }
 
-/// The counters of one connection, resolved once when it opens.
+/// The counters of one connection: its route's, which it shares with the route's other
+/// connections. It counts as open until dropped.
 pub struct ConnectionMetrics {
-    metrics: Arc<Metrics>,
-    route: String,
-    pub open: Gauge,
-    pub bytes_in: PerThreadCounter,
-    pub bytes_out: PerThreadCounter,
-    /// `frames_in` and `frames_out` by action, found by a short scan rather than a hashed label
-    /// per frame.
-    frames_in: ActionCounters,
-    frames_out: ActionCounters,
-}
-
-/// A connection's counters by action.
-#[derive(Default)]
-struct ActionCounters {
-    /// The first action counted, read without a lock: most connections send, and are sent, one
-    /// kind of frame, and a lock taken on every frame is two atomic writes to a line of its own.
-    first: std::sync::OnceLock<(Name, PerThreadCounter)>,
-    /// The others, found by a short scan.
-    rest: parking_lot::Mutex<Vec<(String, PerThreadCounter)>>,
-}
-
-/// An action's name kept inside the connection's counters, so that the compare every frame makes
-/// reads memory the frame touches anyway. A `Box<str>` of each connection's own was one more line
-/// of memory per frame, cold when a thousand connections take turns: `memcmp`'s share of the
-/// broker's CPU per message doubled from 100 connections to 1,000.
-#[derive(Clone, Copy)]
-struct Name {
-    len: u8,
-    bytes: [u8; Name::ROOM],
-}
-
-impl Name {
-    /// Longer names are kept in `ActionCounters::rest`.
-    const ROOM: usize = 31;
-
-    fn new(name: &str) -> Option<Name> {
-        if name.len() > Name::ROOM {
-            return None;
-        }
-        let mut bytes = [0; Name::ROOM];
-        bytes[..name.len()].copy_from_slice(name.as_bytes());
-        Some(Name { len: name.len() as u8, bytes })
-    }
-
-    fn is(&self, name: &str) -> bool {
-        self.bytes[..usize::from(self.len)] == *name.as_bytes()
-    }
+    route: Arc<RouteMetrics>,
 }
 
 impl ConnectionMetrics {
     /// The broker's metrics, for what is not per connection.
     pub fn shared(&self) -> &Metrics {
-        &self.metrics
+        &self.route.metrics
+    }
+
+    /// The counters of the frames, for the write loop.
+    pub fn route(&self) -> &Arc<RouteMetrics> {
+        &self.route
     }
 
     /// Counts a client frame of `action` (`None`: the frame had no valid action).
     pub fn frame_in(&self, action: Option<&str>, bytes: usize) {
+        self.route.frame_in(action, bytes);
+    }
+}
+
+impl Drop for ConnectionMetrics {
+    fn drop(&mut self) {
+        self.route.open.dec();
+    }
+}
+
+/// The frame counters of one route, shared by its connections and resolved once per connection,
+/// so the per-frame path does no label lookup.
+///
+/// Not one set per connection: each connection's own counters were two or three more lines of its
+/// own memory written on every frame, cold in the caches when a thousand connections take turns.
+/// A route's are written by every connection of it, so they stay warm. A series' value is kept
+/// per thread (`per_thread`), and each thread finds a series of an action in a cache of its own,
+/// written by no other thread.
+pub struct RouteMetrics {
+    metrics: Arc<Metrics>,
+    route: String,
+    open: Gauge,
+    bytes_in: PerThreadCounter,
+    bytes_out: PerThreadCounter,
+    /// Padded: the parts of two threads may be adjacent, and each part is written on every frame.
+    actions: ThreadLocal<CachePadded<RefCell<Actions>>>,
+}
+
+/// A thread's counters of a route's series by action, found by a short scan.
+#[derive(Default)]
+struct Actions {
+    frames_in: Vec<(Box<str>, PerThreadCounter)>,
+    frames_out: Vec<(Box<str>, PerThreadCounter)>,
+}
+
+/// The most actions a thread keeps per route and direction. Client frames have the plugin's
+/// actions only; a plugin may send any, and past this many the others are looked up in the family
+/// (a process-wide lock) frame by frame rather than kept.
+const CACHED_ACTIONS: usize = MAX_OUT_ACTIONS;
+
+impl RouteMetrics {
+    /// Counts a client frame of `action` (`None`: the frame had no valid action).
+    pub fn frame_in(&self, action: Option<&str>, bytes: usize) {
         self.bytes_in.inc_by(bytes as u64);
         let action = action.unwrap_or("(invalid)");
-        self.count(&self.frames_in, &self.metrics.frames_in, action, || true);
+        self.count(|actions| &mut actions.frames_in, &self.metrics.frames_in, action, || true);
     }
 
     /// Counts a frame written to the client. Its action is read from the text, where the broker
@@ -265,63 +276,56 @@ impl ConnectionMetrics {
             .unwrap_or("(none)");
         // Plugins choose what they send: past a bound, new actions share one series.
         let admit = || self.metrics.admit_out_action(&self.route, action);
-        self.count(&self.frames_out, &self.metrics.frames_out, action, admit);
+        self.count(|actions| &mut actions.frames_out, &self.metrics.frames_out, action, admit);
     }
 
-    /// Counts one frame of `action` on the connection's counter of it. Only an action the
-    /// connection has not seen yet goes to the shared family (and `admit`, which takes a
-    /// process-wide lock): this runs per frame, so a known one is counted in place, not cloned.
+    /// Counts one frame of `action` on this thread's counter of it. Only an action the thread has
+    /// not seen yet on this route goes to the shared family (and `admit`, which takes a
+    /// process-wide lock).
     fn count(
         &self,
-        cache: &ActionCounters,
+        direction: impl FnOnce(&mut Actions) -> &mut Vec<(Box<str>, PerThreadCounter)>,
         family: &Family<Labels, PerThreadCounter>,
         action: &str,
         admit: impl FnOnce() -> bool,
     ) {
-        if let Some((first, counter)) = cache.first.get()
-            && first.is(action)
-        {
-            counter.inc();
-            return;
-        }
-        let mut known = cache.rest.lock();
-        if let Some((_, counter)) = known.iter().find(|(a, _)| a == action) {
+        let mut actions = self.actions.get_or_default().borrow_mut();
+        let known = direction(&mut actions);
+        if let Some((_, counter)) = known.iter().find(|(a, _)| **a == *action) {
             counter.inc();
             return;
         }
         let label = if admit() { action } else { "(other)" };
         let counter = family.get_or_create(&vec![("route", self.route.clone()), ("action", label.into())]).clone();
         counter.inc();
-        // The family gives every caller the one counter of a series: an action two threads find
-        // new at once is kept twice (in `first` and in `rest`) but each frame is counted once.
-        let counter = match Name::new(action) {
-            Some(name) => match cache.first.set((name, counter)) {
-                Ok(()) => return,
-                Err((_, counter)) => counter,
-            },
-            None => counter,
-        };
-        known.push((action.into(), counter));
+        if known.len() < CACHED_ACTIONS {
+            known.push((action.into(), counter));
+        }
     }
 }
 
 impl Metrics {
     /// The counters of a new connection on `route`; it counts as open until dropped.
     pub fn connection(self: &Arc<Self>, route: &str) -> ConnectionMetrics {
-        let by_route = |family: &Family<Labels, PerThreadCounter>| {
-            family.get_or_create(&vec![("route", route.to_owned())]).clone()
-        };
-        let open = self.connections_by_route.get_or_create(&vec![("route", route.to_owned())]).clone();
-        open.inc();
-        ConnectionMetrics {
-            metrics: self.clone(),
-            route: route.to_owned(),
-            open,
-            bytes_in: by_route(&self.bytes_in),
-            bytes_out: by_route(&self.bytes_out),
-            frames_in: ActionCounters::default(),
-            frames_out: ActionCounters::default(),
-        }
+        let mut routes = self.routes.lock();
+        let shared = routes.get(route).and_then(Weak::upgrade).unwrap_or_else(|| {
+            let by_route = |family: &Family<Labels, PerThreadCounter>| {
+                family.get_or_create(&vec![("route", route.to_owned())]).clone()
+            };
+            let shared = Arc::new(RouteMetrics {
+                metrics: self.clone(),
+                route: route.to_owned(),
+                open: self.connections_by_route.get_or_create(&vec![("route", route.to_owned())]).clone(),
+                bytes_in: by_route(&self.bytes_in),
+                bytes_out: by_route(&self.bytes_out),
+                actions: ThreadLocal::new(),
+            });
+            routes.insert(route.to_owned(), Arc::downgrade(&shared));
+            shared
+        });
+        drop(routes);
+        shared.open.inc();
+        ConnectionMetrics { route: shared }
     }
 
     /// Whether `frames_out` may have a series for (route, action): those it has, and new ones
@@ -395,12 +399,6 @@ impl Metrics {
     }
 }
 
-impl Drop for ConnectionMetrics {
-    fn drop(&mut self) {
-        self.open.dec();
-    }
-}
-
 /// OpenMetrics text (what prometheus-client writes) as the classic Prometheus text format, which
 /// every scraper and `promtool` read: a counter family is named with its `_total`, and there is no
 /// `# EOF`.
@@ -436,31 +434,46 @@ mod tests {
         );
     }
 
+    fn rendered(metrics: &Metrics) -> String {
+        let limits = crate::hub::registry::Limits { max_groups_per_connection: 1, session_bytes: 1 };
+        metrics.render(&Registry::new(limits, None))
+    }
+
     #[test]
-    fn frames_in_are_counted_by_action_the_first_as_the_others() {
+    fn frames_in_are_counted_by_route_and_action_over_connections_and_threads() {
         let metrics = Arc::new(Metrics::default());
-        let a = metrics.connection("/a");
-        for action in [Some("x"), Some("y"), Some("x"), None, Some("y"), Some("x")] {
-            a.frame_in(action, 1);
+        let (a1, a2, b) = (metrics.connection("/a"), metrics.connection("/a"), metrics.connection("/b"));
+        assert!(Arc::ptr_eq(a1.route(), a2.route()), "one set of counters per route");
+        for action in [Some("x"), Some("y"), Some("x"), None] {
+            a1.frame_in(action, 1);
+            a2.frame_in(action, 1);
         }
-        // A first action too long to be kept in place is counted with the others.
-        let long = "an_action_with_a_name_longer_than_thirty_one_bytes";
-        let b = metrics.connection("/b");
-        for action in [long, "x", long, "x31_bytes_long_is_kept_in_place", "x"] {
-            b.frame_in(Some(action), 1);
-        }
-        let registry =
-            Registry::new(crate::hub::registry::Limits { max_groups_per_connection: 1, session_bytes: 1 }, None);
-        let text = metrics.render(&registry);
-        let b_counts = [(long, 2), ("x", 2), ("x31_bytes_long_is_kept_in_place", 1)];
-        for (action, count) in b_counts {
-            let series = format!(r#"broker_frames_in_total{{route="/b",action="{action}"}} {count}"#);
+        // Another thread counts in its own parts and its own cache of the actions.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for action in [Some("x"), Some("z")] {
+                    a2.frame_in(action, 1);
+                }
+                b.frame_in(Some("x"), 1);
+            });
+        });
+        a1.frame_in(Some("z"), 1);
+        let text = rendered(&metrics);
+        for (route, action, count) in
+            [("/a", "x", 5), ("/a", "y", 2), ("/a", "z", 2), ("/a", "(invalid)", 2), ("/b", "x", 1)]
+        {
+            let series = format!(r#"broker_frames_in_total{{route="{route}",action="{action}"}} {count}"#);
             assert!(text.contains(&series), "{series} in {text}");
         }
-        for (action, count) in [("x", 3), ("y", 2), ("(invalid)", 1)] {
-            let series = format!(r#"broker_frames_in_total{{route="/a",action="{action}"}} {count}"#);
-            assert!(text.contains(&series), "{series} in {text}");
-        }
+        assert!(text.contains(r#"broker_bytes_in_total{route="/a"} 11"#), "{text}");
+        assert!(text.contains(r#"broker_route_connections{route="/a"} 2"#), "{text}");
+        drop((a1, a2));
+        // The route's counters outlive its connections: a new one counts on from where they were.
+        let a3 = metrics.connection("/a");
+        a3.frame_in(Some("x"), 1);
+        let text = rendered(&metrics);
+        assert!(text.contains(r#"broker_route_connections{route="/a"} 1"#), "{text}");
+        assert!(text.contains(r#"broker_frames_in_total{route="/a",action="x"} 6"#), "{text}");
     }
 
     #[test]
@@ -468,18 +481,20 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let (a, b) = (metrics.connection("/a"), metrics.connection("/b"));
         for _ in 0..3 {
-            a.frame_out(r#"{"action":"hello","payload":1}"#);
+            a.route().frame_out(r#"{"action":"hello","payload":1}"#);
         }
-        b.frame_out(r#"{"type":"no action"}"#);
-        for i in 0..MAX_OUT_ACTIONS + 10 {
-            b.frame_out(&format!(r#"{{"action":"a{i}"}}"#));
+        b.route().frame_out(r#"{"type":"no action"}"#);
+        // Twice: the second time, past the thread's cache of actions, is counted as the first.
+        for _ in 0..2 {
+            for i in 0..MAX_OUT_ACTIONS + 10 {
+                b.route().frame_out(&format!(r#"{{"action":"a{i}"}}"#));
+            }
         }
-        let registry =
-            Registry::new(crate::hub::registry::Limits { max_groups_per_connection: 1, session_bytes: 1 }, None);
-        let text = metrics.render(&registry);
+        let text = rendered(&metrics);
         assert!(text.contains(r#"broker_frames_out_total{route="/a",action="hello"} 3"#), "{text}");
         assert!(text.contains(r#"broker_frames_out_total{route="/b",action="(none)"} 1"#), "{text}");
+        assert!(text.contains(r#"broker_frames_out_total{route="/b",action="a0"} 2"#), "{text}");
         // 256 series: hello, (none) and 254 of b's actions; its other 12 share one series.
-        assert!(text.contains(r#"broker_frames_out_total{route="/b",action="(other)"} 12"#), "{text}");
+        assert!(text.contains(r#"broker_frames_out_total{route="/b",action="(other)"} 24"#), "{text}");
     }
 }

@@ -4,8 +4,8 @@
 //! from when it is queued until the write loop has written it. A frame is serialized once and shared
 //! (`Utf8Bytes` is reference-counted), so a broadcast costs one allocation, not one per member.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -46,21 +46,24 @@ impl CloseReason {
     }
 }
 
-/// Closing out of band: skips the queue, for when the queue itself is the problem.
+/// Closing out of band: skips the queue, for when the queue itself is the problem. Kept in the
+/// queue's own allocation (`lane::lane_with`), its flags first (`repr(C)`): every message reads
+/// them, and beside the queue's state they are on a line the message touches anyway.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Control {
     /// Set with `close`: lets every send check "closing?" without taking the lock.
     closing: AtomicBool,
-    close: Mutex<Option<CloseReason>>,
     /// Set when the server shuts down (`Registry::shut_down`): the connection's read loop closes it
     /// with 1001 after the message it is handling. A flag of its own, rather than one token that
     /// every connection waits on, so no two connections touch the same memory per message.
     shutting_down: AtomicBool,
-    /// Wakes what waits for a close or a shutdown.
-    notify: Notify,
     /// Whether the client sent anything (a frame, a ping, a pong) since the idle sweep last looked:
     /// a flag per frame, where a time would read the clock per frame.
     heard: AtomicBool,
+    close: Mutex<Option<CloseReason>>,
+    /// Wakes what waits for a close or a shutdown.
+    notify: Notify,
     /// When the idle sweep last found `heard`, on [`clock_ms`] (so at most one sweep late).
     last_seen_ms: AtomicU64,
     /// When the idle sweep last pinged it.
@@ -199,16 +202,19 @@ pub enum SendError {
 /// How to reach one connection's queue from anywhere in the broker.
 #[derive(Debug, Clone)]
 pub struct Handle {
-    outbound: lane::Sender<Outbound>,
+    /// The queue, and the connection's [`Control`] beside its state.
+    outbound: lane::Sender<Outbound, Control>,
     max_bytes: usize,
-    pub control: Arc<Control>,
     /// Frames to this connection carry `message_id`, `timestamp` and `sender`.
     pub metadata: bool,
     slow_closes: Counter,
 }
 
 /// The receiving end, owned by the connection's write loop.
-pub type Queue = lane::Receiver<Outbound>;
+pub type Queue = lane::Receiver<Outbound, Control>;
+
+/// A connection's [`Control`] held on its own: it does not keep the queue open.
+pub type ControlHeld = lane::With<Outbound, Control>;
 
 /// The bounds of one connection's queue.
 #[derive(Debug, Clone)]
@@ -221,18 +227,22 @@ pub struct Bounds {
 
 /// A queue within `bounds`.
 pub fn queue(bounds: &Bounds, metadata: bool) -> (Handle, Queue) {
-    let (outbound, queue) = lane::lane(bounds.max_frames, bounds.max_bytes);
-    let handle = Handle {
-        outbound,
-        max_bytes: bounds.max_bytes,
-        control: Arc::new(Control::default()),
-        metadata,
-        slow_closes: bounds.slow_closes.clone(),
-    };
+    let (outbound, queue) = lane::lane_with(bounds.max_frames, bounds.max_bytes, Control::default());
+    let handle = Handle { outbound, max_bytes: bounds.max_bytes, metadata, slow_closes: bounds.slow_closes.clone() };
     (handle, queue)
 }
 
 impl Handle {
+    /// Closing out of band, and the flags every message reads.
+    pub fn control(&self) -> &Control {
+        self.outbound.with()
+    }
+
+    /// The same, held on its own.
+    pub fn control_held(&self) -> ControlHeld {
+        self.outbound.with_held()
+    }
+
     /// The bytes a frame holds of the byte bound: its length, capped so one huge frame still fits
     /// an empty queue.
     fn cost(&self, frame: &Utf8Bytes) -> usize {
@@ -242,7 +252,7 @@ impl Handle {
     /// Queues a frame without waiting. A full queue means the client is not keeping up: it is closed
     /// as a slow consumer rather than buffered without bound or silently skipped.
     pub fn try_send(&self, frame: Utf8Bytes) -> Result<(), SendError> {
-        if self.control.is_closing() {
+        if self.control().is_closing() {
             return Err(SendError::Closed);
         }
         let cost = self.cost(&frame);
@@ -266,7 +276,7 @@ impl Handle {
         if frames.is_empty() {
             return Ok(());
         }
-        if self.control.is_closing() {
+        if self.control().is_closing() {
             return Err(SendError::Closed);
         }
         let bytes: usize = frames.iter().map(|frame| frame.len().max(1)).sum();
@@ -281,7 +291,7 @@ impl Handle {
     /// Called from the connection's own task, whose write loop is polled right after its read loop:
     /// queueing does not wake that task again (`lane::Sender::try_send_within`).
     pub async fn send(&self, frame: Utf8Bytes) -> Result<(), SendError> {
-        if self.control.is_closing() {
+        if self.control().is_closing() {
             return Err(SendError::Closed);
         }
         let cost = self.cost(&frame);
@@ -296,7 +306,7 @@ impl Handle {
             Err(TrySendError::Closed(_)) => Err(SendError::Closed),
             Err(TrySendError::Full(item) | TrySendError::TooManyBytes(item)) => tokio::select! {
                 biased;
-                _ = self.control.closed() => Err(SendError::Closed),
+                _ = self.control().closed() => Err(SendError::Closed),
                 sent = self.outbound.send(item, cost) => sent.map_err(|_| SendError::Closed),
             },
         }
@@ -304,7 +314,7 @@ impl Handle {
 
     /// Queues a close frame after what is queued; closes at once when the queue is full.
     pub fn close(&self, reason: CloseReason) -> Result<(), SendError> {
-        if self.control.is_closing() {
+        if self.control().is_closing() {
             return Err(SendError::Closed);
         }
         // A close frame takes a place in the queue, and none of its bytes.
@@ -312,7 +322,7 @@ impl Handle {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(_)) => Err(SendError::Closed),
             Err(TrySendError::Full(Outbound::Close(reason)) | TrySendError::TooManyBytes(Outbound::Close(reason))) => {
-                self.control.close_now(reason);
+                self.control().close_now(reason);
                 Ok(())
             }
             Err(TrySendError::Full(_) | TrySendError::TooManyBytes(_)) => Err(SendError::Closed),
@@ -324,37 +334,38 @@ impl Handle {
     pub async fn close_after_queue(&self, reason: CloseReason) {
         let queued = tokio::select! {
             biased;
-            _ = self.control.closed() => return,
+            _ = self.control().closed() => return,
             queued = self.outbound.send(Outbound::Close(reason), 0) => queued,
         };
         if let Err(lane::Closed(Outbound::Close(reason))) = queued {
-            self.control.close_now(reason);
+            self.control().close_now(reason);
         }
     }
 
     /// Pings the client after `ping_after` of silence (once per `ping_after`), and closes it with
     /// 1001 after `close_after`: a peer that stopped answering is gone.
     pub fn sweep_idle(&self, now_ms: u64, ping_after: u64, close_after: u64) -> Idle {
-        if self.control.heard.swap(false, Ordering::Relaxed) {
-            self.control.last_seen_ms.store(now_ms, Ordering::Relaxed);
+        let control = self.control();
+        if control.heard.swap(false, Ordering::Relaxed) {
+            control.last_seen_ms.store(now_ms, Ordering::Relaxed);
         }
-        let quiet = now_ms.saturating_sub(self.control.last_seen_ms.load(Ordering::Relaxed));
+        let quiet = now_ms.saturating_sub(control.last_seen_ms.load(Ordering::Relaxed));
         if quiet >= close_after {
             let reason = CloseReason::new(GOING_AWAY, format!("idle: nothing received for {quiet} ms"));
-            return if self.control.close_now(reason) { Idle::Closed } else { Idle::Active };
+            return if control.close_now(reason) { Idle::Closed } else { Idle::Active };
         }
-        let since_ping = now_ms.saturating_sub(self.control.last_ping_ms.load(Ordering::Relaxed));
+        let since_ping = now_ms.saturating_sub(control.last_ping_ms.load(Ordering::Relaxed));
         if quiet < ping_after || since_ping < ping_after {
             return Idle::Active;
         }
-        self.control.last_ping_ms.store(now_ms, Ordering::Relaxed);
+        control.last_ping_ms.store(now_ms, Ordering::Relaxed);
         // A full queue is a client not reading: the frames ahead of the ping will say so.
         let _ = self.outbound.try_send(Outbound::Ping, 0);
         Idle::Pinged
     }
 
     fn slow_consumer(&self, bound: &str) -> SendError {
-        self.control.close_slow_consumer(&format!("{bound} queue full"), &self.slow_closes);
+        self.control().close_slow_consumer(&format!("{bound} queue full"), &self.slow_closes);
         SendError::Closed
     }
 }
@@ -403,15 +414,15 @@ mod tests {
         let bounds = Bounds { max_frames: 8, max_bytes: 1024, slow_closes: Counter::default() };
         let (handle, mut queue) = queue(&bounds, false);
         let start = clock_ms();
-        handle.control.seen();
+        handle.control().seen();
         // Heard since the last look: active, however long ago the connection opened.
         assert_eq!(handle.sweep_idle(start + 10_000, 1_000, 5_000), Idle::Active);
         assert_eq!(handle.sweep_idle(start + 11_000, 1_000, 5_000), Idle::Pinged);
         assert!(matches!(queue.try_recv(), Ok(Outbound::Ping)));
-        handle.control.seen();
+        handle.control().seen();
         assert_eq!(handle.sweep_idle(start + 12_000, 1_000, 5_000), Idle::Active);
         assert_eq!(handle.sweep_idle(start + 16_999, 1_000, 5_000), Idle::Pinged);
         assert_eq!(handle.sweep_idle(start + 17_000, 1_000, 5_000), Idle::Closed);
-        assert_eq!(handle.control.reason().map(|r| r.code), Some(GOING_AWAY));
+        assert_eq!(handle.control().reason().map(|r| r.code), Some(GOING_AWAY));
     }
 }

@@ -187,7 +187,7 @@ impl Registry {
             recover,
             rewind: HashMap::new(),
         };
-        let control = entry.handle.control.clone();
+        let control = entry.handle.control_held();
         self.connections.insert(id, entry);
         // After the insert: either `shut_down` finds this entry, or this load sees its flag.
         if self.shutting_down.load(Ordering::SeqCst) {
@@ -201,7 +201,7 @@ impl Registry {
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         for entry in self.connections.iter() {
-            entry.handle.control.shut_down();
+            entry.handle.control().shut_down();
         }
     }
 
@@ -685,13 +685,13 @@ mod tests {
         let bounds = outbound::Bounds { max_frames: 8, max_bytes: 1 << 20, slow_closes: Default::default() };
         let (before, _qb) = outbound::queue(&bounds, false);
         registry.register(before.clone(), Arc::from("/ws"), None, Vec::new());
-        assert!(!before.control.is_shutting_down());
+        assert!(!before.control().is_shutting_down());
         registry.shut_down();
-        assert!(before.control.is_shutting_down());
+        assert!(before.control().is_shutting_down());
         let (after, _qa) = outbound::queue(&bounds, false);
         registry.register(after.clone(), Arc::from("/ws"), None, Vec::new());
-        assert!(after.control.is_shutting_down(), "registered mid-shutdown");
-        assert!(!after.control.is_closing(), "its read loop closes it, after the message it is handling");
+        assert!(after.control().is_shutting_down(), "registered mid-shutdown");
+        assert!(!after.control().is_closing(), "its read loop closes it, after the message it is handling");
     }
 
     #[tokio::test]

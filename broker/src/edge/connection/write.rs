@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::hub::metrics::ConnectionMetrics;
+use crate::hub::metrics::RouteMetrics;
 use crate::hub::outbound::{self, CloseReason, Outbound, Queue};
 
 /// The write loop's deadlines.
@@ -34,8 +34,8 @@ pub(super) struct WriteDeadlines {
 pub(super) async fn write_loop<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     mut queue: Queue,
-    control: Arc<outbound::Control>,
-    metrics: Arc<ConnectionMetrics>,
+    control: outbound::ControlHeld,
+    metrics: Arc<RouteMetrics>,
     deadlines: WriteDeadlines,
 ) -> Option<futures_util::stream::SplitSink<WebSocketStream<S>, Message>>
 where

@@ -31,11 +31,17 @@ struct State<T> {
     receiver: Option<Waker>,
 }
 
-struct Shared<T> {
+/// In this order (`repr(C)`): what every item touches first, then what rides with the channel.
+#[repr(C)]
+struct Shared<T, W> {
     /// A panic while it is held leaves the queue consistent, so the lock does not poison.
     state: Mutex<State<T>>,
     capacity: usize,
     max_bytes: usize,
+    /// What the owner keeps with the channel, in the same allocation: state read with every item
+    /// (a connection's close flags) is then on the lines the item touches anyway, not on a line of
+    /// an allocation of its own, cold when a thousand connections take turns.
+    with: W,
     /// Senders waiting for room are woken one per item taken (or, the queue empty, per item's
     /// bytes given back), and all when the receiver goes.
     room: Notify,
@@ -43,14 +49,44 @@ struct Shared<T> {
 
 /// A channel of at most `capacity` items (at least one) and `max_bytes` bytes. An item's bytes
 /// are what its sender says it weighs; one of more than `max_bytes` never fits.
+#[cfg(test)]
 pub fn lane<T>(capacity: usize, max_bytes: usize) -> (Sender<T>, Receiver<T>) {
+    lane_with(capacity, max_bytes, ())
+}
+
+/// Like [`lane`], keeping `with` beside the channel's state: see [`Sender::with`].
+pub fn lane_with<T, W>(capacity: usize, max_bytes: usize, with: W) -> (Sender<T, W>, Receiver<T, W>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State { items: VecDeque::new(), bytes: 0, senders: 1, receiving: true, receiver: None }),
         capacity: capacity.max(1),
         max_bytes,
+        with,
         room: Notify::new(),
     });
     (Sender { shared: shared.clone() }, Receiver { shared, taken: 0 })
+}
+
+/// What a channel keeps beside its state, held without being a sender or the receiver: it does
+/// not keep the channel open.
+pub struct With<T, W>(Arc<Shared<T, W>>);
+
+impl<T, W> Clone for With<T, W> {
+    fn clone(&self) -> Self {
+        With(self.0.clone())
+    }
+}
+
+impl<T, W> std::ops::Deref for With<T, W> {
+    type Target = W;
+    fn deref(&self) -> &W {
+        &self.0.with
+    }
+}
+
+impl<T, W: std::fmt::Debug> std::fmt::Debug for With<T, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.with.fmt(f)
+    }
 }
 
 /// Why `try_send` did not queue the item, which it gives back.
@@ -74,24 +110,24 @@ pub enum TryRecvError {
     Disconnected,
 }
 
-pub struct Sender<T> {
-    shared: Arc<Shared<T>>,
+pub struct Sender<T, W = ()> {
+    shared: Arc<Shared<T, W>>,
 }
 
-impl<T> std::fmt::Debug for Sender<T> {
+impl<T, W> std::fmt::Debug for Sender<T, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sender").field("capacity", &self.shared.capacity).finish_non_exhaustive()
     }
 }
 
-impl<T> Clone for Sender<T> {
+impl<T, W> Clone for Sender<T, W> {
     fn clone(&self) -> Self {
         self.shared.state.lock().senders += 1;
         Sender { shared: self.shared.clone() }
     }
 }
 
-impl<T> Drop for Sender<T> {
+impl<T, W> Drop for Sender<T, W> {
     fn drop(&mut self) {
         let mut state = self.shared.state.lock();
         state.senders -= 1;
@@ -103,7 +139,17 @@ impl<T> Drop for Sender<T> {
     }
 }
 
-impl<T> Sender<T> {
+impl<T, W> Sender<T, W> {
+    /// What the channel keeps beside its state.
+    pub fn with(&self) -> &W {
+        &self.shared.with
+    }
+
+    /// The same, held on its own.
+    pub fn with_held(&self) -> With<T, W> {
+        With(self.shared.clone())
+    }
+
     /// Queues `item`, of `bytes` bytes, if there is room for both.
     pub fn try_send(&self, item: T, bytes: usize) -> Result<(), TrySendError<T>> {
         self.push(item, bytes, None)
@@ -156,13 +202,13 @@ impl<T> Sender<T> {
     }
 }
 
-pub struct Receiver<T> {
-    shared: Arc<Shared<T>>,
+pub struct Receiver<T, W = ()> {
+    shared: Arc<Shared<T, W>>,
     /// The bytes of the item taken last, held against `max_bytes` until the next is asked for.
     taken: usize,
 }
 
-impl<T> Receiver<T> {
+impl<T, W> Receiver<T, W> {
     /// The next item; `None` once it is empty and every sender is gone.
     ///
     /// The item taken before is taken to be done with (the write loop asks for the next frame once
@@ -197,7 +243,7 @@ impl<T> Receiver<T> {
 }
 
 /// The next item, after giving back the bytes of the one taken before (`taken`).
-fn take<T>(shared: &Shared<T>, state: &mut State<T>, taken: &mut usize) -> Result<T, TryRecvError> {
+fn take<T, W>(shared: &Shared<T, W>, state: &mut State<T>, taken: &mut usize) -> Result<T, TryRecvError> {
     let released = std::mem::take(taken);
     state.bytes -= released;
     let Some((item, bytes)) = state.items.pop_front() else {
@@ -214,7 +260,7 @@ fn take<T>(shared: &Shared<T>, state: &mut State<T>, taken: &mut usize) -> Resul
     Ok(item)
 }
 
-impl<T> Drop for Receiver<T> {
+impl<T, W> Drop for Receiver<T, W> {
     fn drop(&mut self) {
         let items = {
             let mut state = self.shared.state.lock();
