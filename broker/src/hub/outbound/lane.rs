@@ -47,14 +47,15 @@ struct Shared<T, W> {
     room: Notify,
 }
 
-/// A channel of at most `capacity` items (at least one) and `max_bytes` bytes. An item's bytes
-/// are what its sender says it weighs; one of more than `max_bytes` never fits.
+/// A channel with nothing beside its state, for the tests of the channel itself.
 #[cfg(test)]
 pub fn lane<T>(capacity: usize, max_bytes: usize) -> (Sender<T>, Receiver<T>) {
     lane_with(capacity, max_bytes, ())
 }
 
-/// Like [`lane`], keeping `with` beside the channel's state: see [`Sender::with`].
+/// A channel of at most `capacity` items (at least one) and `max_bytes` bytes, keeping `with`
+/// beside its state (see [`Sender::with`]). An item's bytes are what its sender says it weighs;
+/// one of more than `max_bytes` never fits.
 pub fn lane_with<T, W>(capacity: usize, max_bytes: usize, with: W) -> (Sender<T, W>, Receiver<T, W>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State { items: VecDeque::new(), bytes: 0, senders: 1, receiving: true, receiver: None }),
@@ -357,6 +358,21 @@ mod tests {
             assert_eq!(rx.recv().await, Some(i));
         }
         assert!(tx.shared.state.lock().items.capacity() <= KEPT_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn what_is_kept_beside_the_state_is_one_value_and_does_not_keep_the_channel_open() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let (tx, mut rx) = lane_with(4, usize::MAX, AtomicBool::new(false));
+        let held = tx.with_held();
+        tx.with().store(true, SeqCst);
+        assert!(held.load(SeqCst), "the sender's and the held one are the same value");
+        tx.try_send(1, 0).unwrap();
+        drop(tx);
+        let drained = tokio::time::timeout(Duration::from_secs(5), async { (rx.recv().await, rx.recv().await) });
+        assert_eq!(drained.await.unwrap(), (Some(1), None), "held, it is not a sender");
+        drop(rx);
+        assert!(held.load(SeqCst), "it outlives both ends");
     }
 
     /// Counts its wake-ups.
