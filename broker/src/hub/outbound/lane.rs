@@ -84,12 +84,6 @@ impl<T, W> std::ops::Deref for With<T, W> {
     }
 }
 
-impl<T, W: std::fmt::Debug> std::fmt::Debug for With<T, W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.with.fmt(f)
-    }
-}
-
 /// Why `try_send` did not queue the item, which it gives back.
 #[derive(Debug)]
 pub enum TrySendError<T> {
